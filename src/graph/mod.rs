@@ -1,0 +1,34 @@
+//! Microsoft Graph: the controller's only way to change the directory.
+//!
+//! - [`GraphClient`]: the four calls of API.md 4, each HTTP attempt with a fresh
+//!   `client-request-id`, logged with its status, latency and Graph's `request-id`
+//!   (never the token, the redeem URL or the invitation body).
+//! - [`GraphError::class`]: what a failure means for the directory — refused
+//!   ([`ErrorClass::Definite`]), tenant blocked ([`ErrorClass::AbuseBlocked`]), throttled,
+//!   nothing sent ([`ErrorClass::TransientBeforeSend`]), or may have happened
+//!   ([`ErrorClass::Ambiguous`]).
+//! - [`RetryPolicy`]: reads and the `mail` PATCH are repeated inside the client; the
+//!   invitation POST only when Graph certainly did not process it.
+//! - [`WriteLimiter`]: the process-wide pace of writes.
+//! - [`credential`]: the Azure credential from the standard environment variables.
+//! - [`http`]: the one HTTP client, trusting the system roots plus `SSL_CERT_FILE`.
+
+mod client;
+pub mod credential;
+mod error;
+pub mod http;
+mod limiter;
+mod model;
+pub mod query;
+mod retry;
+
+pub use client::{DEFAULT_GRAPH_ENDPOINT, DEFAULT_TIMEOUT, GraphClient, GraphSettings};
+pub use credential::{CredentialError, CredentialKind};
+pub use error::{
+    ErrorClass, FailureKind, GraphCall, GraphError, GraphErrorDetails, parse_retry_after,
+};
+pub use limiter::{TokenBucket, WriteLimiter, WriteSlot};
+pub use model::{
+    DirectoryUser, Invitation, InvitationMessage, RedeemUrl, ResetRedemptionRequest, USER_SELECT,
+};
+pub use retry::{Idempotency, Retry, RetryPolicy};
