@@ -1,4 +1,9 @@
 //! guestreset: declarative, once-per-generation redemption resets for Microsoft Entra B2B guests.
+//!
+//! - [`resource`]: the `GuestRedemptionReset` resource and its admission rules (the CRD).
+//! - [`graph`]: the Microsoft Graph client, the only way the controller changes the directory.
+//! - [`controller`]: the pure decision and the thin effects layer around it.
 
+pub mod controller;
 pub mod graph;
 pub mod resource;

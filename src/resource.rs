@@ -22,10 +22,11 @@ pub const DEFAULT_REDIRECT_URL: &str = "https://myapps.microsoft.com";
 
 /// The e-mail rule shared by `spec.email`, `spec.user.mail` and `spec.message.ccRecipient`.
 ///
-/// One `@`, no white space, a dotted domain of DNS labels, and a local part without the
+/// One `@`, no white space (`\p{Z}\p{Cc}`, not `\s`, which means only ASCII space in the API
+/// server's RE2 but all of Unicode's in other engines), a dotted domain of DNS labels, and a local part without the
 /// characters Graph refuses in `invitedUserEmailAddress`; `.` and `-` are allowed in the local
 /// part except at its start or end. RE2 syntax, inside a CEL raw string.
-const EMAIL_RULE: &str = r#"self.matches(r'^[^\s@~!#$%^&*()+=\[\]{}\\/|;:"<>?,.-]([^\s@~!#$%^&*()+=\[\]{}\\/|;:"<>?,]*[^\s@~!#$%^&*()+=\[\]{}\\/|;:"<>?,.-])?@[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+$') && !self.contains('..')"#;
+const EMAIL_RULE: &str = r#"self.matches(r'^[^\p{Z}\p{Cc}@~!#$%^&*()+=\[\]{}\\/|;:"<>?,.-]([^\p{Z}\p{Cc}@~!#$%^&*()+=\[\]{}\\/|;:"<>?,]*[^\p{Z}\p{Cc}@~!#$%^&*()+=\[\]{}\\/|;:"<>?,.-])?@[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+$') && !self.contains('..')"#;
 const EMAIL_MESSAGE: &str = "must be an e-mail address: one '@', a dotted domain, no spaces or consecutive dots, and none of ~ ! # $ % ^ & * ( ) + = [ ] { } \\ / | ; : \" < > ? , in the local part (nor '.' or '-' at its start or end)";
 
 /// A request to reset the B2B redemption of one guest so that it signs in with `email`.
@@ -44,31 +45,11 @@ const EMAIL_MESSAGE: &str = "must be an e-mail address: one '@', a dotted domain
     status = "GuestRedemptionResetStatus",
     derive = "PartialEq",
     doc = "Resets the redemption of a Microsoft Entra B2B guest so that it signs in with a new e-mail; issued once per spec generation.",
-    printcolumn(
-        name = "User",
-        type_ = "string",
-        description = "The target: the resolved user principal name once known, else the spec's key",
-        json_path = ".status.target"
-    ),
-    printcolumn(
-        name = "Email",
-        type_ = "string",
-        description = "The new sign-in e-mail",
-        json_path = ".spec.email"
-    ),
-    printcolumn(
-        name = "Phase",
-        type_ = "string",
-        description = "Pending, InProgress, Succeeded or Failed",
-        json_path = ".status.phase"
-    ),
-    printcolumn(
-        name = "Reason",
-        type_ = "string",
-        description = "Reason of the Ready condition",
-        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#
-    ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name": "User", "type": "string", "description": "The target: the resolved user principal name once known, else the spec's key", "jsonPath": ".status.target"}"#,
+    printcolumn = r#"{"name": "Email", "type": "string", "description": "The new sign-in e-mail", "jsonPath": ".spec.email"}"#,
+    printcolumn = r#"{"name": "Phase", "type": "string", "description": "Pending, InProgress, Succeeded or Failed", "jsonPath": ".status.phase"}"#,
+    printcolumn = r#"{"name": "Reason", "type": "string", "description": "Reason of the Ready condition", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GuestRedemptionResetSpec {
@@ -131,7 +112,7 @@ pub struct UserRef {
 
     /// The user's principal name, e.g. alice_contoso.com#EXT#@fabrikam.onmicrosoft.com.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(r"self.matches(r'^[^\s@]+@[^\s@]+\.[^\s@]+$')").message("must be a user principal name: one '@' with a dotted domain and no spaces"))]
+    #[x_kube(validation = Rule::new(r"self.matches(r'^[^\p{Z}\p{Cc}@]+@[^\p{Z}\p{Cc}@]+\.[^\p{Z}\p{Cc}@]+$')").message("must be a user principal name: one '@' with a dotted domain and no spaces"))]
     #[schemars(length(min = 3, max = 256))]
     pub user_principal_name: Option<String>,
 
@@ -169,7 +150,9 @@ pub struct InvitationMessage {
 #[serde(rename_all = "camelCase")]
 pub struct SecretRef {
     /// The Secret's name (a DNS subdomain).
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    #[schemars(regex(
+        pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+    ))]
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
 }
@@ -213,6 +196,17 @@ pub struct GuestRedemptionResetStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub history: Vec<HistoryEntry>,
+
+    /// Since when the target has been missing from the directory. A user is only reported
+    /// UserNotFound once it stayed missing for the replication window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_missing_since: Option<Time>,
+
+    /// When the controller tries again after a wait (throttling, a transient failure, a missing
+    /// permission, the tenant pause). Passes before then do nothing, so the controller's own
+    /// status writes never turn a wait into a loop, and a restart does not retry early.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<Time>,
 
     /// The value of the guestreset.io/retry annotation that was last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -264,6 +258,10 @@ pub struct Attempt {
     pub generation: i64,
     /// When the attempt was recorded, before the invitation was posted.
     pub started_at: Time,
+    /// Set immediately before the invitation POST is sent. An attempt without it never reached
+    /// Graph and is safe to start again; one with it may have taken effect (API.md 3.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_started_at: Option<Time>,
 }
 
 /// One past issuance.
@@ -306,7 +304,7 @@ fn default_language() -> String {
 }
 
 /// The key that identifies the target user, as the spec gives it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UserKey<'a> {
     Id(&'a str),
     UserPrincipalName(&'a str),
@@ -443,6 +441,9 @@ mod tests {
                 "alice@-newco.example",
                 "alice@newco.example.",
                 "alice@new_co.example",
+                "al\u{a0}ice@newco.example",
+                "al\u{3000}ice@newco.example",
+                "al\u{b}ice@newco.example",
             ]
             .map(String::from),
         );
@@ -459,8 +460,15 @@ mod tests {
     fn user_needs_exactly_one_key() {
         let id = "3f0a6c1e-8d2b-4c55-9b0e-2f6a1d9c7e41";
         let upn = "alice_contoso.com#EXT#@fabrikam.onmicrosoft.com";
-        for user in [json!({"id": id}), json!({"userPrincipalName": upn}), json!({"mail": "alice@contoso.com"})] {
-            assert!(failures(json!({"user": user, "email": "a@b.co"})).is_empty(), "{user}");
+        for user in [
+            json!({"id": id}),
+            json!({"userPrincipalName": upn}),
+            json!({"mail": "alice@contoso.com"}),
+        ] {
+            assert!(
+                failures(json!({"user": user, "email": "a@b.co"})).is_empty(),
+                "{user}"
+            );
         }
         for user in [
             json!({}),
@@ -478,26 +486,57 @@ mod tests {
 
     #[test]
     fn user_mail_and_upn_and_cc_follow_their_rules() {
-        let spec = |user: Value, cc: &str| {
-            json!({"user": user, "email": "a@b.co", "message": {"ccRecipient": cc}})
-        };
-        assert!(failures(spec(json!({"mail": "bob@contoso.com"}), "boss@fabrikam.example")).is_empty());
+        let spec = |user: Value, cc: &str| json!({"user": user, "email": "a@b.co", "message": {"ccRecipient": cc}});
+        assert!(
+            failures(spec(
+                json!({"mail": "bob@contoso.com"}),
+                "boss@fabrikam.example"
+            ))
+            .is_empty()
+        );
         assert_eq!(
-            failures(spec(json!({"mail": "bob@contoso"}), "boss@fabrikam.example")).len(),
+            failures(spec(
+                json!({"mail": "bob@contoso"}),
+                "boss@fabrikam.example"
+            ))
+            .len(),
             1
         );
-        let cc = failures(spec(json!({"mail": "bob@contoso.com"}), "boss;x@fabrikam.example"));
-        assert!(cc.len() == 1 && cc[0].starts_with("spec.message.ccRecipient:"), "{cc:?}");
-        let upn = failures(spec(json!({"userPrincipalName": "no spaces@x.example"}), "b@c.de"));
-        assert!(upn.len() == 1 && upn[0].starts_with("spec.user.userPrincipalName:"), "{upn:?}");
+        let cc = failures(spec(
+            json!({"mail": "bob@contoso.com"}),
+            "boss;x@fabrikam.example",
+        ));
+        assert!(
+            cc.len() == 1 && cc[0].starts_with("spec.message.ccRecipient:"),
+            "{cc:?}"
+        );
+        let upn = failures(spec(
+            json!({"userPrincipalName": "no spaces@x.example"}),
+            "b@c.de",
+        ));
+        assert!(
+            upn.len() == 1 && upn[0].starts_with("spec.user.userPrincipalName:"),
+            "{upn:?}"
+        );
     }
 
     #[test]
     fn redirect_must_be_https() {
-        let spec = |url: &str| json!({"user": {"mail": "a@b.co"}, "email": "a@b.co", "redirectUrl": url});
+        let spec =
+            |url: &str| json!({"user": {"mail": "a@b.co"}, "email": "a@b.co", "redirectUrl": url});
         assert!(failures(spec("https://myapps.microsoft.com")).is_empty());
-        for url in ["http://myapps.microsoft.com", "https://", "ftp://x", "https://a b.example", "myapps.microsoft.com"] {
-            assert_eq!(failures(spec(url)), vec!["spec.redirectUrl: must be an https:// URL"], "{url}");
+        for url in [
+            "http://myapps.microsoft.com",
+            "https://",
+            "ftp://x",
+            "https://a b.example",
+            "myapps.microsoft.com",
+        ] {
+            assert_eq!(
+                failures(spec(url)),
+                vec!["spec.redirectUrl: must be an https:// URL"],
+                "{url}"
+            );
         }
     }
 
@@ -509,7 +548,10 @@ mod tests {
         assert_eq!(spec["sendInvitationMessage"]["default"], json!(true));
         assert_eq!(spec["updateMail"]["default"], json!(true));
         assert_eq!(spec["dryRun"]["default"], json!(false));
-        assert_eq!(spec["message"]["properties"]["language"]["default"], json!("en-US"));
+        assert_eq!(
+            spec["message"]["properties"]["language"]["default"],
+            json!("en-US")
+        );
     }
 
     #[test]
@@ -541,9 +583,16 @@ mod tests {
 
     #[test]
     fn user_key_is_the_single_key() {
-        let user = UserRef { mail: Some("a@b.co".into()), ..Default::default() };
+        let user = UserRef {
+            mail: Some("a@b.co".into()),
+            ..Default::default()
+        };
         assert_eq!(user.key(), Some(UserKey::Mail("a@b.co")));
-        let two = UserRef { id: Some("x".into()), mail: Some("a@b.co".into()), ..Default::default() };
+        let two = UserRef {
+            id: Some("x".into()),
+            mail: Some("a@b.co".into()),
+            ..Default::default()
+        };
         assert_eq!(two.key(), None);
         assert_eq!(UserRef::default().key(), None);
     }

@@ -1,0 +1,1009 @@
+//! The decision, tested without I/O. A small pure model of the world (a directory of users, a
+//! status that the status functions update, a clock) drives `decide` pass after pass, so each
+//! reason of API.md's table and each crash point is reached the way the controller reaches it.
+
+use super::*;
+use crate::controller::status::{self, Stamp};
+use crate::resource::{GuestRedemptionResetSpec, GuestRedemptionResetStatus, UserRef};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+const ID: &str = "3f0a6c1e-8d2b-4c55-9b0e-2f6a1d9c7e41";
+const OTHER: &str = "11111111-2222-4333-8444-555555555555";
+const NEW: &str = "alice@newco.example";
+
+fn t(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + secs).unwrap()
+}
+
+fn guest(id: &str, mail: &str) -> DirectoryUser {
+    DirectoryUser {
+        id: id.into(),
+        user_type: Some("Guest".into()),
+        user_principal_name: Some(format!(
+            "{}#EXT#@fabrikam.onmicrosoft.com",
+            mail.replace('@', "_")
+        )),
+        mail: Some(mail.into()),
+        other_mails: vec![],
+        external_user_state: Some("Accepted".into()),
+        external_user_state_change_date_time: Some(t(-86_400)),
+    }
+}
+
+fn spec() -> GuestRedemptionResetSpec {
+    GuestRedemptionResetSpec {
+        user: UserRef {
+            id: Some(ID.into()),
+            ..Default::default()
+        },
+        email: NEW.into(),
+        redirect_url: "https://myapps.microsoft.com".into(),
+        send_invitation_message: true,
+        message: None,
+        update_mail: true,
+        redeem_url_secret: None,
+        change_ref: None,
+        dry_run: false,
+    }
+}
+
+/// Where a pass dies.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Crash {
+    BeforeIntent,
+    AfterIntent,
+    AfterMarkSending,
+    AfterPostTookEffect,
+}
+
+/// What the invitation POST does.
+#[derive(Clone, Debug, PartialEq)]
+enum PostBehaviour {
+    Ok,
+    /// Answers with the failure; `took_effect` says whether the directory changed anyway.
+    Fail {
+        failure: Failure,
+        took_effect: bool,
+    },
+}
+
+struct World {
+    spec: GuestRedemptionResetSpec,
+    generation: i64,
+    annotation: Option<String>,
+    status: GuestRedemptionResetStatus,
+    settings: Settings,
+    tenant: TenantGate,
+    now: Timestamp,
+    users: Vec<DirectoryUser>,
+    /// Per step, the failure to answer with (removed when used).
+    read_failure: Option<Failure>,
+    holders_failure: Option<Failure>,
+    patch_failure: Option<Failure>,
+    post: Vec<PostBehaviour>,
+    posts_sent: u32,
+    posts_took_effect: u32,
+    patches: u32,
+    failures: u32,
+    steps: Vec<String>,
+    run_clock: bool,
+}
+
+impl World {
+    fn new() -> Self {
+        World {
+            spec: spec(),
+            generation: 1,
+            annotation: None,
+            status: GuestRedemptionResetStatus::default(),
+            settings: Settings::default(),
+            tenant: TenantGate::Open,
+            now: t(0),
+            users: vec![guest(ID, "alice@contoso.com")],
+            read_failure: None,
+            holders_failure: None,
+            patch_failure: None,
+            post: vec![],
+            posts_sent: 0,
+            posts_took_effect: 0,
+            patches: 0,
+            failures: 0,
+            steps: vec![],
+            run_clock: true,
+        }
+    }
+
+    fn stamp(&self) -> Stamp<'_> {
+        Stamp {
+            generation: self.generation,
+            now: self.now,
+            retry_annotation: self.annotation.as_deref(),
+            key: self.spec.user.key(),
+        }
+    }
+
+    fn find(&self, id: &str) -> Option<DirectoryUser> {
+        self.users.iter().find(|u| u.id == id).cloned()
+    }
+
+    /// Runs one pass to its report (`None` when it crashed or had nothing to do).
+    fn pass(&mut self, crash: Option<Crash>) -> Option<Report> {
+        let initial = self.status.clone();
+        let mut pass = Pass::default();
+        for _ in 0..50 {
+            let observed = Observed {
+                spec: &self.spec,
+                generation: self.generation,
+                retry_annotation: self.annotation.as_deref(),
+                status: &initial,
+                failures: self.failures,
+            };
+            let step = decide(&observed, &self.settings, self.tenant, self.now, &pass);
+            self.steps.push(
+                format!("{step:?}")
+                    .split([' ', '(', '{'])
+                    .next()
+                    .unwrap()
+                    .to_owned(),
+            );
+            match step {
+                Step::Nothing => return None,
+                // The controller requeues until then; the model lets the clock run to it,
+                // unless the test wants to see the wait itself.
+                Step::Wait { until } if self.run_clock => self.now = until,
+                Step::Wait { .. } => return None,
+                Step::AcceptRetry { token } => {
+                    self.status = status::with_retry_accepted(&self.status, &token, self.stamp());
+                    pass.retry_accepted = true;
+                }
+                Step::MarkPending => {
+                    self.status = status::pending(&self.status, self.stamp());
+                    pass.marked_pending = true;
+                }
+                Step::ReadEvidence { user_id } => {
+                    pass.evidence = Some(match self.read_failure.take() {
+                        Some(f) => Err(f),
+                        None => Ok(self.find(&user_id)),
+                    });
+                }
+                Step::ReadUser => {
+                    pass.target = Some(match self.read_failure.take() {
+                        Some(f) => Err(f),
+                        None => Ok(match self.spec.user.key().unwrap() {
+                            UserKey::Id(id) => self
+                                .find(id)
+                                .map_or(Resolution::NotFound, Resolution::Found),
+                            UserKey::UserPrincipalName(upn) => self
+                                .users
+                                .iter()
+                                .find(|u| u.user_principal_name.as_deref() == Some(upn))
+                                .cloned()
+                                .map_or(Resolution::NotFound, Resolution::Found),
+                            UserKey::Mail(mail) => {
+                                let found: Vec<_> = self
+                                    .users
+                                    .iter()
+                                    .filter(|u| u.mail.as_deref() == Some(mail))
+                                    .cloned()
+                                    .collect();
+                                match found.len() {
+                                    0 => Resolution::NotFound,
+                                    1 => Resolution::Found(found[0].clone()),
+                                    n => Resolution::Ambiguous(n),
+                                }
+                            }
+                        }),
+                    });
+                }
+                Step::ReadEmailHolders => {
+                    pass.holders = Some(match self.holders_failure.take() {
+                        Some(f) => Err(f),
+                        None => Ok(self
+                            .users
+                            .iter()
+                            .filter(|u| u.carries_email(&self.spec.email))
+                            .cloned()
+                            .collect()),
+                    });
+                }
+                Step::SetMail { user_id } => {
+                    pass.mail_set = Some(match self.patch_failure.take() {
+                        Some(f) => Err(f),
+                        None => {
+                            self.patches += 1;
+                            let email = self.spec.email.clone();
+                            self.users
+                                .iter_mut()
+                                .find(|u| u.id == user_id)
+                                .unwrap()
+                                .mail = Some(email);
+                            Ok(())
+                        }
+                    });
+                }
+                Step::RecordIntent => {
+                    if crash == Some(Crash::BeforeIntent) {
+                        return None;
+                    }
+                    let user = match &pass.target {
+                        Some(Ok(Resolution::Found(u))) => u.clone(),
+                        other => panic!("intent without a resolved user: {other:?}"),
+                    };
+                    let attempt = Attempt {
+                        id: format!("attempt-{}", self.steps.len()),
+                        generation: self.generation,
+                        started_at: Time(self.now),
+                        post_started_at: None,
+                    };
+                    self.status = status::with_intent(&self.status, &attempt, &user, self.stamp());
+                    pass.intent = Some(attempt);
+                    if crash == Some(Crash::AfterIntent) {
+                        return None;
+                    }
+                }
+                Step::MarkSending => {
+                    self.status = status::with_sending(&self.status, self.stamp());
+                    pass.marked_sending = true;
+                    if crash == Some(Crash::AfterMarkSending) {
+                        return None;
+                    }
+                }
+                Step::PostInvitation { user_id } => {
+                    self.posts_sent += 1;
+                    let behaviour = if self.post.is_empty() {
+                        PostBehaviour::Ok
+                    } else {
+                        self.post.remove(0)
+                    };
+                    let took_effect = matches!(
+                        behaviour,
+                        PostBehaviour::Ok
+                            | PostBehaviour::Fail {
+                                took_effect: true,
+                                ..
+                            }
+                    );
+                    if took_effect {
+                        self.posts_took_effect += 1;
+                        let user = self.users.iter_mut().find(|u| u.id == user_id).unwrap();
+                        if user.user_type.as_deref() != Some("Guest") {
+                            panic!("HAZARD: an invitation was posted for a member");
+                        }
+                        user.external_user_state = Some("PendingAcceptance".into());
+                        user.external_user_state_change_date_time = Some(self.now);
+                    }
+                    if crash == Some(Crash::AfterPostTookEffect) {
+                        return None;
+                    }
+                    pass.posted = Some(match behaviour {
+                        PostBehaviour::Ok => Ok(Posted {
+                            invitation_id: format!("inv-{}", self.posts_sent),
+                            redeem_status: "PendingAcceptance".into(),
+                        }),
+                        PostBehaviour::Fail { failure, .. } => Err(failure),
+                    });
+                }
+                Step::Report(report) => {
+                    self.status = status::apply_report(&self.status, &report, self.stamp());
+                    let failed =
+                        matches!(report.reason, Reason::Throttled | Reason::TransientError);
+                    self.failures = if failed { self.failures + 1 } else { 0 };
+                    return Some(*report);
+                }
+            }
+        }
+        panic!("a pass did not end: {:?}", self.steps);
+    }
+
+    /// Runs passes, advancing the clock by each requeue, until the resource is settled or
+    /// `max_passes` is reached. Returns the last report.
+    fn settle(&mut self, max_passes: usize) -> Report {
+        let mut last = None;
+        for _ in 0..max_passes {
+            match self.pass(None) {
+                None => break,
+                Some(report) => {
+                    let requeue = report.requeue;
+                    last = Some(report);
+                    match requeue {
+                        Some(after) => self.now += SignedDuration::try_from(after).unwrap(),
+                        None => break,
+                    }
+                }
+            }
+        }
+        last.expect("at least one report")
+    }
+
+    fn reason(&self) -> Option<Reason> {
+        status::ready_reason(&self.status)
+    }
+
+    fn ready(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        self.status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap()
+    }
+}
+
+// ---- the happy path and its status -------------------------------------------------------
+
+#[test]
+fn issues_once_and_records_everything() {
+    let mut w = World::new();
+    let report = w.settle(5);
+    assert_eq!(report.reason, Reason::Issued);
+    assert_eq!((w.posts_sent, w.patches), (1, 1), "mail set, then one POST");
+    let s = &w.status;
+    assert_eq!(s.observed_generation, Some(1));
+    assert_eq!(s.phase, Some(crate::resource::Phase::Succeeded));
+    assert_eq!(s.attempt, None, "the intent is cleared with the outcome");
+    let inv = s.invitation.as_ref().unwrap();
+    assert_eq!(
+        (
+            inv.id.as_str(),
+            inv.email.as_str(),
+            inv.generation,
+            inv.recovered
+        ),
+        ("inv-1", NEW, 1, false)
+    );
+    assert_eq!(s.history.len(), 1);
+    let user = s.user.as_ref().unwrap();
+    assert_eq!(user.previous_mail.as_deref(), Some("alice@contoso.com"));
+    assert_eq!(
+        s.target.as_deref(),
+        Some("alice_contoso.com#EXT#@fabrikam.onmicrosoft.com")
+    );
+    assert_eq!(w.ready().status, "True");
+    assert_eq!(w.ready().observed_generation, Some(1));
+    assert_eq!(
+        w.steps,
+        [
+            "MarkPending",
+            "ReadUser",
+            "ReadEmailHolders",
+            "SetMail",
+            "RecordIntent",
+            "MarkSending",
+            "PostInvitation",
+            "Report"
+        ]
+    );
+    // Settled: a later pass does nothing at all.
+    assert!(w.pass(None).is_none());
+    assert_eq!(w.posts_sent, 1);
+}
+
+#[test]
+fn no_patch_when_the_email_is_already_on_the_user() {
+    for carried in [
+        |u: &mut DirectoryUser| u.mail = Some(NEW.into()),
+        |u: &mut DirectoryUser| u.other_mails = vec![NEW.to_uppercase()],
+    ] {
+        let mut w = World::new();
+        carried(&mut w.users[0]);
+        assert_eq!(w.settle(5).reason, Reason::Issued);
+        assert_eq!((w.patches, w.posts_sent), (0, 1));
+    }
+}
+
+#[test]
+fn resolves_by_upn_and_by_mail() {
+    let mut by_upn = World::new();
+    by_upn.spec.user = UserRef {
+        user_principal_name: Some("alice_contoso.com#EXT#@fabrikam.onmicrosoft.com".into()),
+        ..Default::default()
+    };
+    assert_eq!(by_upn.settle(5).reason, Reason::Issued);
+    let mut by_mail = World::new();
+    by_mail.spec.user = UserRef {
+        mail: Some("alice@contoso.com".into()),
+        ..Default::default()
+    };
+    assert_eq!(by_mail.settle(5).reason, Reason::Issued);
+    assert_eq!(by_mail.status.user.as_ref().unwrap().id, ID);
+}
+
+#[test]
+fn last_transition_time_moves_only_when_ready_flips() {
+    let mut w = World::new();
+    w.pass(None);
+    let issued_at = w.ready().last_transition_time.clone();
+    // A retry re-issues: Unknown (flip), then True again (flip).
+    w.now = t(100);
+    w.annotation = Some("1".into());
+    w.pass(None);
+    assert_eq!(w.ready().last_transition_time.0, t(100));
+    // Throttled then TransientError: Unknown stays Unknown, the time stays.
+    let mut u = World::new();
+    u.read_failure = Some(Failure::Throttled { retry_after: None });
+    u.pass(None);
+    let first = u.ready().last_transition_time.clone();
+    u.now = t(50);
+    u.read_failure = Some(Failure::Transient("reset".into()));
+    assert_eq!(u.pass(None).unwrap().reason, Reason::TransientError);
+    assert_eq!(u.ready().last_transition_time, first);
+    assert_ne!(issued_at.0, t(100));
+}
+
+// ---- every stopping reason, with no POST --------------------------------------------------
+
+fn stops_without_post(setup: impl Fn(&mut World), reason: Reason, message_has: &str) {
+    let mut w = World::new();
+    setup(&mut w);
+    let report = w.settle(30);
+    assert_eq!(report.reason, reason, "{}", report.message);
+    assert!(
+        report.message.contains(message_has),
+        "{:?} lacks {message_has:?}",
+        report.message
+    );
+    assert_eq!(w.posts_sent, 0, "{reason}: no invitation may be posted");
+    assert_eq!(w.status.phase, Some(crate::resource::Phase::Failed));
+    assert_eq!(w.ready().status, "False");
+    assert_eq!(w.status.attempt, None);
+}
+
+#[test]
+fn member_is_never_invited_nor_patched() {
+    stops_without_post(
+        |w| w.users[0].user_type = Some("Member".into()),
+        Reason::NotAGuest,
+        "irreversibly",
+    );
+    stops_without_post(
+        |w| w.users[0].user_type = None,
+        Reason::NotAGuest,
+        "userType none",
+    );
+    let mut w = World::new();
+    w.users[0].user_type = Some("Member".into());
+    w.settle(5);
+    assert_eq!(w.patches, 0, "a member's mail is not touched either");
+}
+
+#[test]
+fn user_not_found_only_after_the_replication_window() {
+    let mut w = World::new();
+    w.users.clear();
+    let first = w.pass(None).unwrap();
+    assert_eq!(first.reason, Reason::InProgress);
+    assert_eq!(
+        w.status.user_missing_since.as_ref().map(|t| t.0),
+        Some(t(0))
+    );
+    let last = w.settle(100);
+    assert_eq!(last.reason, Reason::UserNotFound);
+    assert!(
+        w.now >= t(120),
+        "at least 2 minutes of retries, stopped at {}",
+        w.now
+    );
+    assert_eq!(w.posts_sent, 0);
+}
+
+#[test]
+fn a_user_that_appears_within_the_window_is_issued() {
+    let mut w = World::new();
+    let user = w.users.remove(0);
+    w.pass(None);
+    w.now = t(60);
+    w.users.push(user);
+    assert_eq!(w.settle(5).reason, Reason::Issued);
+    assert_eq!(w.status.user_missing_since, None);
+}
+
+#[test]
+fn ambiguous_mail() {
+    stops_without_post(
+        |w| {
+            w.users.push(guest(OTHER, "alice@contoso.com"));
+            w.spec.user = UserRef {
+                mail: Some("alice@contoso.com".into()),
+                ..Default::default()
+            };
+        },
+        Reason::AmbiguousUser,
+        "2 users have mail alice@contoso.com",
+    );
+}
+
+#[test]
+fn email_not_on_user_when_update_mail_is_false() {
+    stops_without_post(
+        |w| w.spec.update_mail = false,
+        Reason::EmailNotOnUser,
+        "updateMail is false",
+    );
+}
+
+#[test]
+fn email_in_use_by_another_user() {
+    stops_without_post(
+        |w| w.users.push(guest(OTHER, NEW)),
+        Reason::EmailInUse,
+        OTHER,
+    );
+}
+
+#[test]
+fn policy_denies_domains_outside_the_allow_list() {
+    stops_without_post(
+        |w| w.settings.allowed_email_domains = vec!["fabrikam.example".into()],
+        Reason::PolicyDenied,
+        "allowed e-mail domains",
+    );
+    let mut allowed = World::new();
+    allowed.settings.allowed_email_domains = vec!["newco.example".into()];
+    assert_eq!(allowed.settle(5).reason, Reason::Issued);
+}
+
+#[test]
+fn graph_rejection_carries_graphs_words() {
+    stops_without_post(
+        |w| {
+            w.read_failure = Some(Failure::Rejected(
+                "GetUser: Graph answered HTTP 400 Request_BadRequest: Invalid object identifier"
+                    .into(),
+            ))
+        },
+        Reason::GraphRejected,
+        "Invalid object identifier",
+    );
+}
+
+#[test]
+fn post_refused_definitely_clears_the_attempt() {
+    let mut w = World::new();
+    w.post = vec![PostBehaviour::Fail {
+        failure: Failure::Rejected(
+            "HTTP 400 BadRequest: The Primary SMTP Address is an invalid value".into(),
+        ),
+        took_effect: false,
+    }];
+    let report = w.settle(5);
+    assert_eq!(report.reason, Reason::GraphRejected);
+    assert_eq!((w.posts_sent, w.posts_took_effect), (1, 0));
+    assert_eq!(w.status.attempt, None);
+    assert!(w.pass(None).is_none(), "stopped");
+}
+
+#[test]
+fn forbidden_retries_every_ten_minutes() {
+    let mut w = World::new();
+    w.post = vec![PostBehaviour::Fail {
+        failure: Failure::Forbidden("HTTP 403 Forbidden".into()),
+        took_effect: false,
+    }];
+    let report = w.pass(None).unwrap();
+    assert_eq!(report.reason, Reason::Forbidden);
+    assert_eq!(report.requeue, Some(FORBIDDEN_RETRY));
+    assert_eq!(w.ready().status, "False");
+    // Ten minutes later it tries again, and this time Graph accepts.
+    w.now += SignedDuration::from_mins(10);
+    assert_eq!(w.pass(None).unwrap().reason, Reason::Issued);
+    assert_eq!(w.posts_sent, 2);
+}
+
+// ---- waiting reasons ----------------------------------------------------------------------
+
+#[test]
+fn throttled_honours_retry_after() {
+    let mut w = World::new();
+    w.post = vec![PostBehaviour::Fail {
+        failure: Failure::Throttled {
+            retry_after: Some(Duration::from_secs(7)),
+        },
+        took_effect: false,
+    }];
+    let report = w.pass(None).unwrap();
+    assert_eq!(
+        (report.reason, report.requeue),
+        (Reason::Throttled, Some(Duration::from_secs(7)))
+    );
+    assert_eq!(
+        w.status.attempt, None,
+        "a 429 proves the POST was not processed"
+    );
+    assert_eq!(w.ready().status, "Unknown");
+    assert_eq!(w.status.phase, Some(crate::resource::Phase::InProgress));
+    assert_eq!(w.settle(5).reason, Reason::Issued);
+    assert_eq!(w.posts_took_effect, 1);
+}
+
+#[test]
+fn transient_errors_back_off_exponentially_and_capped() {
+    assert_eq!(transient_backoff(0), Duration::from_secs(5));
+    assert_eq!(transient_backoff(1), Duration::from_secs(10));
+    assert_eq!(transient_backoff(3), Duration::from_secs(40));
+    assert_eq!(transient_backoff(40), Duration::from_secs(300));
+    let mut w = World::new();
+    w.holders_failure = Some(Failure::Transient("connect refused".into()));
+    let first = w.pass(None).unwrap();
+    assert_eq!(
+        (first.reason, first.requeue),
+        (Reason::TransientError, Some(Duration::from_secs(5)))
+    );
+    w.holders_failure = Some(Failure::Transient("connect refused".into()));
+    assert_eq!(w.pass(None).unwrap().requeue, Some(Duration::from_secs(10)));
+    assert_eq!(w.settle(5).reason, Reason::Issued);
+}
+
+#[test]
+fn tenant_block_pauses_everything_until_the_cooldown() {
+    let mut w = World::new();
+    w.post = vec![PostBehaviour::Fail {
+        failure: Failure::AbuseBlocked(
+            "Invitations are blocked for this directory due to suspicious activity".into(),
+        ),
+        took_effect: false,
+    }];
+    let report = w.pass(None).unwrap();
+    assert_eq!(report.reason, Reason::TenantBlocked);
+    assert!(report.pause_tenant);
+    assert_eq!(w.status.attempt, None);
+    // Another resource while paused: preflight yes, POST no.
+    let mut other = World::new();
+    other.tenant = TenantGate::Paused { until: t(3600) };
+    let waiting = other.pass(None).unwrap();
+    assert_eq!(waiting.reason, Reason::TenantBlocked);
+    assert_eq!(waiting.requeue, Some(Duration::from_secs(3600)));
+    assert_eq!(
+        (other.posts_sent, other.patches),
+        (0, 0),
+        "no write at all while paused"
+    );
+    other.tenant = TenantGate::Open;
+    other.now = t(3600);
+    assert_eq!(other.pass(None).unwrap().reason, Reason::Issued);
+}
+
+#[test]
+fn mail_not_yet_propagated_is_retried_then_rejected() {
+    let refused = || PostBehaviour::Fail {
+        failure: Failure::EmailNotOnUser("doesn't match any emails on the user object".into()),
+        took_effect: false,
+    };
+    let mut w = World::new();
+    w.post = vec![refused(), refused()];
+    assert_eq!(w.pass(None).unwrap().reason, Reason::TransientError);
+    assert_eq!(w.settle(10).reason, Reason::Issued);
+    let mut stuck = World::new();
+    stuck.post = (0..MAIL_PROPAGATION_TRIES).map(|_| refused()).collect();
+    assert_eq!(stuck.settle(20).reason, Reason::GraphRejected);
+    assert_eq!(stuck.posts_took_effect, 0);
+}
+
+// ---- dry run ------------------------------------------------------------------------------
+
+#[test]
+fn dry_run_reads_only_and_says_what_it_would_do() {
+    let mut w = World::new();
+    w.spec.dry_run = true;
+    let report = w.settle(5);
+    assert_eq!(report.reason, Reason::DryRunComplete);
+    assert!(report.message.contains("Would set mail of alice_contoso.com#EXT#@fabrikam.onmicrosoft.com from alice@contoso.com to alice@newco.example"), "{}", report.message);
+    assert_eq!((w.posts_sent, w.patches), (0, 0));
+    assert_eq!(w.ready().status, "True");
+    assert_eq!(w.status.invitation, None);
+    assert!(w.pass(None).is_none());
+    // Flipping dryRun to false is a new generation that issues for real.
+    w.spec.dry_run = false;
+    w.generation = 2;
+    assert_eq!(w.settle(5).reason, Reason::Issued);
+    assert_eq!(w.posts_sent, 1);
+}
+
+#[test]
+fn dry_run_reports_preflight_failures() {
+    let mut w = World::new();
+    w.spec.dry_run = true;
+    w.users[0].user_type = Some("Member".into());
+    assert_eq!(w.settle(5).reason, Reason::NotAGuest);
+}
+
+// ---- generations and the retry annotation -------------------------------------------------
+
+#[test]
+fn each_generation_issues_once_and_history_is_bounded() {
+    let mut w = World::new();
+    for generation in 1..=12 {
+        w.generation = generation;
+        w.spec.email = format!("alice{generation}@newco.example");
+        w.now += SignedDuration::from_mins(1);
+        assert_eq!(w.settle(5).reason, Reason::Issued);
+        assert!(
+            w.pass(None).is_none(),
+            "an unchanged re-apply posts nothing"
+        );
+    }
+    assert_eq!(w.posts_sent, 12);
+    assert_eq!(w.status.history.len(), 10);
+    assert_eq!(w.status.history[0].generation, 12, "newest first");
+    assert_eq!(w.status.history[9].generation, 3);
+}
+
+#[test]
+fn retry_annotation_acts_once_per_value_from_a_stop() {
+    let mut w = World::new();
+    w.spec.update_mail = false;
+    assert_eq!(w.settle(5).reason, Reason::EmailNotOnUser);
+    // A human adds the email to the user and asks again.
+    w.users[0].other_mails.push(NEW.into());
+    w.annotation = Some("1".into());
+    assert_eq!(w.settle(5).reason, Reason::Issued);
+    assert_eq!(w.status.retry_token.as_deref(), Some("1"));
+    assert!(
+        w.pass(None).is_none(),
+        "the same value is never acted on twice"
+    );
+    assert_eq!(w.posts_sent, 1);
+    w.annotation = Some("2".into());
+    assert_eq!(
+        w.settle(5).reason,
+        Reason::Issued,
+        "a new value re-issues, as asked"
+    );
+    assert_eq!(w.posts_sent, 2);
+    assert_eq!(w.status.history.len(), 2);
+}
+
+#[test]
+fn retry_value_seen_while_busy_is_consumed_not_acted_on_later() {
+    let mut w = World::new();
+    w.annotation = Some("1".into());
+    assert_eq!(w.settle(5).reason, Reason::Issued);
+    assert_eq!(w.status.retry_token.as_deref(), Some("1"));
+    assert!(w.pass(None).is_none());
+    assert_eq!(w.posts_sent, 1);
+}
+
+// ---- crash points and interrupted attempts ------------------------------------------------
+
+#[test]
+fn crash_before_intent_then_one_post() {
+    let mut w = World::new();
+    assert!(w.pass(Some(Crash::BeforeIntent)).is_none());
+    assert_eq!(w.settle(5).reason, Reason::Issued);
+    assert_eq!(w.posts_took_effect, 1);
+    assert!(!w.status.invitation.as_ref().unwrap().recovered);
+}
+
+#[test]
+fn crash_after_intent_before_sending_then_one_post() {
+    let mut w = World::new();
+    assert!(w.pass(Some(Crash::AfterIntent)).is_none());
+    assert!(w.status.attempt.as_ref().unwrap().post_started_at.is_none());
+    assert_eq!(w.settle(5).reason, Reason::Issued);
+    assert_eq!((w.posts_sent, w.posts_took_effect), (1, 1));
+}
+
+#[test]
+fn crash_after_post_took_effect_is_recovered_without_posting_again() {
+    let mut w = World::new();
+    assert!(w.pass(Some(Crash::AfterPostTookEffect)).is_none());
+    w.now = t(5);
+    let report = w.settle(20);
+    assert_eq!(report.reason, Reason::Issued);
+    assert_eq!(w.posts_sent, 1, "never posted blindly again");
+    let inv = w.status.invitation.as_ref().unwrap();
+    assert!(inv.recovered);
+    assert_eq!(inv.id, "");
+    assert_eq!(w.status.attempt, None);
+    assert!(w.status.history[0].recovered);
+}
+
+#[test]
+fn crash_while_sending_with_no_effect_ends_outcome_unknown_then_human_retry() {
+    let mut w = World::new();
+    assert!(w.pass(Some(Crash::AfterMarkSending)).is_none());
+    w.now = t(5);
+    let first = w.pass(None).unwrap();
+    assert_eq!(
+        first.reason,
+        Reason::InProgress,
+        "absence of evidence is not concluded at once"
+    );
+    let report = w.settle(50);
+    assert_eq!(report.reason, Reason::OutcomeUnknown);
+    assert!(w.now >= t(120), "re-read for the replication window");
+    assert_eq!(w.posts_sent, 0);
+    assert_eq!(w.status.attempt, None);
+    assert!(w.pass(None).is_none(), "stopped: a human decides");
+    w.annotation = Some("accept-risk".into());
+    assert_eq!(w.settle(5).reason, Reason::Issued);
+    assert_eq!(w.posts_sent, 1);
+}
+
+#[test]
+fn ambiguous_answers_look_for_evidence() {
+    for (took_effect, expected, posts_effective) in [
+        (true, Reason::Issued, 1),
+        (false, Reason::OutcomeUnknown, 0),
+    ] {
+        for failure in [
+            Failure::Ambiguous("HTTP 504 after sending".into()),
+            Failure::Ambiguous("timeout".into()),
+        ] {
+            let mut w = World::new();
+            w.post = vec![PostBehaviour::Fail {
+                failure,
+                took_effect,
+            }];
+            let first = w.pass(None).unwrap();
+            assert_eq!(first.reason, Reason::InProgress);
+            assert!(
+                w.status.attempt.as_ref().unwrap().post_started_at.is_some(),
+                "the attempt stays"
+            );
+            assert_eq!(w.settle(50).reason, expected);
+            assert_eq!((w.posts_sent, w.posts_took_effect), (1, posts_effective));
+        }
+    }
+}
+
+#[test]
+fn evidence_older_than_the_attempt_does_not_count() {
+    let mut w = World::new();
+    w.users[0].external_user_state = Some("PendingAcceptance".into());
+    w.users[0].external_user_state_change_date_time = Some(t(-3600));
+    w.post = vec![PostBehaviour::Fail {
+        failure: Failure::Ambiguous("timeout".into()),
+        took_effect: false,
+    }];
+    w.pass(None);
+    assert_eq!(w.settle(50).reason, Reason::OutcomeUnknown);
+}
+
+#[test]
+fn evidence_within_clock_skew_counts() {
+    let mut w = World::new();
+    assert!(w.pass(Some(Crash::AfterPostTookEffect)).is_none());
+    // The directory's clock runs 30 s behind ours.
+    w.users[0].external_user_state_change_date_time = Some(t(-30));
+    assert_eq!(w.settle(5).reason, Reason::Issued);
+}
+
+#[test]
+fn evidence_read_failures_keep_the_attempt() {
+    let mut w = World::new();
+    assert!(w.pass(Some(Crash::AfterPostTookEffect)).is_none());
+    w.read_failure = Some(Failure::Throttled {
+        retry_after: Some(Duration::from_secs(2)),
+    });
+    assert_eq!(w.pass(None).unwrap().reason, Reason::Throttled);
+    assert!(w.status.attempt.is_some());
+    assert_eq!(w.settle(5).reason, Reason::Issued);
+    assert_eq!(w.posts_sent, 1);
+}
+
+#[test]
+fn an_interrupted_attempt_of_an_older_generation_is_resolved_first() {
+    let mut w = World::new();
+    assert!(w.pass(Some(Crash::AfterPostTookEffect)).is_none());
+    w.generation = 2;
+    w.spec.email = "alice@other.example".into();
+    let report = w.settle(10);
+    assert_eq!(report.reason, Reason::Issued);
+    assert_eq!(w.posts_sent, 2, "one for each generation");
+    let gens: Vec<_> = w
+        .status
+        .history
+        .iter()
+        .map(|h| (h.generation, h.recovered))
+        .collect();
+    assert_eq!(gens, [(2, false), (1, true)]);
+}
+
+#[test]
+fn every_crash_point_with_every_post_behaviour_posts_at_most_once_per_generation() {
+    let behaviours = [
+        PostBehaviour::Ok,
+        PostBehaviour::Fail {
+            failure: Failure::Ambiguous("504".into()),
+            took_effect: true,
+        },
+        PostBehaviour::Fail {
+            failure: Failure::Ambiguous("504".into()),
+            took_effect: false,
+        },
+        PostBehaviour::Fail {
+            failure: Failure::Throttled { retry_after: None },
+            took_effect: false,
+        },
+        PostBehaviour::Fail {
+            failure: Failure::Transient("connect".into()),
+            took_effect: false,
+        },
+    ];
+    let crashes = [
+        None,
+        Some(Crash::BeforeIntent),
+        Some(Crash::AfterIntent),
+        Some(Crash::AfterMarkSending),
+        Some(Crash::AfterPostTookEffect),
+    ];
+    for crash in crashes {
+        for behaviour in &behaviours {
+            let mut w = World::new();
+            w.post = vec![behaviour.clone()];
+            let first = w.pass(crash);
+            w.now += SignedDuration::from_secs(1);
+            if first.is_none_or(|r| r.requeue.is_some()) {
+                w.settle(100);
+            }
+            let reason = w.reason().unwrap();
+            assert!(
+                matches!(reason, Reason::Issued | Reason::OutcomeUnknown),
+                "{crash:?} {behaviour:?}: {reason:?}"
+            );
+            assert!(
+                w.posts_took_effect <= 1,
+                "{crash:?} {behaviour:?}: {} invitations",
+                w.posts_took_effect
+            );
+            if reason == Reason::OutcomeUnknown {
+                assert_eq!(
+                    w.posts_took_effect, 0,
+                    "OutcomeUnknown only when nothing happened"
+                );
+            } else {
+                assert_eq!(w.posts_took_effect, 1);
+            }
+            assert_eq!(w.status.attempt, None);
+        }
+    }
+}
+
+#[test]
+fn the_object_without_a_single_user_key_is_reported_not_panicked_on() {
+    let mut w = World::new();
+    w.spec.user = UserRef::default();
+    assert_eq!(w.settle(3).reason, Reason::PolicyDenied);
+    assert_eq!(w.posts_sent, 0);
+}
+
+#[test]
+fn a_waiting_resource_does_nothing_before_its_next_attempt() {
+    let mut w = World::new();
+    w.run_clock = false;
+    w.post = vec![PostBehaviour::Fail {
+        failure: Failure::Forbidden("403".into()),
+        took_effect: false,
+    }];
+    assert_eq!(w.pass(None).unwrap().reason, Reason::Forbidden);
+    assert_eq!(w.status.next_attempt_at.as_ref().map(|t| t.0), Some(t(600)));
+    // Reconciled again at once (its own status write, a restart): nothing happens.
+    w.now = t(1);
+    assert!(w.pass(None).is_none());
+    assert_eq!(w.steps.last().map(String::as_str), Some("Wait"));
+    assert_eq!(w.posts_sent, 1);
+    // A human's retry does not wait.
+    w.annotation = Some("now".into());
+    assert_eq!(w.pass(None).unwrap().reason, Reason::Issued);
+    assert_eq!(w.status.next_attempt_at, None);
+}
+
+#[test]
+fn waits_survive_the_api_servers_second_precision() {
+    let mut w = World::new();
+    w.run_clock = false;
+    w.now = t(0) + SignedDuration::from_millis(400);
+    w.post = vec![PostBehaviour::Fail {
+        failure: Failure::Throttled {
+            retry_after: Some(Duration::from_secs(7)),
+        },
+        took_effect: false,
+    }];
+    assert_eq!(w.pass(None).unwrap().reason, Reason::Throttled);
+    // The API server keeps whole seconds.
+    w.status = serde_json::from_value(serde_json::to_value(&w.status).unwrap()).unwrap();
+    w.now = t(7) + SignedDuration::from_millis(300);
+    assert!(w.pass(None).is_none(), "7 s have not passed since the 429");
+    assert_eq!(w.posts_sent, 1);
+    w.now = t(8);
+    assert_eq!(w.pass(None).unwrap().reason, Reason::Issued);
+}

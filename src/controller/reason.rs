@@ -1,0 +1,170 @@
+//! The reasons of the Ready condition (API.md section 2) and what each one implies.
+
+use crate::resource::Phase;
+
+/// A reason of the `Ready` condition. Tests and users match on [`Reason::as_str`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Pending,
+    InProgress,
+    Throttled,
+    TransientError,
+    Issued,
+    DryRunComplete,
+    UserNotFound,
+    AmbiguousUser,
+    NotAGuest,
+    EmailNotOnUser,
+    EmailInUse,
+    PolicyDenied,
+    Forbidden,
+    TenantBlocked,
+    OutcomeUnknown,
+    GraphRejected,
+}
+
+/// The `status` of the Ready condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    True,
+    False,
+    Unknown,
+}
+
+impl Readiness {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Readiness::True => "True",
+            Readiness::False => "False",
+            Readiness::Unknown => "Unknown",
+        }
+    }
+}
+
+impl Reason {
+    pub const ALL: [Reason; 16] = [
+        Reason::Pending,
+        Reason::InProgress,
+        Reason::Throttled,
+        Reason::TransientError,
+        Reason::Issued,
+        Reason::DryRunComplete,
+        Reason::UserNotFound,
+        Reason::AmbiguousUser,
+        Reason::NotAGuest,
+        Reason::EmailNotOnUser,
+        Reason::EmailInUse,
+        Reason::PolicyDenied,
+        Reason::Forbidden,
+        Reason::TenantBlocked,
+        Reason::OutcomeUnknown,
+        Reason::GraphRejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Pending => "Pending",
+            Reason::InProgress => "InProgress",
+            Reason::Throttled => "Throttled",
+            Reason::TransientError => "TransientError",
+            Reason::Issued => "Issued",
+            Reason::DryRunComplete => "DryRunComplete",
+            Reason::UserNotFound => "UserNotFound",
+            Reason::AmbiguousUser => "AmbiguousUser",
+            Reason::NotAGuest => "NotAGuest",
+            Reason::EmailNotOnUser => "EmailNotOnUser",
+            Reason::EmailInUse => "EmailInUse",
+            Reason::PolicyDenied => "PolicyDenied",
+            Reason::Forbidden => "Forbidden",
+            Reason::TenantBlocked => "TenantBlocked",
+            Reason::OutcomeUnknown => "OutcomeUnknown",
+            Reason::GraphRejected => "GraphRejected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    pub fn readiness(self) -> Readiness {
+        match self {
+            Reason::Pending | Reason::InProgress | Reason::Throttled | Reason::TransientError => {
+                Readiness::Unknown
+            }
+            Reason::Issued | Reason::DryRunComplete => Readiness::True,
+            _ => Readiness::False,
+        }
+    }
+
+    /// `phase` follows Ready: Unknown → Pending or InProgress, True → Succeeded, False → Failed.
+    pub fn phase(self) -> Phase {
+        match (self, self.readiness()) {
+            (Reason::Pending, _) => Phase::Pending,
+            (_, Readiness::Unknown) => Phase::InProgress,
+            (_, Readiness::True) => Phase::Succeeded,
+            (_, Readiness::False) => Phase::Failed,
+        }
+    }
+
+    /// Events for failures and for trouble on the way are Warnings; the rest are Normal.
+    pub fn is_warning(self) -> bool {
+        matches!(self.readiness(), Readiness::False)
+            || matches!(self, Reason::Throttled | Reason::TransientError)
+    }
+
+    /// Settled reasons need nothing more for their generation until the spec or the retry
+    /// annotation changes. Forbidden and TenantBlocked are failures that retry on a schedule.
+    pub fn is_settled(self) -> bool {
+        match self.readiness() {
+            Readiness::True => true,
+            Readiness::False => !matches!(self, Reason::Forbidden | Reason::TenantBlocked),
+            Readiness::Unknown => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_of_api_md() {
+        use Readiness::*;
+        let expected = [
+            ("Pending", Unknown, Phase::Pending, false),
+            ("InProgress", Unknown, Phase::InProgress, false),
+            ("Throttled", Unknown, Phase::InProgress, false),
+            ("TransientError", Unknown, Phase::InProgress, false),
+            ("Issued", True, Phase::Succeeded, true),
+            ("DryRunComplete", True, Phase::Succeeded, true),
+            ("UserNotFound", False, Phase::Failed, true),
+            ("AmbiguousUser", False, Phase::Failed, true),
+            ("NotAGuest", False, Phase::Failed, true),
+            ("EmailNotOnUser", False, Phase::Failed, true),
+            ("EmailInUse", False, Phase::Failed, true),
+            ("PolicyDenied", False, Phase::Failed, true),
+            ("Forbidden", False, Phase::Failed, false),
+            ("TenantBlocked", False, Phase::Failed, false),
+            ("OutcomeUnknown", False, Phase::Failed, true),
+            ("GraphRejected", False, Phase::Failed, true),
+        ];
+        assert_eq!(expected.len(), Reason::ALL.len());
+        for (name, ready, phase, settled) in expected {
+            let reason = Reason::parse(name).unwrap();
+            assert_eq!(reason.as_str(), name);
+            assert_eq!(reason.readiness(), ready, "{name}");
+            assert_eq!(reason.phase(), phase, "{name}");
+            assert_eq!(reason.is_settled(), settled, "{name}");
+            assert_eq!(
+                reason.is_warning(),
+                ready == False || matches!(name, "Throttled" | "TransientError")
+            );
+        }
+    }
+}

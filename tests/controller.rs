@@ -1,0 +1,1034 @@
+//! End-to-end: `guestreset run` as a separate process against a real kube-apiserver and the
+//! HTTPS Graph simulator, tokens through azure_identity, the simulator's journal as the ground
+//! truth of what reached the directory.
+
+use std::process::Command;
+use std::time::Duration;
+
+use graph_sim::{
+    AdminClient, Call, FaultAction, FaultRule, JournalEntry, SeedUser, SimConfig, Simulator,
+};
+use guestreset::resource::{GuestRedemptionReset, GuestRedemptionResetStatus};
+use guestreset_testsupport::{ChildProcess, ControlPlane, wait_until};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+
+const ALICE: &str = "3f0a6c1e-8d2b-4c55-9b0e-2f6a1d9c7e41";
+const BOB: &str = "5b7e2a10-4c3d-4e5f-8a9b-0c1d2e3f4a5b";
+const CAROL: &str = "6c8f3b21-5d4e-4f60-9bac-1d2e3f4a5b6c";
+const MEMBER: &str = "7d904c32-6e5f-4071-acbd-2e3f4a5b6c7d";
+const BOB_UPN: &str = "bob_partner.example#EXT#@fabrikam.onmicrosoft.com";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn directory() -> Vec<SeedUser> {
+    vec![
+        SeedUser::guest(
+            ALICE,
+            "alice_contoso.com#EXT#@fabrikam.onmicrosoft.com",
+            "alice@contoso.com",
+        ),
+        SeedUser::guest(BOB, BOB_UPN, "bob@partner.example"),
+        SeedUser::guest(
+            CAROL,
+            "carol_supplier.example#EXT#@fabrikam.onmicrosoft.com",
+            "carol@supplier.example",
+        ),
+        SeedUser::member(
+            MEMBER,
+            "mallory@fabrikam.onmicrosoft.com",
+            "mallory@fabrikam.example",
+        ),
+    ]
+}
+
+static CRD: OnceCell<()> = OnceCell::const_new();
+
+/// One test's world: a namespace, a simulator, and the operators it starts.
+struct World {
+    cp: &'static ControlPlane,
+    ns: String,
+    sim: Simulator,
+    admin: AdminClient,
+    api: Api<GuestRedemptionReset>,
+    client: kube::Client,
+    operators: Vec<ChildProcess>,
+    _state: tempfile::TempDir,
+}
+
+impl World {
+    async fn new(prefix: &str) -> World {
+        Self::with_users(prefix, directory()).await
+    }
+
+    async fn with_users(prefix: &str, users: Vec<SeedUser>) -> World {
+        let cp = ControlPlane::shared().await;
+        CRD.get_or_init(|| async {
+            let crd = guestreset_testsupport::repo_root()
+                .join("crds/guestredemptionresets.guestreset.io.yaml");
+            let out = cp
+                .kubectl()
+                .args(["apply", "--server-side", "-f"])
+                .arg(&crd)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let wait = cp
+                .kubectl()
+                .args([
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=60s",
+                    "crd/guestredemptionresets.guestreset.io",
+                ])
+                .output()
+                .unwrap();
+            assert!(
+                wait.status.success(),
+                "{}",
+                String::from_utf8_lossy(&wait.stderr)
+            );
+        })
+        .await;
+        let ns = cp.namespace(prefix).await;
+        let state = tempfile::tempdir().unwrap();
+        let sim = graph_sim::start(SimConfig::new(state.path()).with_users(users))
+            .await
+            .unwrap();
+        let admin = sim.admin();
+        let client = cp.client().await;
+        World {
+            cp,
+            api: Api::namespaced(client.clone(), &ns),
+            client,
+            ns,
+            sim,
+            admin,
+            operators: vec![],
+            _state: state,
+        }
+    }
+
+    /// A `guestreset run` command for this world, watching only its namespace.
+    fn operator_command(&self, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_guestreset"));
+        cmd.args(["run", "--namespace", &self.ns, "--log-format", "json"])
+            .args([
+                "--max-writes-per-minute",
+                "600",
+                "--write-burst",
+                "20",
+                "--replication-window",
+                "6s",
+            ])
+            .args(extra)
+            .env("KUBECONFIG", self.cp.kubeconfig_path())
+            .env("GRAPH_ENDPOINT", self.sim.base_url())
+            .env("AZURE_AUTHORITY_HOST", self.sim.base_url())
+            .env("AZURE_TENANT_ID", self.sim.tenant_id())
+            .env("AZURE_CLIENT_ID", self.sim.client_id())
+            .env("AZURE_CLIENT_SECRET", self.sim.client_secret())
+            .env("SSL_CERT_FILE", self.sim.ca_pem_path())
+            .env("RUST_LOG", "info,guestreset=debug")
+            .env_remove("GUESTRESET_FAILPOINT")
+            .env_remove("WATCH_NAMESPACE")
+            .env_remove("ALLOWED_EMAIL_DOMAINS");
+        cmd
+    }
+
+    fn start_operator(&mut self, extra: &[&str]) -> usize {
+        let child = ChildProcess::spawn(self.operator_command(extra)).unwrap();
+        self.operators.push(child);
+        self.operators.len() - 1
+    }
+
+    fn start_operator_with(&mut self, cmd: Command) -> usize {
+        self.operators.push(ChildProcess::spawn(cmd).unwrap());
+        self.operators.len() - 1
+    }
+
+    async fn create(&self, name: &str, spec: Value) {
+        self.create_annotated(name, spec, json!({})).await;
+    }
+
+    async fn create_annotated(&self, name: &str, spec: Value, annotations: Value) {
+        let obj: GuestRedemptionReset = serde_json::from_value(json!({
+            "apiVersion": "guestreset.io/v1alpha1",
+            "kind": "GuestRedemptionReset",
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": spec,
+        }))
+        .unwrap();
+        self.api.create(&PostParams::default(), &obj).await.unwrap();
+    }
+
+    async fn patch_spec(&self, name: &str, spec: Value) {
+        self.api
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": spec})),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn annotate_retry(&self, name: &str, value: &str) {
+        let patch = json!({"metadata": {"annotations": {"guestreset.io/retry": value}}});
+        self.api
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .unwrap();
+    }
+
+    async fn get(&self, name: &str) -> GuestRedemptionReset {
+        self.api.get(name).await.unwrap()
+    }
+
+    /// Waits until Ready has `reason` for the current generation; returns the resource.
+    async fn wait_reason(&self, name: &str, reason: &str) -> GuestRedemptionReset {
+        self.wait_reason_for(name, reason, WAIT).await
+    }
+
+    async fn wait_reason_for(
+        &self,
+        name: &str,
+        reason: &str,
+        timeout: Duration,
+    ) -> GuestRedemptionReset {
+        let api = self.api.clone();
+        wait_until(&format!("{name} to be {reason}"), timeout, || {
+            let api = api.clone();
+            async move {
+                let obj = api.get(name).await.map_err(|e| e.to_string())?;
+                let generation = obj.metadata.generation;
+                let ready = obj
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned());
+                match &ready {
+                    Some(c) if c.reason == reason && c.observed_generation == generation => {
+                        Ok(Some(obj))
+                    }
+                    _ => Err(format!(
+                        "Ready = {:?}",
+                        ready.map(|c| (c.status, c.reason, c.message, c.observed_generation))
+                    )),
+                }
+            }
+        })
+        .await
+    }
+
+    async fn journal(&self) -> Vec<JournalEntry> {
+        self.admin.journal().await.unwrap()
+    }
+
+    async fn posts(&self) -> Vec<JournalEntry> {
+        self.admin.invitation_posts().await.unwrap()
+    }
+
+    async fn events(&self, name: &str) -> Vec<Event> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .collect()
+    }
+
+    fn logs(&self) -> String {
+        self.operators
+            .iter()
+            .map(|o| o.read_log())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Every operator log line, checked for credentials: no access token, no redeem URL.
+    async fn assert_no_secrets_in_logs(&self) {
+        let secrets = self.admin.issued_tokens_and_redeem_urls().await.unwrap();
+        let logs = self.logs();
+        assert!(!logs.is_empty());
+        for token in &secrets.access_tokens {
+            assert!(
+                !logs.contains(token.as_str()),
+                "an access token is in the operator's logs"
+            );
+        }
+        for url in &secrets.redeem_urls {
+            assert!(
+                !logs.contains(url.as_str()),
+                "a redeem URL is in the operator's logs"
+            );
+        }
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (i, op) in self.operators.iter().enumerate() {
+                let log = op.read_log();
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                eprintln!(
+                    "---- operator {i} log (last {} lines, newest last)",
+                    tail.len()
+                );
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+fn reason_of(obj: &GuestRedemptionReset) -> String {
+    ready(obj).reason
+}
+
+fn ready(obj: &GuestRedemptionReset) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    obj.status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .clone()
+}
+
+fn status(obj: &GuestRedemptionReset) -> &GuestRedemptionResetStatus {
+    obj.status.as_ref().unwrap()
+}
+
+fn by_id(id: &str, email: &str) -> Value {
+    json!({"user": {"id": id}, "email": email})
+}
+
+// ---------------------------------------------------------------- the happy path
+
+#[tokio::test(flavor = "multi_thread")]
+async fn happy_path_for_each_user_key() {
+    let mut w = World::new("happy").await;
+    w.start_operator(&[]);
+    w.create(
+        "by-id",
+        json!({"user": {"id": ALICE}, "email": "alice@newco.example", "changeRef": "CHG-1"}),
+    )
+    .await;
+    w.create(
+        "by-upn",
+        json!({"user": {"userPrincipalName": BOB_UPN}, "email": "bob@partner.example"}),
+    )
+    .await;
+    w.create(
+        "by-mail",
+        json!({"user": {"mail": "carol@supplier.example"}, "email": "dave@supplier.example"}),
+    )
+    .await;
+
+    for name in ["by-id", "by-upn", "by-mail"] {
+        let out =
+            w.cp.kubectl()
+                .args([
+                    "wait",
+                    "--for=condition=Ready",
+                    "--timeout=60s",
+                    "-n",
+                    &w.ns,
+                    &format!("grr/{name}"),
+                ])
+                .output()
+                .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl wait {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let obj = w.get(name).await;
+        assert_eq!(reason_of(&obj), "Issued");
+        let s = status(&obj);
+        assert_eq!(s.phase, Some(guestreset::resource::Phase::Succeeded));
+        assert_eq!(s.observed_generation, obj.metadata.generation);
+        assert_eq!(s.attempt, None);
+        let inv = s.invitation.as_ref().unwrap();
+        assert!(!inv.id.is_empty() && !inv.recovered);
+        assert_eq!(inv.redeem_status.as_deref(), Some("PendingAcceptance"));
+        assert_eq!(s.history.len(), 1);
+    }
+    let alice = w.get("by-id").await;
+    assert_eq!(
+        status(&alice)
+            .user
+            .as_ref()
+            .unwrap()
+            .previous_mail
+            .as_deref(),
+        Some("alice@contoso.com")
+    );
+    assert_eq!(
+        status(&alice).target.as_deref(),
+        Some("alice_contoso.com#EXT#@fabrikam.onmicrosoft.com")
+    );
+
+    let posts = w.posts().await;
+    assert_eq!(posts.len(), 3, "one POST per resource: {posts:?}");
+    assert!(posts.iter().all(|p| p.status == 201));
+    let patches: Vec<_> = w
+        .journal()
+        .await
+        .into_iter()
+        .filter(|e| e.call == Call::PatchUser)
+        .collect();
+    assert_eq!(
+        patches.len(),
+        2,
+        "mail set for alice and carol, not for bob who already has it"
+    );
+    let sim_alice = w.admin.user(ALICE).await.unwrap().unwrap();
+    assert_eq!(sim_alice.mail.as_deref(), Some("alice@newco.example"));
+    assert_eq!(
+        sim_alice.external_user_state.as_deref(),
+        Some("PendingAcceptance")
+    );
+    assert!(w.admin.hazards().await.unwrap().is_empty());
+
+    // Every request carried its own client-request-id.
+    let journal = w.journal().await;
+    let graph: Vec<_> = journal.iter().filter(|e| e.call != Call::Token).collect();
+    let ids: std::collections::HashSet<_> = graph
+        .iter()
+        .filter_map(|e| e.client_request_id.clone())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        graph.len(),
+        "a fresh client-request-id per request"
+    );
+
+    // The Events tell the story, with the changeRef.
+    let events = w.events("by-id").await;
+    let issued = events
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("Issued"))
+        .expect("an Issued event");
+    assert_eq!(issued.type_.as_deref(), Some("Normal"));
+    assert!(issued.note.as_deref().unwrap_or("").contains("CHG-1"));
+    w.assert_no_secrets_in_logs().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spec_edit_posts_once_more_and_reapply_posts_nothing() {
+    let mut w = World::new("generations").await;
+    w.start_operator(&[]);
+    w.create("alice", by_id(ALICE, "alice@newco.example")).await;
+    w.wait_reason("alice", "Issued").await;
+    assert_eq!(w.posts().await.len(), 1);
+
+    // An unchanged re-apply (kubectl apply of the same manifest) changes nothing.
+    let manifest = json!({
+        "apiVersion": "guestreset.io/v1alpha1", "kind": "GuestRedemptionReset",
+        "metadata": {"name": "alice", "namespace": w.ns},
+        "spec": by_id(ALICE, "alice@newco.example"),
+    });
+    let path = w._state.path().join("alice.json");
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    for _ in 0..2 {
+        let out =
+            w.cp.kubectl()
+                .args(["apply", "-f"])
+                .arg(&path)
+                .output()
+                .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let generation = w.get("alice").await.metadata.generation;
+    assert_eq!(generation, Some(1), "a re-apply is no new generation");
+
+    // A spec edit is a new generation: exactly one more POST.
+    w.patch_spec("alice", json!({"email": "alice@other.example"}))
+        .await;
+    let obj = w.wait_reason("alice", "Issued").await;
+    assert_eq!(obj.metadata.generation, Some(2));
+    let s = status(&obj);
+    assert_eq!(s.invitation.as_ref().unwrap().generation, 2);
+    assert_eq!(
+        s.history.iter().map(|h| h.generation).collect::<Vec<_>>(),
+        [2, 1]
+    );
+    // Give the controller every chance to post again: a status-only change and another pass.
+    w.annotate_retry("alice", "").await;
+    let posts = w.posts().await;
+    assert_eq!(posts.len(), 2, "{posts:?}");
+    // kubectl wait right after an edit waits for the new generation.
+    w.patch_spec("alice", json!({"email": "alice@third.example"}))
+        .await;
+    let out =
+        w.cp.kubectl()
+            .args([
+                "wait",
+                "--for=condition=Ready",
+                "--timeout=60s",
+                "-n",
+                &w.ns,
+                "grr/alice",
+            ])
+            .output()
+            .unwrap();
+    assert!(out.status.success());
+    let obj = w.get("alice").await;
+    assert_eq!(
+        ready(&obj).observed_generation,
+        Some(3),
+        "kubectl wait returned for the new generation"
+    );
+    assert_eq!(w.posts().await.len(), 3);
+}
+
+// ---------------------------------------------------------------- failures with no POST
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stops_before_any_post() {
+    let mut users = directory();
+    users.push(SeedUser::guest(
+        "8e0a5d43-7f60-4182-bdce-3f4a5b6c7d8e",
+        "carol2_supplier.example#EXT#@fabrikam.onmicrosoft.com",
+        "carol@supplier.example",
+    ));
+    users.push(SeedUser::guest(
+        "9f1b6e54-8071-4293-8edf-4a5b6c7d8e9f",
+        "taken_x.example#EXT#@fabrikam.onmicrosoft.com",
+        "taken@newco.example",
+    ));
+    let mut w = World::with_users("stops", users).await;
+    w.start_operator(&["--allowed-email-domains", "newco.example,partner.example"]);
+    w.create("member", by_id(MEMBER, "mallory@newco.example"))
+        .await;
+    w.create(
+        "ghost",
+        by_id(
+            "00000000-1111-4222-8333-444444444444",
+            "ghost@newco.example",
+        ),
+    )
+    .await;
+    w.create(
+        "two-carols",
+        json!({"user": {"mail": "carol@supplier.example"}, "email": "dave@newco.example"}),
+    )
+    .await;
+    w.create(
+        "no-update",
+        json!({"user": {"id": ALICE}, "email": "alice@newco.example", "updateMail": false}),
+    )
+    .await;
+    w.create("in-use", by_id(ALICE, "taken@newco.example"))
+        .await;
+    w.create("outside", by_id(BOB, "bob@elsewhere.example"))
+        .await;
+
+    for (name, reason, says) in [
+        ("member", "NotAGuest", "not Guest"),
+        (
+            "ghost",
+            "UserNotFound",
+            "no user with id 00000000-1111-4222-8333-444444444444",
+        ),
+        (
+            "two-carols",
+            "AmbiguousUser",
+            "2 users have mail carol@supplier.example",
+        ),
+        ("no-update", "EmailNotOnUser", "updateMail is false"),
+        (
+            "in-use",
+            "EmailInUse",
+            "taken_x.example#EXT#@fabrikam.onmicrosoft.com",
+        ),
+        (
+            "outside",
+            "PolicyDenied",
+            "outside the allowed e-mail domains",
+        ),
+    ] {
+        let obj = w
+            .wait_reason_for(name, reason, Duration::from_secs(90))
+            .await;
+        let condition = ready(&obj);
+        assert_eq!(condition.status, "False", "{name}");
+        assert!(
+            condition.message.contains(says),
+            "{name}: {}",
+            condition.message
+        );
+        assert_eq!(
+            status(&obj).phase,
+            Some(guestreset::resource::Phase::Failed)
+        );
+        let events = w.events(name).await;
+        assert!(
+            events
+                .iter()
+                .any(|e| e.reason.as_deref() == Some(reason)
+                    && e.type_.as_deref() == Some("Warning")),
+            "{name}: a Warning event {reason}: {:?}",
+            events
+                .iter()
+                .map(|e| (&e.reason, &e.type_))
+                .collect::<Vec<_>>()
+        );
+    }
+    let journal = w.journal().await;
+    assert!(
+        journal.iter().all(|e| e.call != Call::PostInvitation),
+        "no invitation POST at all"
+    );
+    assert!(
+        journal.iter().all(|e| e.call != Call::PatchUser),
+        "no mail PATCH either"
+    );
+    assert!(
+        w.admin.hazards().await.unwrap().is_empty(),
+        "the member was not converted"
+    );
+    assert_eq!(
+        w.admin.user(MEMBER).await.unwrap().unwrap().user_type,
+        "Member"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_writes_nothing_then_issues_for_real() {
+    let mut w = World::new("dryrun").await;
+    w.start_operator(&[]);
+    w.create(
+        "plan",
+        json!({"user": {"id": ALICE}, "email": "alice@newco.example", "dryRun": true}),
+    )
+    .await;
+    let obj = w.wait_reason("plan", "DryRunComplete").await;
+    let condition = ready(&obj);
+    assert_eq!(condition.status, "True");
+    assert!(
+        condition.message.contains("Would set mail of"),
+        "{}",
+        condition.message
+    );
+    assert!(
+        w.journal()
+            .await
+            .iter()
+            .all(|e| !matches!(e.call, Call::PatchUser | Call::PostInvitation))
+    );
+    w.patch_spec("plan", json!({"dryRun": false})).await;
+    w.wait_reason("plan", "Issued").await;
+    assert_eq!(w.posts().await.len(), 1);
+}
+
+// ---------------------------------------------------------------- Graph answers
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forbidden_and_throttled_and_transient() {
+    let mut w = World::new("answers").await;
+    // A privileged target: app-only calls get 403.
+    let mut admin_guest = SeedUser::guest(
+        "a1b2c3d4-e5f6-4789-8abc-def012345678",
+        "root_x.example#EXT#@fabrikam.onmicrosoft.com",
+        "root@x.example",
+    );
+    admin_guest.privileged = true;
+    w.admin.put_user(&admin_guest).await.unwrap();
+    w.start_operator(&[]);
+    w.create(
+        "privileged",
+        by_id("a1b2c3d4-e5f6-4789-8abc-def012345678", "root@x.example"),
+    )
+    .await;
+    let obj = w.wait_reason("privileged", "Forbidden").await;
+    assert!(
+        ready(&obj).message.contains("User.ReadWrite.All"),
+        "{}",
+        ready(&obj).message
+    );
+
+    // A Retry-After longer than the client waits by itself reaches the controller as Throttled.
+    w.admin
+        .add_fault(FaultRule::once(
+            Call::PostInvitation,
+            FaultAction::Throttle {
+                retry_after_seconds: Some(12),
+                retry_after_http_date: false,
+            },
+        ))
+        .await
+        .unwrap();
+    w.create("throttled", by_id(ALICE, "alice@newco.example"))
+        .await;
+    w.wait_reason("throttled", "Issued").await;
+    let posts: Vec<_> = w
+        .posts()
+        .await
+        .into_iter()
+        .filter(|p| p.path.contains("invitations"))
+        .collect();
+    let to_alice: Vec<_> = posts
+        .iter()
+        .filter(|p| p.status == 429 || p.status == 201)
+        .collect();
+    assert!(to_alice.iter().any(|p| p.status == 429));
+    let events = w.events("throttled").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Throttled")),
+        "a Throttled event"
+    );
+    // Retry-After was honoured: the accepted POST came at least 12 s after the 429.
+    let at = |e: &&JournalEntry| e.at.parse::<jiff::Timestamp>().unwrap();
+    let throttled_at = to_alice
+        .iter()
+        .filter(|p| p.status == 429)
+        .map(at)
+        .max()
+        .unwrap();
+    let issued_at = to_alice
+        .iter()
+        .filter(|p| p.status == 201)
+        .map(at)
+        .max()
+        .unwrap();
+    assert!(
+        issued_at.duration_since(throttled_at) >= jiff::SignedDuration::from_millis(11_900),
+        "{throttled_at} -> {issued_at}: {:#?}\n{}",
+        w.journal().await,
+        w.logs()
+    );
+
+    // Reads that keep failing with 503 before taking effect: TransientError, then success.
+    w.admin
+        .add_fault(FaultRule::times(
+            Call::GetUser,
+            8,
+            FaultAction::ServerErrorBefore { status: 503 },
+        ))
+        .await
+        .unwrap();
+    w.create("transient", by_id(BOB, "bob@partner.example"))
+        .await;
+    w.wait_reason("transient", "Issued").await;
+    let events = w.events("transient").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("TransientError")
+                && e.type_.as_deref() == Some("Warning"))
+    );
+}
+
+// ---------------------------------------------------------------- crashes
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_while_the_post_is_in_flight_recovers_without_a_second_post() {
+    let mut w = World::new("crash-post").await;
+    w.admin
+        .add_fault(FaultRule::once(
+            Call::PostInvitation,
+            FaultAction::HangAfter,
+        ))
+        .await
+        .unwrap();
+    let first = w.start_operator(&[]);
+    w.create("alice", by_id(ALICE, "alice@newco.example")).await;
+    let admin = w.admin.clone();
+    wait_until("the POST to have taken effect and be held", WAIT, || {
+        let admin = admin.clone();
+        async move { (admin.held_count().await.ok() == Some(1)).then_some(()) }
+    })
+    .await;
+    w.operators[first].kill();
+    w.admin.release_held().await.unwrap();
+    assert!(
+        status(&w.get("alice").await)
+            .attempt
+            .as_ref()
+            .unwrap()
+            .post_started_at
+            .is_some()
+    );
+
+    w.start_operator(&[]);
+    let obj = w.wait_reason("alice", "Issued").await;
+    let inv = status(&obj).invitation.clone().unwrap();
+    assert!(inv.recovered, "the outcome was inferred from the directory");
+    assert_eq!(inv.id, "");
+    assert_eq!(status(&obj).attempt, None);
+    assert_eq!(w.posts().await.len(), 1, "exactly one POST in the journal");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_after_the_intent_before_the_post_posts_once_after_restart() {
+    let mut w = World::new("crash-intent").await;
+    let mut cmd = w.operator_command(&[]);
+    cmd.env("GUESTRESET_FAILPOINT", "hang-after-intent");
+    let first = w.start_operator_with(cmd);
+    w.create("alice", by_id(ALICE, "alice@newco.example")).await;
+    let api = w.api.clone();
+    wait_until("the intent to be recorded", WAIT, || {
+        let api = api.clone();
+        async move {
+            api.get("alice")
+                .await
+                .ok()
+                .and_then(|o| o.status)
+                .and_then(|s| s.attempt)
+        }
+    })
+    .await;
+    w.operators[first].kill();
+    assert!(w.posts().await.is_empty());
+
+    w.start_operator(&[]);
+    let obj = w.wait_reason("alice", "Issued").await;
+    assert!(!status(&obj).invitation.as_ref().unwrap().recovered);
+    assert_eq!(w.posts().await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_lost_with_no_effect_ends_outcome_unknown_until_a_human_retries() {
+    let mut w = World::new("unknown").await;
+    w.admin
+        .add_fault(FaultRule::once(
+            Call::PostInvitation,
+            FaultAction::DropConnectionBefore,
+        ))
+        .await
+        .unwrap();
+    w.start_operator(&[]);
+    w.create("alice", by_id(ALICE, "alice@newco.example")).await;
+    let obj = w.wait_reason("alice", "OutcomeUnknown").await;
+    assert!(ready(&obj).message.contains("guestreset.io/retry"));
+    assert_eq!(
+        w.posts().await.len(),
+        1,
+        "the dropped POST, and no blind second one"
+    );
+    w.annotate_retry("alice", "accept-risk-1").await;
+    let obj = w.wait_reason("alice", "Issued").await;
+    assert_eq!(status(&obj).retry_token.as_deref(), Some("accept-risk-1"));
+    assert_eq!(w.posts().await.len(), 2);
+}
+
+// ---------------------------------------------------------------- two controllers
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_controllers_without_leader_election_post_once_per_generation() {
+    let mut users = directory();
+    let ids: Vec<String> = (0..8)
+        .map(|i| format!("0000000{i}-aaaa-4bbb-8ccc-dddddddddddd"))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        users.push(SeedUser::guest(
+            id,
+            &format!("g{i}_x.example#EXT#@fabrikam.onmicrosoft.com"),
+            &format!("g{i}@x.example"),
+        ));
+    }
+    let mut w = World::with_users("two", users).await;
+    w.admin
+        .set_latency(Duration::from_millis(50))
+        .await
+        .unwrap();
+    w.start_operator(&[]);
+    w.start_operator(&[]);
+    for (i, id) in ids.iter().enumerate() {
+        w.create(&format!("g{i}"), by_id(id, &format!("g{i}@y.example")))
+            .await;
+    }
+    for i in 0..ids.len() {
+        w.wait_reason(&format!("g{i}"), "Issued").await;
+    }
+    let posts = w.posts().await;
+    assert_eq!(
+        posts.len(),
+        ids.len(),
+        "one POST per resource with two controllers: {posts:#?}"
+    );
+    // Both controllers really worked (each wrote something) — otherwise the test proves nothing.
+    let logs: Vec<String> = w.operators.iter().map(|o| o.read_log()).collect();
+    assert!(
+        logs.iter()
+            .all(|l| l.contains("intent recorded") || l.contains("reconciled")),
+        "both controllers took part"
+    );
+}
+
+// ---------------------------------------------------------------- tenant protection
+
+#[tokio::test(flavor = "multi_thread")]
+async fn abuse_block_pauses_every_resource_until_the_cooldown() {
+    let mut w = World::new("abuse").await;
+    w.admin
+        .add_fault(FaultRule::always(
+            Call::PostInvitation,
+            FaultAction::AbuseBlock,
+        ))
+        .await
+        .unwrap();
+    w.start_operator(&["--tenant-block-cooldown", "8s"]);
+    w.create("alice", by_id(ALICE, "alice@newco.example")).await;
+    w.wait_reason("alice", "TenantBlocked").await;
+    w.create("bob", by_id(BOB, "bob@partner.example")).await;
+    w.create(
+        "carol",
+        json!({"user": {"mail": "carol@supplier.example"}, "email": "dave@supplier.example"}),
+    )
+    .await;
+    w.wait_reason("bob", "TenantBlocked").await;
+    w.wait_reason("carol", "TenantBlocked").await;
+    assert_eq!(w.posts().await.len(), 1, "no further POST while paused");
+    let blocked_at = w.posts().await[0].at.parse::<jiff::Timestamp>().unwrap();
+
+    // The block lifts: after the cool-down one probe goes out, then everyone else.
+    w.admin.clear_faults().await.unwrap();
+    for name in ["alice", "bob", "carol"] {
+        w.wait_reason(name, "Issued").await;
+    }
+    let posts = w.posts().await;
+    assert_eq!(posts.len(), 4, "{posts:#?}");
+    let second = posts[1].at.parse::<jiff::Timestamp>().unwrap();
+    assert!(
+        second.duration_since(blocked_at) >= jiff::SignedDuration::from_secs(7),
+        "the probe waited for the cool-down"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_are_rate_limited() {
+    let mut users = directory();
+    let ids: Vec<String> = (0..5)
+        .map(|i| format!("1000000{i}-aaaa-4bbb-8ccc-dddddddddddd"))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        users.push(SeedUser::guest(
+            id,
+            &format!("r{i}_x.example#EXT#@fabrikam.onmicrosoft.com"),
+            &format!("r{i}@x.example"),
+        ));
+    }
+    let mut w = World::with_users("limit", users).await;
+    // 30 writes per minute (one every 2 s), burst 2; each reset needs one PATCH and one POST.
+    w.start_operator(&["--max-writes-per-minute", "30", "--write-burst", "2"]);
+    for (i, id) in ids.iter().enumerate() {
+        w.create(&format!("r{i}"), by_id(id, &format!("r{i}@new.example")))
+            .await;
+    }
+    for i in 0..ids.len() {
+        w.wait_reason(&format!("r{i}"), "Issued").await;
+    }
+    let writes: Vec<jiff::Timestamp> = w
+        .journal()
+        .await
+        .iter()
+        .filter(|e| matches!(e.call, Call::PatchUser | Call::PostInvitation))
+        .map(|e| e.at.parse().unwrap())
+        .collect();
+    assert_eq!(writes.len(), 10);
+    let span = writes.last().unwrap().duration_since(writes[0]);
+    // 10 writes at 2 s each after a burst of 2: at least 8 intervals of 2 s.
+    assert!(
+        span >= jiff::SignedDuration::from_millis(15_500),
+        "10 writes took only {span}"
+    );
+    // Never more than burst + rate in any 2-second window.
+    for (i, start) in writes.iter().enumerate() {
+        let in_window = writes[i..]
+            .iter()
+            .filter(|t| t.duration_since(*start) < jiff::SignedDuration::from_secs(2))
+            .count();
+        assert!(in_window <= 3, "{in_window} writes within 2 s of {start}");
+    }
+    println!("rate limit: 10 writes in {span} at 30/min burst 2");
+}
+
+// ---------------------------------------------------------------- the redeem URL
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redeem_url_goes_to_the_secret_and_nowhere_else() {
+    let mut w = World::new("redeem").await;
+    w.start_operator(&[]);
+    w.create(
+        "silent",
+        json!({"user": {"id": ALICE}, "email": "alice@newco.example", "sendInvitationMessage": false,
+               "redeemUrlSecret": {"name": "alice-redeem-url"}, "changeRef": "CHG-7"}),
+    )
+    .await;
+    let obj = w.wait_reason("silent", "Issued").await;
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &w.ns);
+    let secret = secrets.get("alice-redeem-url").await.unwrap();
+    let url = String::from_utf8(secret.data.unwrap()["redeemUrl"].0.clone()).unwrap();
+    let issued = w.admin.issued_tokens_and_redeem_urls().await.unwrap();
+    assert_eq!(
+        issued.redeem_urls,
+        vec![url.clone()],
+        "the Secret holds the URL Graph issued"
+    );
+    let owner = &secret.metadata.owner_references.unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("GuestRedemptionReset", "silent")
+    );
+    assert_eq!(owner.uid, obj.metadata.uid.clone().unwrap());
+
+    // Not in status, not in events, not in logs.
+    let status_json = serde_json::to_string(&obj.status).unwrap();
+    assert!(!status_json.contains(&url));
+    let events_json = serde_json::to_string(&w.events("silent").await).unwrap();
+    assert!(!events_json.contains(&url));
+    assert!(
+        ready(&obj)
+            .message
+            .contains("redeem URL stored in Secret alice-redeem-url")
+    );
+    w.assert_no_secrets_in_logs().await;
+    // Logs carry the resource, the changeRef and Graph's client-request-id.
+    let logs = w.logs();
+    let issued_line = logs
+        .lines()
+        .find(|l| l.contains("invitation issued"))
+        .expect("an 'invitation issued' log line");
+    assert!(
+        issued_line.contains("CHG-7") && issued_line.contains(&format!("{}/silent", w.ns)),
+        "{issued_line}"
+    );
+    let post = &w.posts().await[0];
+    assert!(
+        issued_line.contains(post.client_request_id.as_deref().unwrap()),
+        "{issued_line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_the_operator_cleanly() {
+    let mut w = World::new("sigterm").await;
+    let op = w.start_operator(&[]);
+    w.create("alice", by_id(ALICE, "alice@newco.example")).await;
+    w.wait_reason("alice", "Issued").await;
+    let status = w.operators[op].terminate();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(w.operators[op].read_log().contains("shutting down"));
+}
