@@ -3,7 +3,10 @@
 //! - [`resource`]: the `GuestRedemptionReset` resource and its admission rules (the CRD).
 //! - [`graph`]: the Microsoft Graph client, the only way the controller changes the directory.
 //! - [`controller`]: the pure decision and the thin effects layer around it.
+//! - [`metrics`] and [`admin`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
 
+pub mod admin;
 pub mod controller;
 pub mod graph;
+pub mod metrics;
 pub mod resource;

@@ -1,11 +1,15 @@
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use jiff::SignedDuration;
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use guestreset::controller::{self, Context, decide::Settings, tenant::TenantGuard};
 use guestreset::graph::{self, GraphClient, GraphSettings, WriteLimiter};
+use guestreset::metrics::Metrics;
 
 /// Resets Microsoft Entra B2B guest redemptions declaratively, once per generation.
 #[derive(Parser)]
@@ -18,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinition YAML (identical to the file under crds/).
     Crd,
 }
@@ -58,6 +62,21 @@ struct RunArgs {
     concurrency: u16,
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Reconcile only while holding a coordination.k8s.io Lease, so that of several replicas
+    /// one works and the others stand by.
+    #[arg(long, env = "LEADER_ELECT")]
+    leader_elect: bool,
+    /// Namespace of the Lease; default the pod's own namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    #[arg(long, env = "LEADER_ELECTION_LEASE_NAME", default_value = "guestreset")]
+    leader_election_lease_name: String,
+    /// How long a Lease holds without renewal; a standby takes over after it expires.
+    #[arg(long, env = "LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    leader_election_lease_duration: SignedDuration,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -102,6 +121,12 @@ enum StartError {
     Kube(#[from] kube::Error),
     #[error("{0} is too long a duration")]
     Duration(SignedDuration),
+    #[error("cannot serve the admin endpoints: {0}")]
+    Admin(#[from] std::io::Error),
+    #[error("leader election: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    #[error("lost the leader lease; exiting so that a fresh process stands by")]
+    LostLease,
 }
 
 async fn run(args: RunArgs) -> Result<(), StartError> {
@@ -137,21 +162,129 @@ async fn run(args: RunArgs) -> Result<(), StartError> {
         ..Settings::default()
     };
     let client = kube::Client::try_default().await?;
+    let metrics = Arc::new(Metrics::new());
+    let graph = graph.with_observer(metrics.clone());
     let ctx = Arc::new(Context::new(
-        client,
+        client.clone(),
         graph,
         settings,
         TenantGuard::new(args.tenant_block_cooldown),
+        metrics.clone(),
     ));
-    controller::run(
-        ctx,
-        args.namespace,
-        args.concurrency.max(1),
-        shutdown_signal(),
-    )
-    .await;
+
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown_signal().await;
+            stop.cancel();
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
+    let admin = tokio::spawn(guestreset::admin::serve(
+        listener,
+        metrics.clone(),
+        stop.clone().cancelled_owned(),
+    ));
+    let concurrency = args.concurrency.max(1);
+
+    let outcome = if args.leader_elect {
+        run_as_leader(&args, client, ctx, concurrency, &stop).await
+    } else {
+        metrics.leader.set(1);
+        controller::run(
+            ctx,
+            args.namespace.clone(),
+            concurrency,
+            stop.clone().cancelled_owned(),
+        )
+        .await;
+        Ok(())
+    };
+    stop.cancel();
+    let _ = admin.await;
     info!("stopped");
-    Ok(())
+    outcome
+}
+
+/// Stands by until this process holds the Lease, then reconciles until shutdown or until the
+/// Lease is lost. A lost Lease ends the process: a fresh one stands by cleanly.
+async fn run_as_leader(
+    args: &RunArgs,
+    client: kube::Client,
+    ctx: Arc<Context>,
+    concurrency: u16,
+    stop: &CancellationToken,
+) -> Result<(), StartError> {
+    let namespace = args
+        .leader_election_namespace
+        .clone()
+        .unwrap_or_else(own_namespace);
+    let identity = std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| format!("guestreset-{}", uuid::Uuid::new_v4()));
+    let duration = args.leader_election_lease_duration.as_secs().max(2) as u64;
+    let manager = LeaseManagerBuilder::new(client, &args.leader_election_lease_name)
+        .with_namespace(&namespace)
+        .with_identity(&identity)
+        .with_duration(duration)
+        .with_grace((duration / 3).max(1))
+        .with_field_manager(format!("guestreset-{identity}"))
+        .build()
+        .await?;
+    let (mut leading, lease_task) = manager.watch().await;
+    info!(lease = %args.leader_election_lease_name, namespace, identity, "standing by for the leader lease");
+    // A standby is healthy and ready: it is doing what it should.
+    ctx.metrics.set_ready(true);
+    while !*leading.borrow_and_update() {
+        tokio::select! {
+            changed = leading.changed() => if changed.is_err() {
+                return Err(StartError::LostLease);
+            },
+            _ = stop.cancelled() => {
+                drop(leading);
+                let _ = lease_task.await;
+                return Ok(());
+            }
+        }
+    }
+    info!(identity, "holding the leader lease; reconciling");
+    ctx.metrics.leader.set(1);
+    ctx.metrics.set_ready(false);
+    let lost = CancellationToken::new();
+    let shutdown = {
+        let (stop, lost) = (stop.clone(), lost.clone());
+        async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = async {
+                    while leading.changed().await.is_ok() && *leading.borrow_and_update() {}
+                } => {
+                    tracing::error!("lost the leader lease; stopping");
+                    lost.cancel();
+                }
+            }
+            // Dropping the receiver releases the Lease for the standby.
+        }
+    };
+    controller::run(ctx.clone(), args.namespace.clone(), concurrency, shutdown).await;
+    ctx.metrics.leader.set(0);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), lease_task).await;
+    if lost.is_cancelled() {
+        Err(StartError::LostLease)
+    } else {
+        Ok(())
+    }
+}
+
+/// The pod's namespace from its service-account mount, else `default`.
+fn own_namespace() -> String {
+    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        .map(|ns| ns.trim().to_owned())
+        .ok()
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or_else(|| "default".to_owned())
 }
 
 /// Resolves on SIGTERM or Ctrl-C: passes in flight finish, no new ones start.
@@ -173,7 +306,7 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Run(args) => {
             init_logging(args.log_format);
-            match run(args).await {
+            match run(*args).await {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!(error = %err, "guestreset cannot start");

@@ -29,6 +29,7 @@ use crate::graph::{
     DirectoryUser, ErrorClass, FailureKind, GraphClient, GraphError, InvitationMessage, RedeemUrl,
     ResetRedemptionRequest, WriteSlot,
 };
+use crate::metrics::Metrics;
 use crate::resource::{
     Attempt, GuestRedemptionReset, GuestRedemptionResetStatus, REDEEM_URL_SECRET_KEY,
     RETRY_ANNOTATION, UserKey,
@@ -37,6 +38,9 @@ use decide::{Failure, Observed, Pass, Posted, Report, Resolution, Settings, Step
 use reason::Reason;
 use status::Stamp;
 use tenant::TenantGuard;
+
+/// The pass ends early and runs again soon on the fresh object.
+const START_OVER: Action = Action::requeue(Duration::from_millis(200));
 
 /// Field manager and Event reporter name.
 pub const MANAGER: &str = "guestreset";
@@ -64,6 +68,7 @@ pub struct Context {
     pub settings: Settings,
     pub tenant: TenantGuard,
     pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
     pub failpoint: Option<Failpoint>,
     /// Consecutive failed passes per resource and generation, for backoff. Lost on restart,
     /// which only shortens one backoff.
@@ -76,6 +81,7 @@ impl Context {
         graph: GraphClient,
         settings: Settings,
         tenant: TenantGuard,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let reporter = Reporter {
             controller: MANAGER.to_owned(),
@@ -87,6 +93,7 @@ impl Context {
             graph,
             settings,
             tenant,
+            metrics,
             failpoint: Failpoint::from_env(),
             failures: Mutex::default(),
         }
@@ -132,8 +139,20 @@ pub async fn run(
         None => Api::all(ctx.client.clone()),
     };
     let config = kube::runtime::controller::Config::default().concurrency(concurrency);
-    Controller::new(api, watcher::Config::default().any_semantic())
-        .with_config(config)
+    let controller =
+        Controller::new(api.clone(), watcher::Config::default().any_semantic()).with_config(config);
+    // Ready once the watch cache has synced. Store::wait_until_ready cannot be awaited here:
+    // its one-shot keeps a single waker and the controller awaits it too. The controller starts
+    // reconciling only once its store is ready, so the first reconcile marks readiness; with no
+    // resources at all, an empty list of them does.
+    match api.list(&kube::api::ListParams::default().limit(1)).await {
+        Ok(list) if list.items.is_empty() => ctx.metrics.set_ready(true),
+        Ok(_) => {}
+        Err(err) => {
+            warn!(error = %err, "cannot list GuestRedemptionResets yet; is the CRD installed?")
+        }
+    }
+    controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -233,6 +252,23 @@ impl Effects<'_> {
             .replace_status(&name, &PostParams::default(), &next)
             .await?;
         Ok(())
+    }
+
+    /// Writes the status with the object's resourceVersion as precondition; `false` when another
+    /// writer (a replica, a human, a spec edit) changed the resource first, so the pass must
+    /// start over from the fresh object rather than act on a stale view.
+    async fn write_guarded(
+        &mut self,
+        status: GuestRedemptionResetStatus,
+    ) -> Result<bool, kube::Error> {
+        match self.write_status(status).await {
+            Ok(()) => Ok(true),
+            Err(err) if is_conflict(&err) => {
+                info!("another writer changed the resource first; starting over");
+                Ok(false)
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// Writes a report's status. After a POST the outcome must not be lost to a conflict, so it
@@ -363,9 +399,15 @@ pub async fn reconcile(obj: Arc<GuestRedemptionReset>, ctx: Arc<Context>) -> Res
         generation,
         change_ref = obj.spec.change_ref.as_deref().unwrap_or(""),
     );
-    reconcile_pass(obj, ctx, namespace, name, generation)
+    // The controller starts reconciling only once its watch cache has synced.
+    ctx.metrics.set_ready(true);
+    let started = std::time::Instant::now();
+    let metrics = ctx.metrics.clone();
+    let result = reconcile_pass(obj, ctx, namespace, name, generation)
         .instrument(span)
-        .await
+        .await;
+    metrics.record_reconcile(result.is_ok(), started.elapsed());
+    result
 }
 
 async fn reconcile_pass(
@@ -428,12 +470,8 @@ async fn reconcile_pass(
             }
             Step::AcceptRetry { token } => {
                 let next = status::with_retry_accepted(&fx.status(), &token, stamp);
-                match fx.write_status(next).await {
-                    Ok(()) => {}
-                    Err(err) if is_conflict(&err) => {
-                        return Ok(Action::requeue(Duration::from_millis(200)));
-                    }
-                    Err(err) => return Err(err.into()),
+                if !fx.write_guarded(next).await? {
+                    return Ok(START_OVER);
                 }
                 info!(token, "retry annotation accepted");
                 fx.publish(
@@ -444,12 +482,11 @@ async fn reconcile_pass(
                 pass.retry_accepted = true;
             }
             Step::MarkPending => {
-                match fx.write_status(status::pending(&fx.status(), stamp)).await {
-                    Ok(()) => {}
-                    Err(err) if is_conflict(&err) => {
-                        return Ok(Action::requeue(Duration::from_millis(200)));
-                    }
-                    Err(err) => return Err(err.into()),
+                if !fx
+                    .write_guarded(status::pending(&fx.status(), stamp))
+                    .await?
+                {
+                    return Ok(START_OVER);
                 }
                 fx.publish(Reason::Pending, &format!("generation {generation} seen"))
                     .await;
@@ -499,14 +536,8 @@ async fn reconcile_pass(
                     post_started_at: None,
                 };
                 let next = status::with_intent(&fx.status(), &attempt, &user, stamp);
-                match fx.write_status(next).await {
-                    Ok(()) => {}
-                    // Someone else wrote first (another replica, a spec edit): start over from
-                    // the fresh object rather than post on a stale view.
-                    Err(err) if is_conflict(&err) => {
-                        return Ok(Action::requeue(Duration::from_millis(200)));
-                    }
-                    Err(err) => return Err(err.into()),
+                if !fx.write_guarded(next).await? {
+                    return Ok(START_OVER);
                 }
                 info!(attempt = %attempt.id, "intent recorded");
                 pass.intent = Some(attempt);
@@ -519,6 +550,7 @@ async fn reconcile_pass(
                 // The limiter wait comes before the mark: a pass killed while waiting leaves an
                 // attempt that never reached Graph, which the next pass may safely restart.
                 let (taken, waited) = ctx.graph.limiter().take_slot().await;
+                ctx.graph.observe_limiter_wait(waited);
                 slot = Some(taken);
                 if !waited.is_zero() {
                     info!(
@@ -530,15 +562,11 @@ async fn reconcile_pass(
                     now: Timestamp::now(),
                     ..stamp
                 };
-                match fx
-                    .write_status(status::with_sending(&fx.status(), stamp))
-                    .await
+                if !fx
+                    .write_guarded(status::with_sending(&fx.status(), stamp))
+                    .await?
                 {
-                    Ok(()) => {}
-                    Err(err) if is_conflict(&err) => {
-                        return Ok(Action::requeue(Duration::from_millis(200)));
-                    }
-                    Err(err) => return Err(err.into()),
+                    return Ok(START_OVER);
                 }
                 pass.marked_sending = true;
             }
@@ -567,6 +595,9 @@ async fn reconcile_pass(
                 } else if report.issued.as_ref().is_some_and(|i| !i.recovered) {
                     ctx.tenant.clear();
                 }
+                ctx.metrics
+                    .tenant_paused
+                    .set(i64::from(ctx.tenant.is_paused(now)));
                 if let Some(claim) = probe {
                     claim.settle();
                 }
@@ -591,6 +622,7 @@ async fn reconcile_pass(
                 if !landed {
                     return Ok(Action::requeue(Duration::from_millis(200)));
                 }
+                ctx.metrics.record_outcome(report.reason);
                 let failed = matches!(report.reason, Reason::Throttled | Reason::TransientError);
                 ctx.set_failures(failure_key, failed);
                 if previous != (Some(report.reason), Some(generation)) {

@@ -79,6 +79,7 @@ pub struct GraphClient {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     settings: GraphSettings,
     /// `{endpoint}/v1.0`
@@ -86,6 +87,15 @@ struct Inner {
     http: reqwest::Client,
     credential: Arc<dyn TokenCredential>,
     limiter: WriteLimiter,
+    observer: Option<Arc<dyn GraphObserver>>,
+}
+
+/// Sees every HTTP attempt and every limiter wait, for metrics.
+pub trait GraphObserver: Send + Sync {
+    /// One HTTP attempt: its status, or `None` when no answer came.
+    fn request(&self, call: GraphCall, status: Option<u16>, took: Duration);
+    /// A write waited this long for the limiter.
+    fn limiter_wait(&self, waited: Duration);
 }
 
 impl fmt::Debug for GraphClient {
@@ -120,7 +130,27 @@ impl GraphClient {
                 http,
                 credential,
                 limiter,
+                observer: None,
             }),
+        }
+    }
+
+    /// Reports every request and limiter wait to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn GraphObserver>) -> Self {
+        Arc::make_mut(&mut self.inner).observer = Some(observer);
+        self
+    }
+
+    fn observe(&self, call: GraphCall, status: Option<u16>, took: Duration) {
+        if let Some(observer) = &self.inner.observer {
+            observer.request(call, status, took);
+        }
+    }
+
+    /// Records a limiter wait taken by the caller (see [`WriteLimiter::take_slot`]).
+    pub fn observe_limiter_wait(&self, waited: Duration) {
+        if let Some(observer) = &self.inner.observer {
+            observer.limiter_wait(waited);
         }
     }
 
@@ -302,6 +332,7 @@ impl GraphClient {
             attempts += 1;
             if call.is_write() && slot.take().is_none() {
                 let waited = self.inner.limiter.acquire().await;
+                self.observe_limiter_wait(waited);
                 if !waited.is_zero() {
                     debug!(
                         call = call.as_str(),
@@ -372,6 +403,7 @@ impl GraphClient {
         let response = match request.send().await {
             Ok(response) => response,
             Err(e) => {
+                self.observe(call, None, started.elapsed());
                 let kind = transport_failure(&e);
                 let latency_ms = started.elapsed().as_millis() as u64;
                 let detail = error_chain(&e.without_url());
@@ -396,6 +428,7 @@ impl GraphClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
         let read = response.bytes().await;
+        self.observe(call, Some(status), started.elapsed());
         let latency_ms = started.elapsed().as_millis() as u64;
         let log_answer = |level_warn: bool| {
             let request_id = request_id.as_deref().unwrap_or("");

@@ -22,7 +22,9 @@ mod model;
 pub mod query;
 mod retry;
 
-pub use client::{DEFAULT_GRAPH_ENDPOINT, DEFAULT_TIMEOUT, GraphClient, GraphSettings};
+pub use client::{
+    DEFAULT_GRAPH_ENDPOINT, DEFAULT_TIMEOUT, GraphClient, GraphObserver, GraphSettings,
+};
 pub use credential::{CredentialError, CredentialKind};
 pub use error::{
     ErrorClass, FailureKind, GraphCall, GraphError, GraphErrorDetails, parse_retry_after,

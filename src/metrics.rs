@@ -1,0 +1,215 @@
+//! Prometheus metrics, served on `/metrics` by [`crate::admin`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::controller::reason::Reason;
+use crate::graph::{GraphCall, GraphObserver};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `ok` or `error` (an error of the effects layer, not a Graph failure).
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GraphLabels {
+    pub call: &'static str,
+    /// The HTTP status, or `none` when no answer came.
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabel {
+    pub call: &'static str,
+}
+
+/// Every metric of the process.
+pub struct Metrics {
+    registry: Registry,
+    pub reconciles: Family<ResultLabel, Counter>,
+    pub reconcile_duration: Histogram,
+    pub outcomes: Family<ReasonLabel, Counter>,
+    pub graph_requests: Family<GraphLabels, Counter>,
+    pub graph_duration: Family<CallLabel, Histogram>,
+    pub limiter_wait: Histogram,
+    pub tenant_paused: Gauge,
+    pub leader: Gauge,
+    ready: AtomicBool,
+}
+
+fn latency_histogram() -> Histogram {
+    // 5 ms to about 40 s.
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("guestreset");
+        let reconciles = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "reconciles",
+            "Reconcile passes by result",
+            reconciles.clone(),
+        );
+        let reconcile_duration = latency_histogram();
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of a reconcile pass, Graph calls and status writes included",
+            reconcile_duration.clone(),
+        );
+        let outcomes = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "outcomes",
+            "Reports written to status, by the Ready condition's reason",
+            outcomes.clone(),
+        );
+        let graph_requests = Family::<GraphLabels, Counter>::default();
+        registry.register(
+            "graph_requests",
+            "Graph HTTP requests by call and status",
+            graph_requests.clone(),
+        );
+        let graph_duration = Family::<CallLabel, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "graph_request_duration_seconds",
+            "Latency of Graph HTTP requests by call",
+            graph_duration.clone(),
+        );
+        let limiter_wait = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        registry.register(
+            "write_limiter_wait_seconds",
+            "Time Graph writes waited for the controller-wide write limiter",
+            limiter_wait.clone(),
+        );
+        let tenant_paused = Gauge::default();
+        registry.register(
+            "tenant_paused",
+            "1 while invitations are paused after Graph's abuse-protection answer",
+            tenant_paused.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this process holds the leader lease (or runs without leader election)",
+            leader.clone(),
+        );
+        Metrics {
+            registry,
+            reconciles,
+            reconcile_duration,
+            outcomes,
+            graph_requests,
+            graph_duration,
+            limiter_wait,
+            tenant_paused,
+            leader,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn record_outcome(&self, reason: Reason) {
+        self.outcomes
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn record_reconcile(&self, ok: bool, took: Duration) {
+        let result = if ok { "ok" } else { "error" };
+        self.reconciles.get_or_create(&ResultLabel { result }).inc();
+        self.reconcile_duration.observe(took.as_secs_f64());
+    }
+
+    /// `/readyz`: set once the watch cache has synced, or while standing by for the lease.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+impl GraphObserver for Metrics {
+    fn request(&self, call: GraphCall, status: Option<u16>, took: Duration) {
+        let status = status.map_or_else(|| "none".to_owned(), |s| s.to_string());
+        self.graph_requests
+            .get_or_create(&GraphLabels {
+                call: call.as_str(),
+                status,
+            })
+            .inc();
+        self.graph_duration
+            .get_or_create(&CallLabel {
+                call: call.as_str(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    fn limiter_wait(&self, waited: Duration) {
+        self.limiter_wait.observe(waited.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_every_metric_with_its_labels() {
+        let metrics = Metrics::new();
+        metrics.record_outcome(Reason::Issued);
+        metrics.record_reconcile(true, Duration::from_millis(20));
+        metrics.request(
+            GraphCall::PostInvitation,
+            Some(201),
+            Duration::from_millis(30),
+        );
+        metrics.request(GraphCall::GetUser, None, Duration::from_millis(30));
+        metrics.limiter_wait(Duration::from_secs(2));
+        metrics.tenant_paused.set(1);
+        let text = metrics.encode();
+        for needle in [
+            r#"guestreset_outcomes_total{reason="Issued"} 1"#,
+            r#"guestreset_reconciles_total{result="ok"} 1"#,
+            r#"guestreset_graph_requests_total{call="POST /invitations",status="201"} 1"#,
+            r#"guestreset_graph_requests_total{call="GET /users/{id}",status="none"} 1"#,
+            "guestreset_graph_request_duration_seconds_bucket",
+            "guestreset_write_limiter_wait_seconds_sum 2.0",
+            "guestreset_tenant_paused 1",
+            "guestreset_reconcile_duration_seconds_count 1",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+    }
+}
