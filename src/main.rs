@@ -145,7 +145,7 @@ async fn run(args: RunArgs) -> Result<(), StartError> {
         graph_endpoint = %graph_settings.endpoint,
         scope = %graph_settings.scope,
         credential = credential_kind.name(),
-        namespace = args.namespace.as_deref().unwrap_or("(all)"),
+        namespace = args.namespace.as_deref().filter(|ns| !ns.is_empty()).unwrap_or("(all)"),
         max_writes_per_minute = limiter.per_minute(),
         write_burst = limiter.burst(),
         "starting guestreset"
@@ -187,18 +187,14 @@ async fn run(args: RunArgs) -> Result<(), StartError> {
         stop.clone().cancelled_owned(),
     ));
     let concurrency = args.concurrency.max(1);
+    // An empty WATCH_NAMESPACE (as a chart renders "all namespaces") means all namespaces.
+    let namespace = args.namespace.clone().filter(|ns| !ns.is_empty());
 
     let outcome = if args.leader_elect {
-        run_as_leader(&args, client, ctx, concurrency, &stop).await
+        run_as_leader(&args, namespace, client, ctx, concurrency, &stop).await
     } else {
         metrics.leader.set(1);
-        controller::run(
-            ctx,
-            args.namespace.clone(),
-            concurrency,
-            stop.clone().cancelled_owned(),
-        )
-        .await;
+        controller::run(ctx, namespace, concurrency, stop.clone().cancelled_owned()).await;
         Ok(())
     };
     stop.cancel();
@@ -211,6 +207,7 @@ async fn run(args: RunArgs) -> Result<(), StartError> {
 /// Lease is lost. A lost Lease ends the process: a fresh one stands by cleanly.
 async fn run_as_leader(
     args: &RunArgs,
+    watch_namespace: Option<String>,
     client: kube::Client,
     ctx: Arc<Context>,
     concurrency: u16,
@@ -268,7 +265,7 @@ async fn run_as_leader(
             // Dropping the receiver releases the Lease for the standby.
         }
     };
-    controller::run(ctx.clone(), args.namespace.clone(), concurrency, shutdown).await;
+    controller::run(ctx.clone(), watch_namespace, concurrency, shutdown).await;
     ctx.metrics.leader.set(0);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), lease_task).await;
     if lost.is_cancelled() {

@@ -123,7 +123,7 @@ impl Context {
 pub enum Error {
     #[error("the resource has no namespace or name")]
     Unaddressable,
-    #[error("writing status: {0}")]
+    #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
 }
 
