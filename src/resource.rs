@@ -403,55 +403,33 @@ mod tests {
         json!({"user": {"id": "3f0a6c1e-8d2b-4c55-9b0e-2f6a1d9c7e41"}, "email": email})
     }
 
+    /// The shared list of addresses, also sent to the real API server by tests/admission.rs.
+    fn email_cases(kind: &str) -> Vec<String> {
+        let cases: Value =
+            serde_json::from_str(include_str!("../tests/fixtures/emails.json")).unwrap();
+        serde_json::from_value(cases[kind].clone()).unwrap()
+    }
+
     #[test]
     fn valid_emails_pass() {
-        for email in [
-            "alice@newco.example",
-            "a@b.co",
-            "first.last@sub.domain.example",
-            "o'neil@example.com",
-            "under_score-dash@x-y.example",
-            "ALICE@NEWCO.EXAMPLE",
-        ] {
-            assert_eq!(failures(with_email(email)), Vec::<String>::new(), "{email}");
+        for email in email_cases("valid") {
+            assert_eq!(
+                failures(with_email(&email)),
+                Vec::<String>::new(),
+                "{email}"
+            );
         }
     }
 
     #[test]
     fn emails_graph_refuses_fail_naming_the_field() {
-        let mut bad: Vec<String> = "~!#$%^&*()+=[]{}\\/|;:\"<>?,"
-            .chars()
-            .map(|c| format!("al{c}ice@newco.example"))
-            .collect();
-        bad.extend(
-            [
-                "alice",
-                "alice@",
-                "@newco.example",
-                "alice@newco",
-                "al ice@newco.example",
-                "alice@@newco.example",
-                "al@ice@newco.example",
-                ".alice@newco.example",
-                "alice.@newco.example",
-                "-alice@newco.example",
-                "alice-@newco.example",
-                "al..ice@newco.example",
-                "alice@newco..example",
-                "alice@-newco.example",
-                "alice@newco.example.",
-                "alice@new_co.example",
-                "al\u{a0}ice@newco.example",
-                "al\u{3000}ice@newco.example",
-                "al\u{b}ice@newco.example",
-            ]
-            .map(String::from),
-        );
+        let bad = email_cases("invalid");
+        assert!(bad.len() >= 40);
         for email in bad {
             let failed = failures(with_email(&email));
             assert!(
                 failed.len() == 1 && failed[0].starts_with("spec.email: must be an e-mail address"),
-                "{email}: {failed:?}"
+                "{email:?}: {failed:?}"
             );
         }
     }

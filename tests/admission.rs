@@ -751,40 +751,13 @@ async fn the_server_agrees_with_the_offline_cel_verdicts() {
 
     // (spec, None when valid or Some(field the refusal must name))
     let mut cases: Vec<(Value, Option<&str>)> = vec![];
-    for email in [
-        "alice@newco.example",
-        "a@b.co",
-        "first.last@sub.domain.example",
-        "o'neil@example.com",
-        "under_score-dash@x-y.example",
-        "ALICE@NEWCO.EXAMPLE",
-    ] {
-        cases.push((with_email(email), None));
+    let emails: Value = serde_json::from_str(include_str!("fixtures/emails.json"))
+        .expect("tests/fixtures/emails.json");
+    for email in emails["valid"].as_array().unwrap() {
+        cases.push((with_email(email.as_str().unwrap()), None));
     }
-    for c in "~!#$%^&*()+=[]{}\\/|;:\"<>?,".chars() {
-        cases.push((
-            with_email(&format!("al{c}ice@newco.example")),
-            Some("spec.email"),
-        ));
-    }
-    for email in [
-        "alice@",
-        "@newco.example",
-        "alice@newco",
-        "al ice@newco.example",
-        "alice@@newco.example",
-        "al@ice@newco.example",
-        ".alice@newco.example",
-        "alice.@newco.example",
-        "-alice@newco.example",
-        "alice-@newco.example",
-        "al..ice@newco.example",
-        "alice@newco..example",
-        "alice@-newco.example",
-        "alice@newco.example.",
-        "alice@new_co.example",
-    ] {
-        cases.push((with_email(email), Some("spec.email")));
+    for email in emails["invalid"].as_array().unwrap() {
+        cases.push((with_email(email.as_str().unwrap()), Some("spec.email")));
     }
     for user in [
         json!({"id": GUID}),

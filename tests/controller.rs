@@ -45,6 +45,20 @@ fn directory() -> Vec<SeedUser> {
     ]
 }
 
+/// The standard directory plus `n` guests `{tag}{i}@x.example` whose ids start with
+/// `first_digit`; returns the users and the new guests' ids.
+fn directory_with_guests(tag: &str, first_digit: char, n: usize) -> (Vec<SeedUser>, Vec<String>) {
+    let mut users = directory();
+    let ids: Vec<String> = (0..n)
+        .map(|i| format!("{first_digit}000000{i}-aaaa-4bbb-8ccc-dddddddddddd"))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        let upn = format!("{tag}{i}_x.example#EXT#@fabrikam.onmicrosoft.com");
+        users.push(SeedUser::guest(id, &upn, &format!("{tag}{i}@x.example")));
+    }
+    (users, ids)
+}
+
 static CRD: OnceCell<()> = OnceCell::const_new();
 
 /// One test's world: a namespace, a simulator, and the operators it starts.
@@ -842,17 +856,7 @@ async fn connection_lost_with_no_effect_ends_outcome_unknown_until_a_human_retri
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_controllers_without_leader_election_post_once_per_generation() {
-    let mut users = directory();
-    let ids: Vec<String> = (0..8)
-        .map(|i| format!("0000000{i}-aaaa-4bbb-8ccc-dddddddddddd"))
-        .collect();
-    for (i, id) in ids.iter().enumerate() {
-        users.push(SeedUser::guest(
-            id,
-            &format!("g{i}_x.example#EXT#@fabrikam.onmicrosoft.com"),
-            &format!("g{i}@x.example"),
-        ));
-    }
+    let (users, ids) = directory_with_guests("g", '0', 8);
     let mut w = World::with_users("two", users).await;
     w.admin
         .set_latency(Duration::from_millis(50))
@@ -931,17 +935,7 @@ async fn abuse_block_pauses_every_resource_until_the_cooldown() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_are_rate_limited() {
-    let mut users = directory();
-    let ids: Vec<String> = (0..5)
-        .map(|i| format!("1000000{i}-aaaa-4bbb-8ccc-dddddddddddd"))
-        .collect();
-    for (i, id) in ids.iter().enumerate() {
-        users.push(SeedUser::guest(
-            id,
-            &format!("r{i}_x.example#EXT#@fabrikam.onmicrosoft.com"),
-            &format!("r{i}@x.example"),
-        ));
-    }
+    let (users, ids) = directory_with_guests("r", '1', 5);
     let mut w = World::with_users("limit", users).await;
     // 30 writes per minute (one every 2 s), burst 2; each reset needs one PATCH and one POST.
     w.start_operator(&["--max-writes-per-minute", "30", "--write-burst", "2"]);
