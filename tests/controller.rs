@@ -1195,3 +1195,40 @@ async fn leader_election_one_leads_and_the_other_takes_over() {
         "released on SIGTERM, holder {holder:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pass_that_takes_the_probe_without_posting_does_not_keep_the_pause() {
+    let mut w = World::new("probe").await;
+    w.admin
+        .add_fault(FaultRule::once(
+            Call::PostInvitation,
+            FaultAction::AbuseBlock,
+        ))
+        .await
+        .unwrap();
+    w.start_operator(&["--tenant-block-cooldown", "5s"]);
+    w.create("alice", by_id(ALICE, "alice@newco.example")).await;
+    w.wait_reason("alice", "TenantBlocked").await;
+    // Nobody else is waiting to probe.
+    w.api.delete("alice", &Default::default()).await.unwrap();
+    let cooled = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(5);
+    wait_until("the cool-down to pass", WAIT, || async {
+        (jiff::Timestamp::now() > cooled).then_some(())
+    })
+    .await;
+    // A dry run is the first pass after the cool-down: it takes the probe and never posts.
+    w.create(
+        "plan",
+        json!({"user": {"id": BOB}, "email": "bob@partner.example", "dryRun": true}),
+    )
+    .await;
+    w.wait_reason("plan", "DryRunComplete").await;
+    // The next real reset must still be able to probe, and goes through.
+    w.create(
+        "carol",
+        json!({"user": {"mail": "carol@supplier.example"}, "email": "dave@supplier.example"}),
+    )
+    .await;
+    w.wait_reason("carol", "Issued").await;
+    assert_eq!(w.posts().await.len(), 2, "the blocked POST and carol's");
+}

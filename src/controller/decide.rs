@@ -1,6 +1,6 @@
 //! The decision: given the resource, its status and what Graph said so far in this pass,
 //! what is the next step? A pure function, so that every reason and every crash point can be
-//! tested without I/O. The effects layer (`reconcile.rs`) performs the step, records what it
+//! tested without I/O. The effects layer (`controller/mod.rs`) performs the step, records what it
 //! learnt in [`Pass`], and asks again until the answer is a [`Report`].
 
 use std::time::Duration;

@@ -443,7 +443,8 @@ async fn reconcile_pass(
             .remember_block(ready.last_transition_time.0, Timestamp::now());
     }
 
-    let (gate, probe) = ctx.tenant.gate(Timestamp::now());
+    // Held for the whole pass: after a cool-down, only this pass may probe.
+    let (gate, _probe) = ctx.tenant.gate(Timestamp::now());
     let mut fx = Effects {
         ctx: &ctx,
         api: Api::namespaced(ctx.client.clone(), &namespace),
@@ -598,9 +599,6 @@ async fn reconcile_pass(
                 ctx.metrics
                     .tenant_paused
                     .set(i64::from(ctx.tenant.is_paused(now)));
-                if let Some(claim) = probe {
-                    claim.settle();
-                }
                 if let (Some(url), Some(secret)) = (&redeem_url, &obj.spec.redeem_url_secret) {
                     if let Err(err) = fx.store_redeem_url(&secret.name, url).await {
                         warn!(secret = %secret.name, error = %err, "could not store the redeem URL");

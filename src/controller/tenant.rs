@@ -22,12 +22,12 @@ struct State {
     probe_out: bool,
 }
 
-/// The right to send the one probe after a cool-down; released if the pass ends without an
-/// answer from Graph.
+/// The right to send the one probe after a cool-down, held for one pass. Dropping it lets the
+/// next pass probe, unless Graph's answer already closed the question: `block` starts a new
+/// cool-down and `clear` ends the pause.
 #[derive(Debug)]
 pub struct ProbeClaim {
     guard: TenantGuard,
-    settled: bool,
 }
 
 impl TenantGuard {
@@ -61,7 +61,6 @@ impl TenantGuard {
                     TenantGate::Open,
                     Some(ProbeClaim {
                         guard: self.clone(),
-                        settled: false,
                     }),
                 )
             }
@@ -102,18 +101,9 @@ impl TenantGuard {
     }
 }
 
-impl ProbeClaim {
-    /// The probe got an answer; `block`/`clear` already updated the state.
-    pub fn settle(mut self) {
-        self.settled = true;
-    }
-}
-
 impl Drop for ProbeClaim {
     fn drop(&mut self) {
-        if !self.settled {
-            self.guard.lock().probe_out = false;
-        }
+        self.guard.lock().probe_out = false;
     }
 }
 
@@ -147,7 +137,7 @@ mod tests {
         ));
         // The probe is blocked again: a new cool-down starts.
         guard.block(at(63));
-        claim.settle();
+        drop(claim);
         assert_eq!(guard.gate(at(64)).0, TenantGate::Paused { until: at(123) });
     }
 
@@ -155,8 +145,14 @@ mod tests {
     fn a_probe_that_never_asked_releases_its_claim() {
         let guard = TenantGuard::new(SignedDuration::from_secs(60));
         guard.block(at(0));
+        // A pass that takes the claim but never posts (a dry run, a failed read) ...
         drop(guard.gate(at(61)));
-        assert!(guard.gate(at(62)).1.is_some(), "another resource may probe");
+        // ... leaves the probe to the next pass, and the next, until one gets an answer.
+        let (gate, claim) = guard.gate(at(62));
+        assert_eq!(gate, TenantGate::Open);
+        assert!(claim.is_some(), "another resource may probe");
+        drop(claim);
+        assert!(guard.gate(at(63)).1.is_some());
     }
 
     #[test]
@@ -165,7 +161,7 @@ mod tests {
         guard.block(at(0));
         let (_, claim) = guard.gate(at(61));
         guard.clear();
-        claim.unwrap().settle();
+        drop(claim);
         assert!(matches!(guard.gate(at(62)), (TenantGate::Open, None)));
         assert!(!guard.is_paused(at(62)));
     }
