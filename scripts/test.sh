@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Every test of the repository, from a fresh machine: builds the control plane
+# binaries (kube-apiserver, etcd, kubectl) and Helm from source (cached after the first
+# run), then runs `cargo test --workspace --all-targets`. The end-to-end tests start their own control
+# planes and Graph simulators; nothing else needs to be set up.
+#
+#   scripts/test.sh                 every test
+#   scripts/test.sh ARGS...         extra arguments for cargo test, e.g. `-- --nocapture`
+#
+# Environment:
+#   CARGO_TARGET_DIR          cargo's target directory (default target/)
+#   GUESTRESET_TEST_TIMEOUT   seconds the cargo test stage may take (default 3600)
+#   GUESTRESET_KEEP_TEST_DIRS set to keep the tests' control-plane data and logs
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TEST_TIMEOUT=${GUESTRESET_TEST_TIMEOUT:-3600}
+cd "$ROOT"
+
+die() {
+  printf 'test.sh: error: %s\n' "$*" >&2
+  exit 1
+}
+
+for tool in cargo openssl flock timeout; do
+  command -v "$tool" >/dev/null 2>&1 || die "$tool is needed (see README.md, 'What you need')"
+done
+
+# Every endpoint the tests use is on loopback.
+export NO_PROXY=127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}
+export no_proxy=$NO_PROXY
+
+locked=()
+[[ -f Cargo.lock ]] && locked=(--locked)
+
+log=$(mktemp "${TMPDIR:-/tmp}/guestreset-test.XXXXXX")
+
+started=$SECONDS
+echo "==> control plane binaries (scripts/controlplane.sh build; cold: the first run compiles kube-apiserver)"
+bin=$(scripts/controlplane.sh build)
+echo "    $bin"
+build_seconds=$((SECONDS - started))
+
+started=$SECONDS
+echo "==> helm (scripts/helm.sh build; cold: the first run compiles it)"
+helm=$(scripts/helm.sh build)
+echo "    $helm"
+helm_seconds=$((SECONDS - started))
+
+echo "==> cargo test --workspace --all-targets (deadline ${TEST_TIMEOUT}s)"
+test_started=$SECONDS
+# --no-fail-fast: one failing test binary must not hide the results of the others.
+# timeout runs in a process group of its own and, at the deadline, signals all of it, so
+# a hung test cannot outlive the deadline; signals sent to this script are passed on.
+timeout --kill-after=30 "$TEST_TIMEOUT" \
+  cargo test "${locked[@]}" --workspace --all-targets --no-fail-fast "$@" >"$log" 2>&1 &
+test_pid=$!
+tail --pid="$test_pid" -n +1 -f "$log" &
+tail_pid=$!
+trap 'kill -INT "$test_pid" 2>/dev/null || true' INT
+trap 'kill -TERM "$test_pid" 2>/dev/null || true' TERM
+while kill -0 "$test_pid" 2>/dev/null; do
+  wait "$test_pid" || true
+done
+rc=0
+wait "$test_pid" || rc=$?
+wait "$tail_pid" 2>/dev/null || true
+trap - INT TERM
+test_seconds=$((SECONDS - test_started))
+
+# Sums the `test result:` lines of every test binary.
+read -r passed failed ignored binaries < <(awk '
+  /^test result:/ {
+    for (i = 1; i <= NF; i++) {
+      if ($(i + 1) ~ /^passed/) p += $i
+      if ($(i + 1) ~ /^failed/) f += $i
+      if ($(i + 1) ~ /^ignored/) g += $i
+    }
+    n++
+  }
+  END { printf "%d %d %d %d\n", p, f, g, n }' "$log")
+
+echo
+echo "==> summary"
+printf '    control plane binaries  %4ds\n' "$build_seconds"
+printf '    helm                    %4ds\n' "$helm_seconds"
+printf '    cargo test              %4ds   %d test binaries: %d passed, %d failed, %d ignored\n' \
+  "$test_seconds" "$binaries" "$passed" "$failed" "$ignored"
+if ((rc == 124 || rc == 137)); then
+  echo "    FAILED: cargo test did not finish within ${TEST_TIMEOUT}s"
+elif ((rc != 0)); then
+  echo "    FAILED (exit $rc). Failing tests:"
+  # The names under each binary's `failures:` heading, and binaries that did not build or run.
+  awk '/^failures:$/ { on = 1; next } on && /^    / { print "      " $1; next } on && !/^    / { on = 0 }' "$log" | sort -u
+  grep -E '^error: (test failed|could not compile|[0-9]+ targets failed)' "$log" | sed 's/^/      /' || true
+else
+  echo "    OK"
+  rm -f "$log"
+  exit 0
+fi
+echo "    full output: $log"
+exit "$rc"
