@@ -80,37 +80,8 @@ impl World {
 
     async fn with_users(prefix: &str, users: Vec<SeedUser>) -> World {
         let cp = ControlPlane::shared().await;
-        CRD.get_or_init(|| async {
-            let crd = guestreset_testsupport::repo_root()
-                .join("crds/guestredemptionresets.guestreset.io.yaml");
-            let out = cp
-                .kubectl()
-                .args(["apply", "--server-side", "-f"])
-                .arg(&crd)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let wait = cp
-                .kubectl()
-                .args([
-                    "wait",
-                    "--for=condition=Established",
-                    "--timeout=60s",
-                    "crd/guestredemptionresets.guestreset.io",
-                ])
-                .output()
-                .unwrap();
-            assert!(
-                wait.status.success(),
-                "{}",
-                String::from_utf8_lossy(&wait.stderr)
-            );
-        })
-        .await;
+        CRD.get_or_init(|| async { cp.install_guestreset_crd().unwrap() })
+            .await;
         let ns = cp.namespace(prefix).await;
         let state = tempfile::tempdir().unwrap();
         let sim = graph_sim::start(SimConfig::new(state.path()).with_users(users))

@@ -34,35 +34,7 @@ pub struct Cluster {
 impl Cluster {
     pub async fn start() -> Result<Cluster> {
         let cp = ControlPlane::shared().await;
-        let crd = guestreset_testsupport::repo_root()
-            .join("crds/guestredemptionresets.guestreset.io.yaml");
-        let out = cp
-            .kubectl()
-            .args(["apply", "--server-side", "-f"])
-            .arg(&crd)
-            .output()
-            .context("kubectl apply of the CRD")?;
-        if !out.status.success() {
-            bail!(
-                "kubectl apply of the CRD: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let out = cp
-            .kubectl()
-            .args([
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/guestredemptionresets.guestreset.io",
-            ])
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "the CRD was not established: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        cp.install_guestreset_crd().map_err(anyhow::Error::msg)?;
         Ok(Cluster {
             cp,
             client: cp.client().await,

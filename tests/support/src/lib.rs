@@ -458,6 +458,35 @@ impl ControlPlane {
         command
     }
 
+    /// Applies the repository's CRD (server-side, so repeating it is harmless) and waits until
+    /// the API server has established it.
+    pub fn install_guestreset_crd(&self) -> Result<(), String> {
+        let crd = repo_root().join("crds/guestredemptionresets.guestreset.io.yaml");
+        let kubectl = |args: &[&str]| {
+            let out = self
+                .kubectl()
+                .args(args)
+                .output()
+                .map_err(|e| format!("kubectl {}: {e}", args.join(" ")))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "kubectl {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        kubectl(&["apply", "--server-side", "-f", &crd.to_string_lossy()])?;
+        kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/guestredemptionresets.guestreset.io",
+        ])
+    }
+
     /// Creates a fresh namespace named `<prefix>-<random>` and returns its name.
     pub async fn namespace(&self, prefix: &str) -> String {
         let mut prefix: String = prefix
