@@ -10,3 +10,4 @@ pub mod controller;
 pub mod graph;
 pub mod metrics;
 pub mod resource;
+pub mod shutdown;

@@ -162,17 +162,30 @@ async fn run(args: RunArgs) -> Result<(), StartError> {
             .filter(|d| !d.is_empty())
             .collect(),
         replication_window: args.replication_window,
+        post_timeout: args.graph_timeout,
         ..Settings::default()
     };
     let client = kube::Client::try_default().await?;
     let metrics = Arc::new(Metrics::new());
     let graph = graph.with_observer(metrics.clone());
+    let tenant_namespace = args
+        .leader_election_namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let tenant = TenantGuard::persisted(
+        args.tenant_block_cooldown,
+        client.clone(),
+        &tenant_namespace,
+        &format!("{}-tenant", args.leader_election_lease_name),
+    );
+    let shutdown = guestreset::shutdown::Shutdown::new();
     let ctx = Arc::new(Context::new(
         client.clone(),
         graph,
         settings,
-        TenantGuard::new(args.tenant_block_cooldown),
+        tenant,
         metrics.clone(),
+        shutdown.clone(),
     ));
 
     let stop = CancellationToken::new();
@@ -180,6 +193,7 @@ async fn run(args: RunArgs) -> Result<(), StartError> {
         let stop = stop.clone();
         async move {
             shutdown_signal().await;
+            shutdown.begin();
             stop.cancel();
         }
     });

@@ -17,6 +17,8 @@ use crate::graph::{GraphCall, GraphObserver};
 pub struct ResultLabel {
     /// `ok` or `error` (an error of the effects layer, not a Graph failure).
     pub result: &'static str,
+    /// The step whose effect failed (`MarkSending`, `WriteReport`, ...); empty when ok.
+    pub step: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -144,9 +146,19 @@ impl Metrics {
             .inc();
     }
 
-    pub fn record_reconcile(&self, ok: bool, took: Duration) {
-        let result = if ok { "ok" } else { "error" };
-        self.reconciles.get_or_create(&ResultLabel { result }).inc();
+    /// A finished reconcile: `failed_step` names the step whose effect failed, if one did.
+    pub fn record_reconcile(&self, failed_step: Option<&'static str>, took: Duration) {
+        let label = match failed_step {
+            None => ResultLabel {
+                result: "ok",
+                step: "",
+            },
+            Some(step) => ResultLabel {
+                result: "error",
+                step,
+            },
+        };
+        self.reconciles.get_or_create(&label).inc();
         self.reconcile_duration.observe(took.as_secs_f64());
     }
 
@@ -189,7 +201,8 @@ mod tests {
     fn exposition_names_every_metric_with_its_labels() {
         let metrics = Metrics::new();
         metrics.record_outcome(Reason::Issued);
-        metrics.record_reconcile(true, Duration::from_millis(20));
+        metrics.record_reconcile(None, Duration::from_millis(20));
+        metrics.record_reconcile(Some("MarkSending"), Duration::from_millis(20));
         metrics.request(
             GraphCall::PostInvitation,
             Some(201),
@@ -201,13 +214,14 @@ mod tests {
         let text = metrics.encode();
         for needle in [
             r#"guestreset_outcomes_total{reason="Issued"} 1"#,
-            r#"guestreset_reconciles_total{result="ok"} 1"#,
+            r#"guestreset_reconciles_total{result="ok",step=""} 1"#,
+            r#"guestreset_reconciles_total{result="error",step="MarkSending"} 1"#,
             r#"guestreset_graph_requests_total{call="POST /invitations",status="201"} 1"#,
             r#"guestreset_graph_requests_total{call="GET /users/{id}",status="none"} 1"#,
             "guestreset_graph_request_duration_seconds_bucket",
             "guestreset_write_limiter_wait_seconds_sum 2.0",
             "guestreset_tenant_paused 1",
-            "guestreset_reconcile_duration_seconds_count 1",
+            "guestreset_reconcile_duration_seconds_count 2",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }

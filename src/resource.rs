@@ -246,6 +246,12 @@ pub struct IssuedInvitation {
     /// True when the outcome was inferred from the directory after an interrupted attempt.
     #[serde(default)]
     pub recovered: bool,
+    /// Graph's `request-id` of the POST, to find the call in Entra's audit log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The `client-request-id` the controller sent with the POST.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_request_id: Option<String>,
 }
 
 /// The record of an issuance in flight.
@@ -259,9 +265,30 @@ pub struct Attempt {
     /// When the attempt was recorded, before the invitation was posted.
     pub started_at: Time,
     /// Set immediately before the invitation POST is sent. An attempt without it never reached
-    /// Graph and is safe to start again; one with it may have taken effect (API.md 3.3).
+    /// Graph and is safe to start again; one with it may have taken effect (docs/design.md,
+    /// "Interrupted attempts").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub post_started_at: Option<Time>,
+    /// The e-mail this attempt issues for, so that a recovered attempt of an older generation
+    /// is recorded with that generation's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// The user's redemption state as read right before the POST: only a strictly later change
+    /// is evidence that this attempt's reset happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_state_before: Option<UserStateBefore>,
+}
+
+/// `externalUserState` and its change time, as the preflight read them.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UserStateBefore {
+    /// `PendingAcceptance`, `Accepted`, or absent when the user was never invited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_user_state: Option<String>,
+    /// `externalUserStateChangeDateTime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_at: Option<Time>,
 }
 
 /// One past issuance.
@@ -280,6 +307,26 @@ pub struct HistoryEntry {
     /// True when inferred after an interrupted attempt.
     #[serde(default)]
     pub recovered: bool,
+    /// Graph's `request-id` of the POST.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The `client-request-id` the controller sent with the POST.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_request_id: Option<String>,
+}
+
+impl From<&IssuedInvitation> for HistoryEntry {
+    fn from(i: &IssuedInvitation) -> Self {
+        HistoryEntry {
+            generation: i.generation,
+            email: i.email.clone(),
+            invitation_id: i.id.clone(),
+            issued_at: i.issued_at.clone(),
+            recovered: i.recovered,
+            request_id: i.request_id.clone(),
+            client_request_id: i.client_request_id.clone(),
+        }
+    }
 }
 
 /// The coarse state shown to humans; follows the Ready condition.

@@ -1,29 +1,34 @@
 //! The decision: given the resource, its status and what Graph said so far in this pass,
 //! what is the next step? A pure function, so that every reason and every crash point can be
-//! tested without I/O. The effects layer (`controller/mod.rs`) performs the step, records what it
+//! tested without I/O. The executor (`controller/pass.rs`) performs the step, records what it
 //! learnt in [`Pass`], and asks again until the answer is a [`Report`].
+//!
+//! The decision runs in the stages of docs/design.md: the **entry** (settled? a retry asked
+//! for? a wait? an interrupted attempt to recover? a new generation to acknowledge?), the
+//! **preflight** (resolve the user, refuse what must not be done) and the **issue** (intent,
+//! mail, write slot, fresh reads, tenant gate, sending mark, POST). Each stage either hands the
+//! next one what it needs or stops with the step to take.
 
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
 use super::reason::Reason;
+use super::recover::recover;
+use super::report::{Issued, Report, report_failure};
 use crate::graph::DirectoryUser;
 use crate::resource::{Attempt, GuestRedemptionResetSpec, GuestRedemptionResetStatus, UserKey};
 
-/// `externalUserState` after a redemption reset.
-const PENDING_ACCEPTANCE: &str = "PendingAcceptance";
-/// How often a stopped-by-permission resource is tried again (API.md: every 10 minutes).
-pub const FORBIDDEN_RETRY: Duration = Duration::from_secs(600);
 /// How often the directory is re-read while waiting for replication.
 pub const REPLICATION_POLL: Duration = Duration::from_secs(10);
-/// A throttled call without Retry-After waits this long.
-pub const THROTTLE_DEFAULT: Duration = Duration::from_secs(30);
 /// Graph keeps refusing the reset although the mail was set: after this many tries the
 /// refusal is taken as final rather than as the directory's replication delay.
 pub const MAIL_PROPAGATION_TRIES: u32 = 6;
+/// A POST is never sent on a read of the user (userType, e-mail holders) older than this: a
+/// guest converted to a member in between would be converted irreversibly.
+pub const PREFLIGHT_FRESHNESS: SignedDuration = SignedDuration::from_secs(10);
 
-/// The resource as the controller sees it at the start of a pass.
+/// The resource as the controller sees it now (after this pass's own writes).
 #[derive(Clone, Copy, Debug)]
 pub struct Observed<'a> {
     pub spec: &'a GuestRedemptionResetSpec,
@@ -38,12 +43,14 @@ pub struct Observed<'a> {
 /// Controller-wide settings that shape decisions.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Lower-case domains an e-mail may belong to; empty means any.
+    /// Lower-case domains an e-mail (and the cc recipient) may belong to; empty means any.
     pub allowed_email_domains: Vec<String>,
     /// How long the directory may take to show a change (new user, reset evidence).
     pub replication_window: SignedDuration,
     /// Allowance for clocks that disagree when comparing Graph's times with ours.
     pub clock_skew: SignedDuration,
+    /// How long a POST may still take effect after it was sent (the Graph request timeout).
+    pub post_timeout: SignedDuration,
 }
 
 impl Default for Settings {
@@ -52,11 +59,12 @@ impl Default for Settings {
             allowed_email_domains: vec![],
             replication_window: SignedDuration::from_mins(2),
             clock_skew: SignedDuration::from_secs(60),
+            post_timeout: SignedDuration::from_secs(30),
         }
     }
 }
 
-/// Whether invitations may be posted now (API.md 3.7: the tenant-wide pause).
+/// Whether Graph writes may happen now (the tenant-wide pause of docs/design.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TenantGate {
     Open,
@@ -84,6 +92,24 @@ pub enum Failure {
     Rejected(String),
 }
 
+/// How the target is looked up: the spec's key, owned so that a step can carry it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    Id(String),
+    UserPrincipalName(String),
+    Mail(String),
+}
+
+impl From<UserKey<'_>> for Lookup {
+    fn from(key: UserKey<'_>) -> Self {
+        match key {
+            UserKey::Id(v) => Lookup::Id(v.to_owned()),
+            UserKey::UserPrincipalName(v) => Lookup::UserPrincipalName(v.to_owned()),
+            UserKey::Mail(v) => Lookup::Mail(v.to_owned()),
+        }
+    }
+}
+
 /// What a lookup of the target found.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Resolution {
@@ -93,28 +119,73 @@ pub enum Resolution {
     Ambiguous(usize),
 }
 
-/// What the invitation POST answered, without the redeem URL (the effects layer keeps it).
+/// Who owns the Secret the spec names for the redeem URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretOwner {
+    /// No such Secret: the controller will create it, owned by the resource.
+    Absent,
+    /// This resource owns it (it created it before): it may be updated.
+    ThisResource,
+    /// Someone else's Secret: never read into, written or adopted.
+    Foreign,
+}
+
+/// What the invitation POST answered, without the redeem URL (the executor keeps it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Posted {
     pub invitation_id: String,
     pub redeem_status: String,
+    pub request_id: Option<String>,
+    pub client_request_id: Option<String>,
+}
+
+/// A read and the moment it started, so that the decision can tell how fresh it is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Read<T> {
+    pub result: Result<T, Failure>,
+    pub at: Timestamp,
+}
+
+/// Which Graph write a slot or a tenant check is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    Mail,
+    Invitation,
+}
+
+/// The preparation of one Graph write: a slot from the limiter, then the tenant gate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WritePrep {
+    pub slot: bool,
+    pub gate: Option<TenantGate>,
 }
 
 /// What this pass learnt so far, in the order the steps happen.
 #[derive(Clone, Debug, Default)]
 pub struct Pass {
-    pub retry_accepted: bool,
-    /// Ready=Pending was written for a generation seen for the first time.
-    pub marked_pending: bool,
     pub evidence: Option<Result<Option<DirectoryUser>, Failure>>,
-    pub target: Option<Result<Resolution, Failure>>,
-    pub holders: Option<Result<Vec<DirectoryUser>, Failure>>,
-    pub mail_set: Option<Result<(), Failure>>,
+    pub target: Option<Read<Resolution>>,
+    /// The lookup by the spec's mail found nobody and the user's id was tried instead.
+    pub resolved_by_id: bool,
+    pub holders: Option<Read<Vec<DirectoryUser>>>,
+    pub secret: Option<SecretOwner>,
     /// The intent written in this pass.
     pub intent: Option<Attempt>,
+    pub mail: WritePrep,
+    pub mail_set: Option<Result<(), Failure>>,
+    pub invitation: WritePrep,
     /// `attempt.postStartedAt` written in this pass.
     pub marked_sending: bool,
     pub posted: Option<Result<Posted, Failure>>,
+}
+
+impl Pass {
+    pub fn prep_mut(&mut self, write: Write) -> &mut WritePrep {
+        match write {
+            Write::Mail => &mut self.mail,
+            Write::Invitation => &mut self.invitation,
+        }
+    }
 }
 
 /// The next thing to do.
@@ -130,93 +201,38 @@ pub enum Step {
     MarkPending,
     /// Read the user of an interrupted attempt to look for evidence of the reset.
     ReadEvidence { user_id: String },
-    /// Resolve the target by its key.
-    ReadUser,
+    /// Resolve the target by the spec's key.
+    ReadUser { lookup: Lookup },
+    /// Read the target by its object id: after the mail was changed, or to refresh a read.
+    ReadUserById { user_id: String },
     /// Look for users that already hold the new e-mail.
-    ReadEmailHolders,
+    ReadEmailHolders { email: String },
+    /// Find out who owns the Secret named for the redeem URL.
+    CheckSecret { name: String },
+    /// Write `status.attempt` with a precondition, before any Graph write.
+    RecordIntent { user: Box<DirectoryUser> },
+    /// Wait for a slot of the write limiter.
+    TakeSlot { write: Write },
+    /// Read the tenant-wide pause, right before a Graph write.
+    CheckTenant { write: Write },
     /// `PATCH /users/{id}` setting mail.
-    SetMail { user_id: String },
-    /// Write `status.attempt` with a precondition; only then may the POST start.
-    RecordIntent,
-    /// Wait for a write slot, then write `attempt.postStartedAt` with a precondition.
-    MarkSending,
+    SetMail { user_id: String, email: String },
+    /// Write `attempt.postStartedAt` (and the state the POST starts from) with a precondition.
+    MarkSending { user: Box<DirectoryUser> },
     /// `POST /invitations`.
     PostInvitation { user_id: String },
     /// Write the outcome to status and stop this pass.
     Report(Box<Report>),
 }
 
-/// What happened, for the status, the Event and the requeue.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Report {
-    pub reason: Reason,
-    pub message: String,
-    /// When to look again; `None` waits for a change of the resource.
-    pub requeue: Option<Duration>,
-    /// What becomes of `status.attempt`.
-    pub attempt: AttemptChange,
-    /// The resolved user to record, when this pass resolved it.
-    pub user: Option<DirectoryUser>,
-    /// An invitation to record.
-    pub issued: Option<Issued>,
-    /// New value of `status.userMissingSince` (`Some(None)` clears it).
-    pub user_missing_since: Option<Option<Timestamp>>,
-    /// Whether the tenant-wide pause should start (Graph's abuse answer).
-    pub pause_tenant: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttemptChange {
-    Keep,
-    Clear,
-}
-
-/// An invitation to record in status and history.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Issued {
-    pub generation: i64,
-    pub email: String,
-    pub invitation_id: String,
-    pub redeem_status: Option<String>,
-    pub recovered: bool,
-}
-
-impl Report {
-    fn new(reason: Reason, message: impl Into<String>) -> Self {
-        Report {
-            reason,
-            message: message.into(),
-            requeue: None,
-            attempt: AttemptChange::Keep,
-            user: None,
-            issued: None,
-            user_missing_since: None,
-            pause_tenant: false,
-        }
-    }
-
-    fn requeue(mut self, after: Duration) -> Self {
-        self.requeue = Some(after);
-        self
-    }
-
-    fn clear_attempt(mut self) -> Self {
-        self.attempt = AttemptChange::Clear;
-        self
-    }
-
-    fn with_user(mut self, user: &DirectoryUser) -> Self {
-        self.user = Some(user.clone());
-        self
+impl From<Report> for Step {
+    fn from(report: Report) -> Self {
+        Step::Report(Box::new(report))
     }
 }
 
-/// Capped exponential backoff for transient failures: 5 s, 10 s, 20 s, ... up to 5 minutes.
-/// The effects layer adds jitter.
-pub fn transient_backoff(failures: u32) -> Duration {
-    let secs = 5u64.saturating_mul(1u64 << failures.min(6));
-    Duration::from_secs(secs.min(300))
-}
+/// A stage either hands on what the next stage needs or stops with a step.
+type Stage<T> = Result<T, Step>;
 
 /// The decision. See the module documentation.
 pub fn decide(
@@ -226,216 +242,367 @@ pub fn decide(
     now: Timestamp,
     pass: &Pass,
 ) -> Step {
+    let staged = entry(o, settings, now, pass)
+        .and_then(|()| preflight(o, settings, now, pass))
+        .and_then(|target| issue(o, tenant, now, pass, &target));
+    match staged {
+        Ok(never) => match never {},
+        Err(step) => step,
+    }
+}
+
+/// Settled, asked to retry, waiting, recovering an interrupted attempt, or a new generation.
+fn entry(o: &Observed<'_>, settings: &Settings, now: Timestamp, pass: &Pass) -> Stage<()> {
     let status = o.status;
     let retry_pending = o
         .retry_annotation
         .filter(|token| Some(*token) != status.retry_token.as_deref());
-
-    if !pass.retry_accepted && settled_reason(o).is_some() {
-        return match retry_pending {
+    if settled_reason(o).is_some() {
+        return Err(match retry_pending {
             Some(token) => Step::AcceptRetry {
                 token: token.to_owned(),
             },
             None => Step::Nothing,
-        };
+        });
     }
-
     if retry_pending.is_none()
-        && !pass.retry_accepted
         && status.observed_generation == Some(o.generation)
         && let Some(until) = status.next_attempt_at.as_ref().map(|t| t.0)
         && now < until
     {
-        return Step::Wait { until };
+        return Err(Step::Wait { until });
     }
-
-    // An attempt that was being sent when the last pass ended: find out what became of it
-    // before anything else, and never post again blindly (API.md 3.3).
-    if let Some(attempt) = status
-        .attempt
-        .as_ref()
-        .filter(|a| a.post_started_at.is_some())
+    // An attempt that was being sent when a pass ended: find out what became of it before
+    // anything else, and never post again blindly (docs/design.md, "Interrupted attempts").
+    if let Some(attempt) = status.attempt.as_ref()
+        && attempt.post_started_at.is_some()
         && pass.intent.is_none()
     {
-        return recover(o, settings, now, pass, attempt);
+        return Err(recover(o, settings, now, pass, attempt));
     }
-
-    if status.observed_generation != Some(o.generation)
-        && !pass.marked_pending
-        && !pass.retry_accepted
-    {
-        return Step::MarkPending;
+    if status.observed_generation != Some(o.generation) {
+        return Err(Step::MarkPending);
     }
+    Ok(())
+}
 
+/// What the preflight found: the target, and whether its mail must be set first.
+struct Target<'p> {
+    user: &'p DirectoryUser,
+    needs_mail: bool,
+}
+
+/// Resolves the user and refuses what must not be done; a dry run ends here.
+fn preflight<'p>(
+    o: &Observed<'_>,
+    settings: &Settings,
+    now: Timestamp,
+    pass: &'p Pass,
+) -> Stage<Target<'p>> {
     let Some(key) = o.spec.user.key() else {
-        return Step::Report(Box::new(Report::new(
+        return Err(Report::new(
             Reason::PolicyDenied,
             "spec.user must name exactly one of id, userPrincipalName or mail",
-        )));
+        )
+        .into());
     };
-
-    if let Some(denial) = policy_denial(&o.spec.email, settings) {
-        return Step::Report(Box::new(Report::new(Reason::PolicyDenied, denial)));
+    if let Some(denial) = policy_denial(o.spec, settings) {
+        return Err(Report::new(Reason::PolicyDenied, denial).into());
     }
-
-    let user = match &pass.target {
-        None => return Step::ReadUser,
-        Some(Err(failure)) => {
-            return Step::Report(Box::new(report_failure(o, failure, "reading the user")));
-        }
-        Some(Ok(Resolution::NotFound)) => {
-            return Step::Report(Box::new(user_missing(o, settings, now, &key)));
-        }
-        Some(Ok(Resolution::Ambiguous(count))) => {
-            return Step::Report(Box::new(Report::new(
-                Reason::AmbiguousUser,
-                format!("{count} users have {key}; name the guest by id or userPrincipalName"),
-            )));
-        }
-        Some(Ok(Resolution::Found(user))) => user,
-    };
-    let upn = user.user_principal_name.as_deref().unwrap_or(&user.id);
-
+    let user = resolve(o, settings, now, pass, key)?;
     if !user.is_guest() {
         let user_type = user.user_type.as_deref().unwrap_or("none");
-        return Step::Report(Box::new(
-            Report::new(
-                Reason::NotAGuest,
-                format!(
-                    "{upn} has userType {user_type}, not Guest; an invitation would convert it to a B2B user irreversibly, so none is sent"
-                ),
-            )
-            .with_user(user),
-        ));
+        return Err(Report::new(
+            Reason::NotAGuest,
+            format!(
+                "{} has userType {user_type}, not Guest; an invitation would convert it to a B2B user irreversibly, so none is sent",
+                user.display_name()
+            ),
+        )
+        .with_user(user)
+        .into());
     }
-
-    let holders = match &pass.holders {
-        None => return Step::ReadEmailHolders,
-        Some(Err(failure)) => {
-            return Step::Report(Box::new(
-                report_failure(o, failure, "checking who holds the email").with_user(user),
-            ));
-        }
-        Some(Ok(holders)) => holders,
-    };
-    if let Some(other) = holders.iter().find(|h| h.id != user.id) {
-        let other_upn = other.user_principal_name.as_deref().unwrap_or(&other.id);
-        return Step::Report(Box::new(
-            Report::new(
-                Reason::EmailInUse,
-                format!(
-                    "{} is already used by another user, {other_upn} ({})",
-                    o.spec.email, other.id
-                ),
-            )
-            .with_user(user),
-        ));
-    }
-
+    check_holders(o, pass, user)?;
     let needs_mail = !user.carries_email(&o.spec.email);
     if needs_mail && !o.spec.update_mail {
-        return Step::Report(Box::new(
-            Report::new(
-                Reason::EmailNotOnUser,
-                format!(
-                    "{} is on neither mail nor otherMails of {upn}, and updateMail is false; Graph refuses a reset to an address the user does not carry",
-                    o.spec.email
-                ),
-            )
-            .with_user(user),
-        ));
+        return Err(Report::new(
+            Reason::EmailNotOnUser,
+            format!(
+                "{} is on neither mail nor otherMails of {}, and updateMail is false; Graph refuses a reset to an address the user does not carry",
+                o.spec.email,
+                user.display_name()
+            ),
+        )
+        .with_user(user)
+        .into());
     }
-
+    check_secret(o, pass, user)?;
     if o.spec.dry_run {
-        return Step::Report(Box::new(
-            Report::new(Reason::DryRunComplete, dry_run_plan(o, user, needs_mail)).with_user(user),
-        ));
+        return Err(
+            Report::new(Reason::DryRunComplete, dry_run_plan(o, user, needs_mail))
+                .with_user(user)
+                .into(),
+        );
     }
+    Ok(Target { user, needs_mail })
+}
 
+/// The id of the user a mail lookup may fall back to: the status recorded this user with
+/// that mail before the controller changed it (docs/design.md, "Lookup after the mail PATCH").
+fn fallback_id<'s>(o: &Observed<'s>, key: &UserKey<'_>) -> Option<&'s str> {
+    let UserKey::Mail(mail) = key else {
+        return None;
+    };
+    let user = o.status.user.as_ref()?;
+    let previous = user.previous_mail.as_deref()?;
+    previous
+        .eq_ignore_ascii_case(mail)
+        .then_some(user.id.as_str())
+}
+
+fn resolve<'p>(
+    o: &Observed<'_>,
+    settings: &Settings,
+    now: Timestamp,
+    pass: &'p Pass,
+    key: UserKey<'_>,
+) -> Stage<&'p DirectoryUser> {
+    let Some(read) = &pass.target else {
+        return Err(Step::ReadUser { lookup: key.into() });
+    };
+    match &read.result {
+        Err(failure) => Err(report_failure(o, failure, "reading the user").into()),
+        Ok(Resolution::NotFound) => match fallback_id(o, &key) {
+            Some(id) if !pass.resolved_by_id => Err(Step::ReadUserById {
+                user_id: id.to_owned(),
+            }),
+            _ => Err(user_missing(o, settings, now, &key).into()),
+        },
+        Ok(Resolution::Ambiguous(count)) => Err(Report::new(
+            Reason::AmbiguousUser,
+            format!("{count} users have {key}; name the guest by id or userPrincipalName"),
+        )
+        .into()),
+        Ok(Resolution::Found(user)) => Ok(user),
+    }
+}
+
+fn check_holders(o: &Observed<'_>, pass: &Pass, user: &DirectoryUser) -> Stage<()> {
+    let holders = match &pass.holders {
+        None => {
+            return Err(Step::ReadEmailHolders {
+                email: o.spec.email.clone(),
+            });
+        }
+        Some(Read {
+            result: Err(failure),
+            ..
+        }) => {
+            return Err(report_failure(o, failure, "checking who holds the email")
+                .with_user(user)
+                .into());
+        }
+        Some(Read {
+            result: Ok(holders),
+            ..
+        }) => holders,
+    };
+    match holders.iter().find(|h| h.id != user.id) {
+        Some(other) => Err(Report::new(
+            Reason::EmailInUse,
+            format!(
+                "{} is already used by another user, {} ({})",
+                o.spec.email,
+                other.display_name(),
+                other.id
+            ),
+        )
+        .with_user(user)
+        .into()),
+        None => Ok(()),
+    }
+}
+
+/// The redeem URL may only go to a Secret this resource creates or already owns.
+fn check_secret(o: &Observed<'_>, pass: &Pass, user: &DirectoryUser) -> Stage<()> {
+    let Some(secret) = &o.spec.redeem_url_secret else {
+        return Ok(());
+    };
+    match &pass.secret {
+        None => Err(Step::CheckSecret {
+            name: secret.name.clone(),
+        }),
+        Some(SecretOwner::Foreign) => Err(Report::new(
+            Reason::PolicyDenied,
+            format!(
+                "Secret {} exists and is not owned by this resource; the controller never writes into or adopts a Secret it did not create. Name a new Secret in spec.redeemUrlSecret",
+                secret.name
+            ),
+        )
+        .with_user(user)
+        .into()),
+        Some(_) => Ok(()),
+    }
+}
+
+/// From the intent to the POST: every Graph write prepared by a slot, fresh reads and the
+/// tenant gate, and the POST marked as sending right before it goes.
+fn issue(
+    o: &Observed<'_>,
+    tenant: TenantGate,
+    now: Timestamp,
+    pass: &Pass,
+    target: &Target<'_>,
+) -> Stage<std::convert::Infallible> {
+    let user = target.user;
     if let TenantGate::Paused { until } = tenant {
-        let wait = until.duration_since(now).max(SignedDuration::from_secs(1));
-        return Step::Report(Box::new(
-            Report::new(
-                Reason::TenantBlocked,
+        return Err(tenant_blocked(now, until, user).into());
+    }
+    let Some(intent) = &pass.intent else {
+        return Err(Step::RecordIntent {
+            user: Box::new(user.clone()),
+        });
+    };
+    if target.needs_mail && pass.mail_set.is_none() {
+        prepare(pass.mail, Write::Mail, now, user)?;
+        return Err(Step::SetMail {
+            user_id: user.id.clone(),
+            email: o.spec.email.clone(),
+        });
+    }
+    if let Some(Err(failure)) = &pass.mail_set {
+        return Err(report_failure(o, failure, "setting the user's mail")
+            .clear_attempt()
+            .with_user(user)
+            .into());
+    }
+    if !pass.invitation.slot {
+        return Err(Step::TakeSlot {
+            write: Write::Invitation,
+        });
+    }
+    refresh_if_stale(o, now, pass, user)?;
+    prepare(pass.invitation, Write::Invitation, now, user)?;
+    if !pass.marked_sending {
+        return Err(Step::MarkSending {
+            user: Box::new(user.clone()),
+        });
+    }
+    let Some(posted) = &pass.posted else {
+        return Err(Step::PostInvitation {
+            user_id: user.id.clone(),
+        });
+    };
+    Err(posted_report(o, posted, user)
+        .for_attempt(&intent.id)
+        .into())
+}
+
+/// A slot, then the tenant gate read right before the write.
+fn prepare(prep: WritePrep, write: Write, now: Timestamp, user: &DirectoryUser) -> Stage<()> {
+    match prep {
+        WritePrep { slot: false, .. } => Err(Step::TakeSlot { write }),
+        WritePrep { gate: None, .. } => Err(Step::CheckTenant { write }),
+        WritePrep {
+            gate: Some(TenantGate::Paused { until }),
+            ..
+        } => Err(tenant_blocked(now, until, user).into()),
+        WritePrep {
+            gate: Some(TenantGate::Open),
+            ..
+        } => Ok(()),
+    }
+}
+
+/// The user and the e-mail holders are read again when the reads are older than
+/// [`PREFLIGHT_FRESHNESS`], so that the POST never acts on a stale userType.
+fn refresh_if_stale(
+    o: &Observed<'_>,
+    now: Timestamp,
+    pass: &Pass,
+    user: &DirectoryUser,
+) -> Stage<()> {
+    let stale = |at: Timestamp| now.duration_since(at) > PREFLIGHT_FRESHNESS;
+    if pass.target.as_ref().is_some_and(|r| stale(r.at)) {
+        return Err(Step::ReadUserById {
+            user_id: user.id.clone(),
+        });
+    }
+    if pass.holders.as_ref().is_some_and(|r| stale(r.at)) {
+        return Err(Step::ReadEmailHolders {
+            email: o.spec.email.clone(),
+        });
+    }
+    Ok(())
+}
+
+fn tenant_blocked(now: Timestamp, until: Timestamp, user: &DirectoryUser) -> Report {
+    let wait = until.duration_since(now).max(SignedDuration::from_secs(1));
+    Report::new(
+        Reason::TenantBlocked,
+        format!(
+            "invitations are paused for the whole tenant after Graph's abuse protection blocked them; one probe will be tried after {until}"
+        ),
+    )
+    .requeue(Duration::try_from(wait).unwrap_or(super::report::THROTTLE_DEFAULT))
+    // An intent that never reached Graph is dropped: nothing was sent for it.
+    .clear_attempt()
+    .with_user(user)
+}
+
+/// The report for the POST's answer.
+fn posted_report(
+    o: &Observed<'_>,
+    posted: &Result<Posted, Failure>,
+    user: &DirectoryUser,
+) -> Report {
+    let name = user.display_name();
+    match posted {
+        Ok(posted) => Report {
+            issued: Some(Issued {
+                generation: o.generation,
+                email: o.spec.email.clone(),
+                invitation_id: posted.invitation_id.clone(),
+                redeem_status: Some(posted.redeem_status.clone()),
+                recovered: false,
+                request_id: posted.request_id.clone(),
+                client_request_id: posted.client_request_id.clone(),
+            }),
+            ..Report::new(
+                Reason::Issued,
                 format!(
-                    "invitations are paused for the whole tenant after Graph's abuse protection blocked them; one probe will be tried after {until}"
+                    "redemption of {name} reset to {}; invitation {} is {}",
+                    o.spec.email, posted.invitation_id, posted.redeem_status
                 ),
             )
-            .requeue(Duration::try_from(wait).unwrap_or(THROTTLE_DEFAULT))
-            .with_user(user),
-        ));
-    }
-
-    if needs_mail {
-        match &pass.mail_set {
-            None => {
-                return Step::SetMail {
-                    user_id: user.id.clone(),
-                };
-            }
-            Some(Err(failure)) => {
-                return Step::Report(Box::new(
-                    report_failure(o, failure, "setting the user's mail").with_user(user),
-                ));
-            }
-            Some(Ok(())) => {}
         }
-    }
-
-    if pass.intent.is_none() {
-        return Step::RecordIntent;
-    }
-    if !pass.marked_sending {
-        return Step::MarkSending;
-    }
-    match &pass.posted {
-        None => Step::PostInvitation { user_id: user.id.clone() },
-        Some(Ok(posted)) => Step::Report(Box::new(
-            Report {
-                issued: Some(Issued {
-                    generation: o.generation,
-                    email: o.spec.email.clone(),
-                    invitation_id: posted.invitation_id.clone(),
-                    redeem_status: Some(posted.redeem_status.clone()),
-                    recovered: false,
-                }),
-                ..Report::new(
-                    Reason::Issued,
-                    format!(
-                        "redemption of {upn} reset to {}; invitation {} is {}",
-                        o.spec.email, posted.invitation_id, posted.redeem_status
-                    ),
-                )
-            }
-            .clear_attempt()
-            .with_user(user),
-        )),
-        Some(Err(Failure::Ambiguous(detail))) => Step::Report(Box::new(
-            // The attempt stays: the next pass looks for evidence instead of posting again.
-            Report::new(
-                Reason::InProgress,
-                format!("the invitation request may or may not have taken effect ({detail}); looking for evidence in the directory"),
-            )
-            .requeue(Duration::from_secs(1))
-            .with_user(user),
-        )),
+        .clear_attempt()
+        .with_user(user),
+        // The attempt stays: the next pass looks for evidence instead of posting again.
+        Err(Failure::Ambiguous(detail)) => Report::new(
+            Reason::InProgress,
+            format!(
+                "the invitation request may or may not have taken effect ({detail}); looking for evidence in the directory"
+            ),
+        )
+        .requeue(Duration::from_secs(1))
+        .with_user(user),
         // The read showed the email on the user (or the PATCH just put it there): the invite
         // service has not caught up with the directory yet.
-        Some(Err(Failure::EmailNotOnUser(detail))) if o.failures + 1 < MAIL_PROPAGATION_TRIES =>
-        {
-            Step::Report(Box::new(
-                Report::new(
-                    Reason::TransientError,
-                    format!("Graph does not see the new mail on {upn} yet ({detail}); retrying while the directory replicates"),
-                )
-                .requeue(transient_backoff(o.failures))
-                .clear_attempt()
-                .with_user(user),
-            ))
+        Err(Failure::EmailNotOnUser(detail)) if o.failures + 1 < MAIL_PROPAGATION_TRIES => {
+            Report::new(
+                Reason::TransientError,
+                format!(
+                    "Graph does not see the new mail on {name} yet ({detail}); retrying while the directory replicates"
+                ),
+            )
+            .requeue(super::report::transient_backoff(o.failures))
+            .clear_attempt()
+            .with_user(user)
         }
-        Some(Err(failure)) => {
-            Step::Report(Box::new(report_failure(o, failure, "posting the invitation").clear_attempt().with_user(user)))
-        }
+        Err(failure) => report_failure(o, failure, "posting the invitation")
+            .clear_attempt()
+            .with_user(user),
     }
 }
 
@@ -450,114 +617,6 @@ fn settled_reason(o: &Observed<'_>) -> Option<Reason> {
         return None;
     }
     Reason::parse(&ready.reason).filter(|r| r.is_settled())
-}
-
-fn recover(
-    o: &Observed<'_>,
-    settings: &Settings,
-    now: Timestamp,
-    pass: &Pass,
-    attempt: &Attempt,
-) -> Step {
-    let Some(user_id) = o.status.user.as_ref().map(|u| u.id.clone()) else {
-        return Step::Report(Box::new(
-            Report::new(
-                Reason::OutcomeUnknown,
-                "an interrupted attempt left no record of its user; set the guestreset.io/retry annotation to issue again",
-            )
-            .clear_attempt(),
-        ));
-    };
-    let sent_at = attempt
-        .post_started_at
-        .as_ref()
-        .map_or(attempt.started_at.0, |t| t.0);
-    let evidence = match &pass.evidence {
-        None => return Step::ReadEvidence { user_id },
-        Some(Err(failure)) => {
-            return Step::Report(Box::new(report_failure(
-                o,
-                failure,
-                "reading the user for evidence",
-            )));
-        }
-        Some(Ok(user)) => user,
-    };
-    let Some(user) = evidence else {
-        return Step::Report(Box::new(
-            Report::new(
-                Reason::OutcomeUnknown,
-                format!("the user {user_id} of an interrupted attempt no longer exists; set the guestreset.io/retry annotation to issue again"),
-            )
-            .clear_attempt(),
-        ));
-    };
-    let reset_seen = user.external_user_state.as_deref() == Some(PENDING_ACCEPTANCE)
-        && user
-            .external_user_state_change_date_time
-            .is_some_and(|changed| changed >= attempt.started_at.0 - settings.clock_skew);
-    let upn = user.user_principal_name.as_deref().unwrap_or(&user.id);
-    if reset_seen {
-        return Step::Report(Box::new(
-            Report {
-                issued: Some(Issued {
-                    generation: attempt.generation,
-                    email: o.spec.email.clone(),
-                    invitation_id: String::new(),
-                    redeem_status: user.external_user_state.clone(),
-                    recovered: true,
-                }),
-                ..Report::new(
-                    if attempt.generation == o.generation { Reason::Issued } else { Reason::InProgress },
-                    format!(
-                        "an interrupted attempt did reset {upn}: the directory shows PendingAcceptance since {}; the invitation id and redeem URL are not recoverable",
-                        user.external_user_state_change_date_time.map(|t| t.to_string()).unwrap_or_default()
-                    ),
-                )
-            }
-            .requeue_if(attempt.generation != o.generation, Duration::from_secs(1))
-            .clear_attempt()
-            .with_user(user),
-        ));
-    }
-    let deadline = sent_at + settings.replication_window;
-    if now < deadline {
-        return Step::Report(Box::new(
-            Report::new(
-                Reason::InProgress,
-                format!("an attempt was interrupted; no evidence of the reset on {upn} yet, re-reading until {deadline}"),
-            )
-            .requeue(REPLICATION_POLL)
-            .with_user(user),
-        ));
-    }
-    let message = format!(
-        "an attempt was interrupted and the directory shows no evidence that {upn} was reset; a human decides: set the guestreset.io/retry annotation to a new value to issue again, accepting that a second invitation may be sent"
-    );
-    if attempt.generation == o.generation {
-        Step::Report(Box::new(
-            Report::new(Reason::OutcomeUnknown, message)
-                .clear_attempt()
-                .with_user(user),
-        ))
-    } else {
-        // The unknown outcome belongs to a superseded generation; the current one goes on.
-        Step::Report(Box::new(
-            Report::new(
-                Reason::InProgress,
-                format!("generation {}: {message}", attempt.generation),
-            )
-            .requeue(Duration::from_secs(1))
-            .clear_attempt()
-            .with_user(user),
-        ))
-    }
-}
-
-impl Report {
-    fn requeue_if(self, condition: bool, after: Duration) -> Self {
-        if condition { self.requeue(after) } else { self }
-    }
 }
 
 fn user_missing(
@@ -587,76 +646,48 @@ fn user_missing(
     report
 }
 
-/// The report for a failed Graph call; `doing` says what the controller was doing.
-fn report_failure(o: &Observed<'_>, failure: &Failure, doing: &str) -> Report {
-    match failure {
-        Failure::Throttled { retry_after } => {
-            let after = retry_after.unwrap_or(THROTTLE_DEFAULT);
-            Report::new(
-                Reason::Throttled,
-                format!("Graph throttled {doing}; retrying after {}s", after.as_secs()),
-            )
-            .requeue(after)
-        }
-        Failure::Transient(detail) | Failure::Ambiguous(detail) => {
-            let after = transient_backoff(o.failures);
-            Report::new(
-                Reason::TransientError,
-                format!("{doing} failed: {detail}; retrying in {}s", after.as_secs()),
-            )
-            .requeue(after)
-        }
-        Failure::Forbidden(detail) => Report::new(
-            Reason::Forbidden,
-            format!(
-                "Graph refused {doing}: {detail}. The application needs User.ReadWrite.All, and app-only calls cannot reset a user who holds a directory role; retrying every 10 minutes"
-            ),
-        )
-        .requeue(FORBIDDEN_RETRY),
-        Failure::AbuseBlocked(detail) => Report {
-            pause_tenant: true,
-            ..Report::new(
-                Reason::TenantBlocked,
-                format!("Graph's abuse protection blocked invitations for this tenant: {detail}; all issuance pauses"),
-            )
-        },
-        Failure::EmailNotOnUser(detail) => Report::new(Reason::GraphRejected, format!("Graph refused {doing}: {detail}")),
-        Failure::NotFound(detail) => Report::new(Reason::UserNotFound, format!("Graph no longer finds the user while {doing}: {detail}")),
-        Failure::Rejected(detail) => Report::new(Reason::GraphRejected, format!("Graph refused {doing}: {detail}")),
-    }
-}
-
-/// Refuses an e-mail outside `--allowed-email-domains`.
-pub fn policy_denial(email: &str, settings: &Settings) -> Option<String> {
+/// Refuses an e-mail, or a cc recipient, outside `--allowed-email-domains`.
+pub fn policy_denial(spec: &GuestRedemptionResetSpec, settings: &Settings) -> Option<String> {
     if settings.allowed_email_domains.is_empty() {
         return None;
     }
-    let domain = email
-        .rsplit_once('@')
-        .map(|(_, d)| d.to_ascii_lowercase())
-        .unwrap_or_default();
-    if settings.allowed_email_domains.contains(&domain) {
-        None
-    } else {
-        Some(format!(
-            "{email} is outside the allowed e-mail domains ({}); the controller refuses it",
-            settings.allowed_email_domains.join(", ")
-        ))
+    let cc = spec
+        .message
+        .as_ref()
+        .and_then(|m| m.cc_recipient.as_deref());
+    let outside = |address: &str| {
+        let domain = address
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .unwrap_or_default();
+        !settings.allowed_email_domains.contains(&domain)
+    };
+    let allowed = settings.allowed_email_domains.join(", ");
+    if outside(&spec.email) {
+        return Some(format!(
+            "{} is outside the allowed e-mail domains ({allowed}); the controller refuses it",
+            spec.email
+        ));
     }
+    cc.filter(|cc| outside(cc)).map(|cc| {
+        format!(
+            "the cc recipient {cc} is outside the allowed e-mail domains ({allowed}); the invitation mail and its link would reach it, so the controller refuses it"
+        )
+    })
 }
 
 fn dry_run_plan(o: &Observed<'_>, user: &DirectoryUser, needs_mail: bool) -> String {
-    let upn = user.user_principal_name.as_deref().unwrap_or(&user.id);
+    let name = user.display_name();
     let mut plan = String::from("dry run, nothing written to Graph. Would ");
     if needs_mail {
         plan.push_str(&format!(
-            "set mail of {upn} from {} to {}, then ",
+            "set mail of {name} from {} to {}, then ",
             user.mail.as_deref().unwrap_or("(none)"),
             o.spec.email
         ));
     }
     plan.push_str(&format!(
-        "reset the redemption of {upn} ({}) to {}, {} the invitation e-mail",
+        "reset the redemption of {name} ({}) to {}, {} the invitation e-mail",
         user.id,
         o.spec.email,
         if o.spec.send_invitation_message {

@@ -3,9 +3,14 @@
 //! reason of API.md's table and each crash point is reached the way the controller reaches it.
 
 use super::*;
-use crate::controller::status::{self, Stamp};
-use crate::resource::{GuestRedemptionResetSpec, GuestRedemptionResetStatus, UserRef};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use crate::controller::pass::{End, Io, Outcome, PassRunner};
+use crate::controller::report::{FORBIDDEN_RETRY, Report, transient_backoff};
+use crate::controller::status;
+use crate::graph::{RedeemUrl, ResetRedemptionRequest};
+use crate::resource::{
+    GuestRedemptionReset, GuestRedemptionResetSpec, GuestRedemptionResetStatus, UserRef,
+};
+use std::future::Future;
 
 const ID: &str = "3f0a6c1e-8d2b-4c55-9b0e-2f6a1d9c7e41";
 const OTHER: &str = "11111111-2222-4333-8444-555555555555";
@@ -113,32 +118,36 @@ impl World {
         }
     }
 
-    fn stamp(&self) -> Stamp<'_> {
-        Stamp {
-            generation: self.generation,
-            now: self.now,
-            retry_annotation: self.annotation.as_deref(),
-            key: self.spec.user.key(),
-        }
-    }
-
     fn find(&self, id: &str) -> Option<DirectoryUser> {
         self.users.iter().find(|u| u.id == id).cloned()
     }
 
-    /// Runs one pass to its report (`None` when it crashed or had nothing to do).
+    fn object(&self) -> GuestRedemptionReset {
+        let mut obj = GuestRedemptionReset::new("alice", self.spec.clone());
+        obj.metadata.namespace = Some("identity".into());
+        obj.metadata.uid = Some("uid-alice".into());
+        obj.metadata.generation = Some(self.generation);
+        if let Some(token) = &self.annotation {
+            obj.metadata.annotations =
+                Some([(crate::resource::RETRY_ANNOTATION.to_owned(), token.clone())].into());
+        }
+        obj.status = Some(self.status.clone());
+        obj
+    }
+
+    /// Runs one pass to its report (`None` when it crashed or had nothing to do), through the
+    /// controller's own step executor.
     fn pass(&mut self, crash: Option<Crash>) -> Option<Report> {
-        let initial = self.status.clone();
-        let mut pass = Pass::default();
-        for _ in 0..50 {
-            let observed = Observed {
-                spec: &self.spec,
-                generation: self.generation,
-                retry_annotation: self.annotation.as_deref(),
-                status: &initial,
-                failures: self.failures,
+        let mut runner = PassRunner::new(self.object(), self.failures);
+        let settings = self.settings.clone();
+        for _ in 0..64 {
+            let now = self.now;
+            let probe = ModelIo {
+                w: self,
+                crash,
+                crashed: false,
             };
-            let step = decide(&observed, &self.settings, self.tenant, self.now, &pass);
+            let step = runner.next_step(&probe, &settings, now);
             self.steps.push(
                 format!("{step:?}")
                     .split([' ', '(', '{'])
@@ -146,150 +155,31 @@ impl World {
                     .unwrap()
                     .to_owned(),
             );
-            match step {
-                Step::Nothing => return None,
-                // The controller requeues until then; the model lets the clock run to it,
-                // unless the test wants to see the wait itself.
-                Step::Wait { until } if self.run_clock => self.now = until,
-                Step::Wait { .. } => return None,
-                Step::AcceptRetry { token } => {
-                    self.status = status::with_retry_accepted(&self.status, &token, self.stamp());
-                    pass.retry_accepted = true;
-                }
-                Step::MarkPending => {
-                    self.status = status::pending(&self.status, self.stamp());
-                    pass.marked_pending = true;
-                }
-                Step::ReadEvidence { user_id } => {
-                    pass.evidence = Some(match self.read_failure.take() {
-                        Some(f) => Err(f),
-                        None => Ok(self.find(&user_id)),
-                    });
-                }
-                Step::ReadUser => {
-                    pass.target = Some(match self.read_failure.take() {
-                        Some(f) => Err(f),
-                        None => Ok(match self.spec.user.key().unwrap() {
-                            UserKey::Id(id) => self
-                                .find(id)
-                                .map_or(Resolution::NotFound, Resolution::Found),
-                            UserKey::UserPrincipalName(upn) => self
-                                .users
-                                .iter()
-                                .find(|u| u.user_principal_name.as_deref() == Some(upn))
-                                .cloned()
-                                .map_or(Resolution::NotFound, Resolution::Found),
-                            UserKey::Mail(mail) => {
-                                let found: Vec<_> = self
-                                    .users
-                                    .iter()
-                                    .filter(|u| u.mail.as_deref() == Some(mail))
-                                    .cloned()
-                                    .collect();
-                                match found.len() {
-                                    0 => Resolution::NotFound,
-                                    1 => Resolution::Found(found[0].clone()),
-                                    n => Resolution::Ambiguous(n),
-                                }
-                            }
-                        }),
-                    });
-                }
-                Step::ReadEmailHolders => {
-                    pass.holders = Some(match self.holders_failure.take() {
-                        Some(f) => Err(f),
-                        None => Ok(self
-                            .users
-                            .iter()
-                            .filter(|u| u.carries_email(&self.spec.email))
-                            .cloned()
-                            .collect()),
-                    });
-                }
-                Step::SetMail { user_id } => {
-                    pass.mail_set = Some(match self.patch_failure.take() {
-                        Some(f) => Err(f),
-                        None => {
-                            self.patches += 1;
-                            let email = self.spec.email.clone();
-                            self.users
-                                .iter_mut()
-                                .find(|u| u.id == user_id)
-                                .unwrap()
-                                .mail = Some(email);
-                            Ok(())
-                        }
-                    });
-                }
-                Step::RecordIntent => {
-                    if crash == Some(Crash::BeforeIntent) {
-                        return None;
-                    }
-                    let user = match &pass.target {
-                        Some(Ok(Resolution::Found(u))) => u.clone(),
-                        other => panic!("intent without a resolved user: {other:?}"),
-                    };
-                    let attempt = Attempt {
-                        id: format!("attempt-{}", self.steps.len()),
-                        generation: self.generation,
-                        started_at: Time(self.now),
-                        post_started_at: None,
-                    };
-                    self.status = status::with_intent(&self.status, &attempt, &user, self.stamp());
-                    pass.intent = Some(attempt);
-                    if crash == Some(Crash::AfterIntent) {
-                        return None;
-                    }
-                }
-                Step::MarkSending => {
-                    self.status = status::with_sending(&self.status, self.stamp());
-                    pass.marked_sending = true;
-                    if crash == Some(Crash::AfterMarkSending) {
-                        return None;
-                    }
-                }
-                Step::PostInvitation { user_id } => {
-                    self.posts_sent += 1;
-                    let behaviour = if self.post.is_empty() {
-                        PostBehaviour::Ok
-                    } else {
-                        self.post.remove(0)
-                    };
-                    let took_effect = matches!(
-                        behaviour,
-                        PostBehaviour::Ok
-                            | PostBehaviour::Fail {
-                                took_effect: true,
-                                ..
-                            }
-                    );
-                    if took_effect {
-                        self.posts_took_effect += 1;
-                        let user = self.users.iter_mut().find(|u| u.id == user_id).unwrap();
-                        if user.user_type.as_deref() != Some("Guest") {
-                            panic!("HAZARD: an invitation was posted for a member");
-                        }
-                        user.external_user_state = Some("PendingAcceptance".into());
-                        user.external_user_state_change_date_time = Some(self.now);
-                    }
-                    if crash == Some(Crash::AfterPostTookEffect) {
-                        return None;
-                    }
-                    pass.posted = Some(match behaviour {
-                        PostBehaviour::Ok => Ok(Posted {
-                            invitation_id: format!("inv-{}", self.posts_sent),
-                            redeem_status: "PendingAcceptance".into(),
-                        }),
-                        PostBehaviour::Fail { failure, .. } => Err(failure),
-                    });
-                }
-                Step::Report(report) => {
-                    self.status = status::apply_report(&self.status, &report, self.stamp());
+            let mut io = ModelIo {
+                w: self,
+                crash,
+                crashed: false,
+            };
+            let flow = futures::executor::block_on(runner.step(&mut io, &settings));
+            if io.crashed {
+                return None;
+            }
+            match flow {
+                Ok(()) => {}
+                Err(End::Done(Outcome::Reported(report))) => {
                     let failed =
                         matches!(report.reason, Reason::Throttled | Reason::TransientError);
                     self.failures = if failed { self.failures + 1 } else { 0 };
                     return Some(*report);
                 }
+                // The controller requeues until then; the model lets the clock run to it,
+                // unless the test wants to see the wait itself.
+                Err(End::Done(Outcome::Wait(wait))) if self.run_clock => {
+                    self.now += SignedDuration::try_from(wait).unwrap();
+                    runner = PassRunner::new(self.object(), self.failures);
+                }
+                Err(End::Done(_)) => return None,
+                Err(End::Failed(err)) => panic!("the model's effects do not fail: {err}"),
             }
         }
         panic!("a pass did not end: {:?}", self.steps);
@@ -313,6 +203,24 @@ impl World {
             }
         }
         last.expect("at least one report")
+    }
+
+    fn find_by(&self, lookup: &Lookup) -> Resolution {
+        let found: Vec<_> = self
+            .users
+            .iter()
+            .filter(|u| match lookup {
+                Lookup::Id(id) => &u.id == id,
+                Lookup::UserPrincipalName(upn) => u.user_principal_name.as_ref() == Some(upn),
+                Lookup::Mail(mail) => u.mail.as_ref() == Some(mail),
+            })
+            .cloned()
+            .collect();
+        match found.len() {
+            0 => Resolution::NotFound,
+            1 => Resolution::Found(found[0].clone()),
+            n => Resolution::Ambiguous(n),
+        }
     }
 
     fn reason(&self) -> Option<Reason> {
@@ -365,8 +273,12 @@ fn issues_once_and_records_everything() {
             "MarkPending",
             "ReadUser",
             "ReadEmailHolders",
-            "SetMail",
             "RecordIntent",
+            "TakeSlot",
+            "CheckTenant",
+            "SetMail",
+            "TakeSlot",
+            "CheckTenant",
             "MarkSending",
             "PostInvitation",
             "Report"
@@ -1006,4 +918,197 @@ fn waits_survive_the_api_servers_second_precision() {
     assert_eq!(w.posts_sent, 1);
     w.now = t(8);
     assert_eq!(w.pass(None).unwrap().reason, Reason::Issued);
+}
+
+/// The model's effects: the world's directory, its status, and the crash points.
+struct ModelIo<'w> {
+    w: &'w mut World,
+    crash: Option<Crash>,
+    crashed: bool,
+}
+
+impl Io for ModelIo<'_> {
+    fn now(&self) -> Timestamp {
+        self.w.now
+    }
+
+    fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
+        std::future::pending()
+    }
+
+    fn is_stopping(&self) -> bool {
+        false
+    }
+
+    fn local_gate(&self, _now: Timestamp) -> TenantGate {
+        self.w.tenant
+    }
+
+    fn new_attempt_id(&mut self) -> String {
+        format!("attempt-{}", self.w.steps.len())
+    }
+
+    async fn resolve(&mut self, lookup: &Lookup) -> Result<Resolution, Failure> {
+        match self.w.read_failure.take() {
+            Some(f) => Err(f),
+            None => Ok(self.w.find_by(lookup)),
+        }
+    }
+
+    async fn get_user(&mut self, id: &str) -> Result<Option<DirectoryUser>, Failure> {
+        match self.w.read_failure.take() {
+            Some(f) => Err(f),
+            None => Ok(self.w.find(id)),
+        }
+    }
+
+    async fn email_holders(&mut self, email: &str) -> Result<Vec<DirectoryUser>, Failure> {
+        match self.w.holders_failure.take() {
+            Some(f) => Err(f),
+            None => Ok(self
+                .w
+                .users
+                .iter()
+                .filter(|u| u.carries_email(email))
+                .cloned()
+                .collect()),
+        }
+    }
+
+    async fn secret_owner(
+        &mut self,
+        _obj: &GuestRedemptionReset,
+        _name: &str,
+    ) -> Result<SecretOwner, kube::Error> {
+        Ok(SecretOwner::Absent)
+    }
+
+    async fn take_slot(&mut self) {}
+
+    async fn tenant_gate(&mut self) -> Result<TenantGate, kube::Error> {
+        Ok(self.w.tenant)
+    }
+
+    async fn set_mail(&mut self, user_id: &str, email: &str) -> Result<(), Failure> {
+        if let Some(f) = self.w.patch_failure.take() {
+            return Err(f);
+        }
+        self.w.patches += 1;
+        self.w
+            .users
+            .iter_mut()
+            .find(|u| u.id == user_id)
+            .unwrap()
+            .mail = Some(email.to_owned());
+        Ok(())
+    }
+
+    async fn post_invitation(
+        &mut self,
+        request: &ResetRedemptionRequest,
+    ) -> Result<(Posted, RedeemUrl), Failure> {
+        let w = &mut *self.w;
+        w.posts_sent += 1;
+        let behaviour = if w.post.is_empty() {
+            PostBehaviour::Ok
+        } else {
+            w.post.remove(0)
+        };
+        let took_effect = matches!(
+            behaviour,
+            PostBehaviour::Ok
+                | PostBehaviour::Fail {
+                    took_effect: true,
+                    ..
+                }
+        );
+        if took_effect {
+            w.posts_took_effect += 1;
+            let user = w
+                .users
+                .iter_mut()
+                .find(|u| u.id == request.user_id)
+                .unwrap();
+            if user.user_type.as_deref() != Some("Guest") {
+                panic!("HAZARD: an invitation was posted for a member");
+            }
+            user.external_user_state = Some("PendingAcceptance".into());
+            user.external_user_state_change_date_time = Some(w.now);
+        }
+        if self.crash == Some(Crash::AfterPostTookEffect) {
+            self.crashed = true;
+        }
+        match behaviour {
+            PostBehaviour::Ok => Ok((
+                Posted {
+                    invitation_id: format!("inv-{}", w.posts_sent),
+                    redeem_status: "PendingAcceptance".into(),
+                    request_id: Some(format!("req-{}", w.posts_sent)),
+                    client_request_id: Some(format!("client-{}", w.posts_sent)),
+                },
+                RedeemUrl::new(format!(
+                    "https://invitations.example/redeem/{}",
+                    w.posts_sent
+                )),
+            )),
+            PostBehaviour::Fail { failure, .. } => Err(failure),
+        }
+    }
+
+    async fn write_status(
+        &mut self,
+        obj: &GuestRedemptionReset,
+    ) -> Result<Option<GuestRedemptionReset>, kube::Error> {
+        let next = obj.status.clone().unwrap_or_default();
+        let intent = self.w.status.attempt.is_none() && next.attempt.is_some();
+        let sending = next
+            .attempt
+            .as_ref()
+            .is_some_and(|a| a.post_started_at.is_some())
+            && self
+                .w
+                .status
+                .attempt
+                .as_ref()
+                .is_some_and(|a| a.post_started_at.is_none());
+        if intent && self.crash == Some(Crash::BeforeIntent) {
+            self.crashed = true;
+            return Ok(Some(self.w.object()));
+        }
+        self.w.status = next;
+        if (intent && self.crash == Some(Crash::AfterIntent))
+            || (sending && self.crash == Some(Crash::AfterMarkSending))
+        {
+            self.crashed = true;
+        }
+        Ok(Some(self.w.object()))
+    }
+
+    async fn read_again(
+        &mut self,
+        _obj: &GuestRedemptionReset,
+    ) -> Result<Option<GuestRedemptionReset>, kube::Error> {
+        Ok(Some(self.w.object()))
+    }
+
+    async fn store_secret(
+        &mut self,
+        _obj: &GuestRedemptionReset,
+        _name: &str,
+        _url: &RedeemUrl,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn pause_tenant(&mut self, now: Timestamp) -> impl Future<Output = Timestamp> + Send {
+        std::future::ready(now + SignedDuration::from_hours(1))
+    }
+
+    async fn clear_tenant(&mut self) {}
+
+    async fn publish(&mut self, _obj: &GuestRedemptionReset, _reason: Reason, _message: &str) {}
+
+    fn sending(&mut self) {}
+
+    async fn intent_recorded(&mut self) {}
 }

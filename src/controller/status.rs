@@ -1,17 +1,17 @@
 //! Pure status transitions: how a [`Report`], an intent or an accepted retry changes the status.
-//! The rules of API.md section 2 live here: `phase` follows Ready, `observedGeneration` on the
+//! The rules of docs/resource.md ("Status") live here: `phase` follows Ready, `observedGeneration` on the
 //! status and the condition, `lastTransitionTime` moves only when Ready's status flips, and
 //! the history keeps the newest ten issuances.
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use super::decide::{AttemptChange, Report};
 use super::reason::Reason;
+use super::report::{AttemptChange, Report};
 use crate::graph::DirectoryUser;
 use crate::resource::{
     Attempt, GuestRedemptionResetStatus, HISTORY_LIMIT, HistoryEntry, IssuedInvitation,
-    ResolvedUser, UserKey,
+    ResolvedUser, UserKey, UserStateBefore,
 };
 
 pub const READY: &str = "Ready";
@@ -29,7 +29,7 @@ pub struct Stamp<'a> {
     pub generation: i64,
     pub now: Timestamp,
     /// The retry annotation's value: every write records it as seen, so a value set while the
-    /// controller was busy is never acted on later (API.md 3.5).
+    /// controller was busy is never acted on later (docs/resource.md, "Asking again").
     pub retry_annotation: Option<&'a str>,
     /// The spec's key, shown in the `User` column until the user is resolved.
     pub key: Option<UserKey<'a>>,
@@ -104,12 +104,19 @@ fn record_user(status: &mut GuestRedemptionResetStatus, user: &DirectoryUser) {
     );
 }
 
-/// Applies a report of the decision to the status.
+/// Applies a report of the decision to the status; `None` when the status has moved on from
+/// the attempt the report is the outcome of (another writer settled or replaced it), so the
+/// report must be dropped rather than written over a newer outcome.
 pub fn apply_report(
     status: &GuestRedemptionResetStatus,
     report: &Report,
     stamp: Stamp<'_>,
-) -> GuestRedemptionResetStatus {
+) -> Option<GuestRedemptionResetStatus> {
+    if let Some(id) = &report.for_attempt
+        && status.attempt.as_ref().map(|a| &a.id) != Some(id)
+    {
+        return None;
+    }
     let mut next = status.clone();
     if let Some(user) = &report.user {
         record_user(&mut next, user);
@@ -127,17 +134,10 @@ pub fn apply_report(
             issued_at: Time(stamp.now),
             generation: issued.generation,
             recovered: issued.recovered,
+            request_id: issued.request_id.clone(),
+            client_request_id: issued.client_request_id.clone(),
         };
-        next.history.insert(
-            0,
-            HistoryEntry {
-                generation: invitation.generation,
-                email: invitation.email.clone(),
-                invitation_id: invitation.id.clone(),
-                issued_at: invitation.issued_at.clone(),
-                recovered: invitation.recovered,
-            },
-        );
+        next.history.insert(0, HistoryEntry::from(&invitation));
         next.history.truncate(HISTORY_LIMIT);
         next.invitation = Some(invitation);
     }
@@ -149,12 +149,36 @@ pub fn apply_report(
     if report.attempt == AttemptChange::Clear || unsent_leftover {
         next.attempt = None;
     }
+    // A newer generation was acknowledged meanwhile: its Ready and observedGeneration stay.
+    if status.observed_generation > Some(stamp.generation) {
+        return Some(next);
+    }
     next.next_attempt_at = report
         .requeue
         .and_then(|after| jiff::SignedDuration::try_from(after).ok())
         .map(|after| ceil_to_second(stamp.now + after));
     set_ready(&mut next, stamp, report.reason, &report.message);
-    next
+    Some(next)
+}
+
+/// A fresh attempt for the stamp's generation, issuing for `email`.
+pub fn new_attempt(id: String, email: &str, user: &DirectoryUser, stamp: Stamp<'_>) -> Attempt {
+    Attempt {
+        id,
+        generation: stamp.generation,
+        started_at: Time(stamp.now),
+        post_started_at: None,
+        email: Some(email.to_owned()),
+        user_state_before: Some(state_of(user)),
+    }
+}
+
+/// The user's redemption state, as recovery compares it later.
+fn state_of(user: &DirectoryUser) -> UserStateBefore {
+    UserStateBefore {
+        external_user_state: user.external_user_state.clone(),
+        changed_at: user.external_user_state_change_date_time.map(Time),
+    }
 }
 
 /// The status that records the intent to post (API.md 3.2 step 3).
@@ -167,6 +191,8 @@ pub fn with_intent(
     let mut next = status.clone();
     record_user(&mut next, user);
     next.user_missing_since = None;
+    // The pass is working now: a wait it overrode (a retry asked for) is over.
+    next.next_attempt_at = None;
     next.attempt = Some(attempt.clone());
     set_ready(
         &mut next,
@@ -177,14 +203,17 @@ pub fn with_intent(
     next
 }
 
-/// The status that marks the attempt as being sent, right before the POST.
+/// The status that marks the attempt as being sent, right before the POST, with the user's
+/// state as the freshest read showed it.
 pub fn with_sending(
     status: &GuestRedemptionResetStatus,
+    user: &DirectoryUser,
     stamp: Stamp<'_>,
 ) -> GuestRedemptionResetStatus {
     let mut next = status.clone();
     if let Some(attempt) = &mut next.attempt {
         attempt.post_started_at = Some(ceil_to_second(stamp.now));
+        attempt.user_state_before = Some(state_of(user));
     }
     next
 }

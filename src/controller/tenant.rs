@@ -1,19 +1,40 @@
-//! The tenant-wide pause (API.md 3.7): after Graph's abuse-protection answer no resource posts
-//! an invitation until the cool-down has passed; then exactly one probe may try.
+//! The tenant-wide pause (docs/design.md, "The tenant pause"): after Graph's abuse-protection
+//! answer no resource writes to Graph until the cool-down has passed; then exactly one probe
+//! may try. The time of the block is persisted in a ConfigMap that every replica reads right
+//! before each Graph write, so a pause survives restarts and holds for every replica; it is
+//! never derived from a resource's condition.
 
 use std::sync::{Arc, Mutex};
 
 use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 
 use super::decide::TenantGate;
 
 /// How long other resources wait while the probe is out.
 const PROBE_WAIT: SignedDuration = SignedDuration::from_secs(30);
+/// The ConfigMap key holding the time Graph blocked the tenant (RFC 3339).
+pub const BLOCKED_AT_KEY: &str = "blockedAt";
 
 #[derive(Clone, Debug)]
 pub struct TenantGuard {
     cooldown: SignedDuration,
     state: Arc<Mutex<State>>,
+    store: Option<Store>,
+}
+
+/// Where the block is persisted: one ConfigMap in the controller's own namespace.
+#[derive(Clone)]
+struct Store {
+    api: Api<ConfigMap>,
+    name: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("name", &self.name).finish()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -31,20 +52,63 @@ pub struct ProbeClaim {
 }
 
 impl TenantGuard {
+    /// A pause kept in memory only (tests, and a controller without a place to persist it).
     pub fn new(cooldown: SignedDuration) -> Self {
         TenantGuard {
             cooldown,
             state: Arc::default(),
+            store: None,
         }
+    }
+
+    /// A pause persisted in ConfigMap `name` of `namespace`.
+    pub fn persisted(
+        cooldown: SignedDuration,
+        client: kube::Client,
+        namespace: &str,
+        name: &str,
+    ) -> Self {
+        TenantGuard {
+            store: Some(Store {
+                api: Api::namespaced(client, namespace),
+                name: name.to_owned(),
+            }),
+            ..TenantGuard::new(cooldown)
+        }
+    }
+
+    pub fn cooldown(&self) -> SignedDuration {
+        self.cooldown
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether a pass starting now may post. After the cool-down the first caller gets the gate
-    /// open together with the probe claim; the others keep waiting until the probe answers.
-    pub fn gate(&self, now: Timestamp) -> (TenantGate, Option<ProbeClaim>) {
+    /// What this process knows without asking anyone: for the early check of a pass.
+    pub fn local_gate(&self, now: Timestamp) -> TenantGate {
+        match self.lock().paused_until {
+            Some(until) if now < until => TenantGate::Paused { until },
+            _ => TenantGate::Open,
+        }
+    }
+
+    /// Whether a Graph write may happen now, read from the persisted record right before the
+    /// write. After the cool-down the first caller gets the gate open together with the probe
+    /// claim; the others keep waiting until the probe answers.
+    pub async fn gate(
+        &self,
+        now: Timestamp,
+    ) -> Result<(TenantGate, Option<ProbeClaim>), kube::Error> {
+        if let Some(store) = &self.store
+            && let Some(blocked_at) = store.blocked_at().await?
+        {
+            self.remember_block(blocked_at);
+        }
+        Ok(self.gate_in_memory(now))
+    }
+
+    fn gate_in_memory(&self, now: Timestamp) -> (TenantGate, Option<ProbeClaim>) {
         let mut state = self.lock();
         match state.paused_until {
             None => (TenantGate::Open, None),
@@ -67,29 +131,36 @@ impl TenantGuard {
         }
     }
 
-    /// Graph blocked invitations: pause every resource for the cool-down.
-    pub fn block(&self, now: Timestamp) {
-        let mut state = self.lock();
-        let until = now + self.cooldown;
-        state.paused_until = Some(state.paused_until.map_or(until, |u| u.max(until)));
-        state.probe_out = false;
+    /// Graph blocked invitations: pause every resource for the cool-down, here and for every
+    /// replica. Returns the end of the pause.
+    pub async fn block(&self, now: Timestamp) -> Result<Timestamp, kube::Error> {
+        self.remember_block(now);
+        self.lock().probe_out = false;
+        if let Some(store) = &self.store {
+            store.record_block(now).await?;
+        }
+        Ok(now + self.cooldown)
     }
 
-    /// A resource reports a block recorded earlier (for example before a restart): keep the
-    /// pause until that block's cool-down ends.
-    pub fn remember_block(&self, blocked_at: Timestamp, now: Timestamp) {
+    /// A block recorded elsewhere: keep the pause until its cool-down ends.
+    fn remember_block(&self, blocked_at: Timestamp) {
         let until = blocked_at + self.cooldown;
-        if until > now {
-            let mut state = self.lock();
-            state.paused_until = Some(state.paused_until.map_or(until, |u| u.max(until)));
-        }
+        let mut state = self.lock();
+        state.paused_until = Some(state.paused_until.map_or(until, |u| u.max(until)));
     }
 
     /// An invitation went through: the tenant is not blocked.
-    pub fn clear(&self) {
-        let mut state = self.lock();
-        state.paused_until = None;
-        state.probe_out = false;
+    pub async fn clear(&self) -> Result<(), kube::Error> {
+        let was_paused = {
+            let mut state = self.lock();
+            let was = state.paused_until.take().is_some();
+            state.probe_out = false;
+            was
+        };
+        match &self.store {
+            Some(store) if was_paused => store.clear().await,
+            _ => Ok(()),
+        }
     }
 
     /// Whether issuance is paused at `now` (for the metrics gauge and logs).
@@ -99,6 +170,83 @@ impl TenantGuard {
             .paused_until
             .is_some_and(|until| now < until || state.probe_out)
     }
+}
+
+impl Store {
+    async fn blocked_at(&self) -> Result<Option<Timestamp>, kube::Error> {
+        let map = self.api.get_opt(&self.name).await?;
+        Ok(map.as_ref().and_then(blocked_at_of))
+    }
+
+    /// Writes the later of the recorded block and `at`, with the ConfigMap's resourceVersion as
+    /// precondition, so two replicas blocking at once keep the later time.
+    async fn record_block(&self, at: Timestamp) -> Result<(), kube::Error> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let result = match self.api.get_opt(&self.name).await? {
+                None => {
+                    self.api
+                        .create(&PostParams::default(), &self.map(at, None))
+                        .await
+                }
+                Some(existing) => {
+                    let at = blocked_at_of(&existing).map_or(at, |t| t.max(at));
+                    let rv = existing.metadata.resource_version.clone();
+                    self.api
+                        .replace(&self.name, &PostParams::default(), &self.map(at, rv))
+                        .await
+                }
+            };
+            match result {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 409 && tries < 5 => continue,
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Deletes the record read last, unless another replica recorded a block since.
+    async fn clear(&self) -> Result<(), kube::Error> {
+        let Some(existing) = self.api.get_opt(&self.name).await? else {
+            return Ok(());
+        };
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                resource_version: existing.metadata.resource_version.clone(),
+                uid: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match self.api.delete(&self.name, &params).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    fn map(&self, at: Timestamp, resource_version: Option<String>) -> ConfigMap {
+        ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                name: Some(self.name.clone()),
+                resource_version,
+                labels: Some(
+                    [(
+                        "app.kubernetes.io/managed-by".to_owned(),
+                        super::MANAGER.to_owned(),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            data: Some([(BLOCKED_AT_KEY.to_owned(), at.to_string())].into()),
+            ..Default::default()
+        }
+    }
+}
+
+fn blocked_at_of(map: &ConfigMap) -> Option<Timestamp> {
+    map.data.as_ref()?.get(BLOCKED_AT_KEY)?.parse().ok()
 }
 
 impl Drop for ProbeClaim {
@@ -111,6 +259,10 @@ impl Drop for ProbeClaim {
 mod tests {
     use super::*;
 
+    fn block(guard: &TenantGuard, at: Timestamp) {
+        futures::executor::block_on(guard.block(at)).unwrap();
+    }
+
     fn at(secs: i64) -> Timestamp {
         Timestamp::from_second(1_700_000_000 + secs).unwrap()
     }
@@ -118,61 +270,73 @@ mod tests {
     #[test]
     fn open_until_blocked_then_paused_for_the_cooldown() {
         let guard = TenantGuard::new(SignedDuration::from_hours(1));
-        assert_eq!(guard.gate(at(0)).0, TenantGate::Open);
-        guard.block(at(0));
-        assert_eq!(guard.gate(at(10)).0, TenantGate::Paused { until: at(3600) });
+        assert_eq!(guard.gate_in_memory(at(0)).0, TenantGate::Open);
+        block(&guard, at(0));
+        assert_eq!(
+            guard.gate_in_memory(at(10)).0,
+            TenantGate::Paused { until: at(3600) }
+        );
         assert!(guard.is_paused(at(3599)));
     }
 
     #[test]
     fn one_probe_after_the_cooldown() {
         let guard = TenantGuard::new(SignedDuration::from_secs(60));
-        guard.block(at(0));
-        let (gate, claim) = guard.gate(at(61));
+        block(&guard, at(0));
+        let (gate, claim) = guard.gate_in_memory(at(61));
         assert_eq!(gate, TenantGate::Open);
         let claim = claim.expect("the first caller after the cool-down probes");
         assert!(matches!(
-            guard.gate(at(62)),
+            guard.gate_in_memory(at(62)),
             (TenantGate::Paused { .. }, None)
         ));
         // The probe is blocked again: a new cool-down starts.
-        guard.block(at(63));
+        block(&guard, at(63));
         drop(claim);
-        assert_eq!(guard.gate(at(64)).0, TenantGate::Paused { until: at(123) });
+        assert_eq!(
+            guard.gate_in_memory(at(64)).0,
+            TenantGate::Paused { until: at(123) }
+        );
     }
 
     #[test]
     fn a_probe_that_never_asked_releases_its_claim() {
         let guard = TenantGuard::new(SignedDuration::from_secs(60));
-        guard.block(at(0));
+        block(&guard, at(0));
         // A pass that takes the claim but never posts (a dry run, a failed read) ...
-        drop(guard.gate(at(61)));
+        drop(guard.gate_in_memory(at(61)));
         // ... leaves the probe to the next pass, and the next, until one gets an answer.
-        let (gate, claim) = guard.gate(at(62));
+        let (gate, claim) = guard.gate_in_memory(at(62));
         assert_eq!(gate, TenantGate::Open);
         assert!(claim.is_some(), "another resource may probe");
         drop(claim);
-        assert!(guard.gate(at(63)).1.is_some());
+        assert!(guard.gate_in_memory(at(63)).1.is_some());
     }
 
     #[test]
     fn a_successful_probe_reopens() {
         let guard = TenantGuard::new(SignedDuration::from_secs(60));
-        guard.block(at(0));
-        let (_, claim) = guard.gate(at(61));
-        guard.clear();
+        block(&guard, at(0));
+        let (_, claim) = guard.gate_in_memory(at(61));
+        futures::executor::block_on(guard.clear()).unwrap();
         drop(claim);
-        assert!(matches!(guard.gate(at(62)), (TenantGate::Open, None)));
+        assert!(matches!(
+            guard.gate_in_memory(at(62)),
+            (TenantGate::Open, None)
+        ));
         assert!(!guard.is_paused(at(62)));
     }
 
     #[test]
     fn a_remembered_block_pauses_until_its_cooldown_ends() {
         let guard = TenantGuard::new(SignedDuration::from_secs(60));
-        guard.remember_block(at(0), at(30));
-        assert_eq!(guard.gate(at(30)).0, TenantGate::Paused { until: at(60) });
+        guard.remember_block(at(0));
+        assert_eq!(
+            guard.gate_in_memory(at(30)).0,
+            TenantGate::Paused { until: at(60) }
+        );
         let old = TenantGuard::new(SignedDuration::from_secs(60));
-        old.remember_block(at(0), at(90));
-        assert_eq!(old.gate(at(90)).0, TenantGate::Open);
+        old.remember_block(at(0));
+        assert_eq!(old.gate_in_memory(at(90)).0, TenantGate::Open);
     }
 }

@@ -248,6 +248,29 @@ impl GraphClient {
         Ok(())
     }
 
+    /// As [`GraphClient::set_mail`], spending a slot the caller already took from the limiter,
+    /// so that the caller can check the tenant pause between the wait and the write.
+    pub async fn set_mail_in_slot(
+        &self,
+        slot: WriteSlot,
+        user_id: &str,
+        email: &str,
+    ) -> Result<(), GraphError> {
+        let url = format!("{}/users/{}", self.inner.base, encode_path_segment(user_id));
+        let body = serde_json::to_vec(&serde_json::json!({ "mail": email }))
+            .expect("a JSON object of strings serialises");
+        self.execute_with_slot(
+            Some(slot),
+            GraphCall::PatchUser,
+            Method::PATCH,
+            &url,
+            Some(body),
+            Idempotency::Idempotent,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// `POST /invitations` with `resetRedemption: true`. Paced by the write limiter.
     ///
     /// Repeated only when Graph certainly did not process it (no connection, or a

@@ -32,6 +32,11 @@ pub struct DirectoryUser {
 impl DirectoryUser {
     /// `userType == "Guest"`. A missing user type is not a guest: an invitation
     /// for a member converts it irreversibly, so only an explicit Guest counts.
+    /// The user principal name, or the id when Graph gave none: how messages name the user.
+    pub fn display_name(&self) -> &str {
+        self.user_principal_name.as_deref().unwrap_or(&self.id)
+    }
+
     pub fn is_guest(&self) -> bool {
         self.user_type
             .as_deref()

@@ -1,0 +1,387 @@
+//! The effects of a pass against the real world: Graph through the client, the status through
+//! guarded writes, the redeem-URL Secret, the tenant pause, Events.
+
+use std::future::Future;
+
+use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use tracing::warn;
+
+use super::decide::{Failure, Lookup, Posted, Resolution, SecretOwner, TenantGate};
+use super::pass::Io;
+use super::reason::Reason;
+use super::tenant::ProbeClaim;
+use super::{Context, MANAGER, failure_of};
+use crate::graph::{DirectoryUser, GraphClient, RedeemUrl, ResetRedemptionRequest, WriteSlot};
+use crate::resource::{GuestRedemptionReset, REDEEM_URL_SECRET_KEY};
+use crate::shutdown::PostInFlight;
+
+/// Events notes are cut to this many bytes.
+const EVENT_NOTE_LIMIT: usize = 1000;
+
+/// One pass's view of the world.
+pub struct KubeIo<'a> {
+    ctx: &'a Context,
+    api: Api<GuestRedemptionReset>,
+    secrets: Api<Secret>,
+    slot: Option<WriteSlot>,
+    /// Held while this pass may send the one probe after a tenant cool-down.
+    probe: Option<ProbeClaim>,
+    /// Held from the sending mark to the end of the pass, so a stop waits for the outcome.
+    in_flight: Option<PostInFlight>,
+}
+
+impl<'a> KubeIo<'a> {
+    pub fn new(ctx: &'a Context, namespace: &str) -> Self {
+        KubeIo {
+            ctx,
+            api: Api::namespaced(ctx.client.clone(), namespace),
+            secrets: Api::namespaced(ctx.client.clone(), namespace),
+            slot: None,
+            probe: None,
+            in_flight: None,
+        }
+    }
+
+    fn graph(&self) -> &GraphClient {
+        &self.ctx.graph
+    }
+
+    /// The slot taken by `take_slot`; a write without one waits for its own.
+    async fn slot(&mut self) -> WriteSlot {
+        match self.slot.take() {
+            Some(slot) => slot,
+            None => self.graph().limiter().take_slot().await.0,
+        }
+    }
+}
+
+fn is_conflict(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status) if status.code == 409)
+}
+
+fn is_not_found(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status) if status.code == 404)
+}
+
+/// Whether `secret` is controlled by `obj` (its uid in a controller owner reference).
+fn owned_by(secret: &Secret, obj: &GuestRedemptionReset) -> bool {
+    let Some(uid) = obj.uid() else {
+        return false;
+    };
+    secret
+        .owner_references()
+        .iter()
+        .any(|o| o.uid == uid && o.controller == Some(true))
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+impl Io for KubeIo<'_> {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+
+    fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.ctx.shutdown.stopping()
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.ctx.shutdown.is_stopping()
+    }
+
+    fn local_gate(&self, now: Timestamp) -> TenantGate {
+        self.ctx.tenant.local_gate(now)
+    }
+
+    fn new_attempt_id(&mut self) -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+
+    async fn resolve(&mut self, lookup: &Lookup) -> Result<Resolution, Failure> {
+        let found = match lookup {
+            Lookup::Id(id) | Lookup::UserPrincipalName(id) => self
+                .graph()
+                .get_user(id)
+                .await
+                .map(|u| u.into_iter().collect()),
+            Lookup::Mail(mail) => self.graph().find_users_by_mail(mail).await,
+        };
+        let mut users: Vec<DirectoryUser> = found.map_err(|e| failure_of(&e))?;
+        Ok(match users.len() {
+            0 => Resolution::NotFound,
+            1 => Resolution::Found(users.remove(0)),
+            n => Resolution::Ambiguous(n),
+        })
+    }
+
+    async fn get_user(&mut self, id: &str) -> Result<Option<DirectoryUser>, Failure> {
+        self.graph().get_user(id).await.map_err(|e| failure_of(&e))
+    }
+
+    async fn email_holders(&mut self, email: &str) -> Result<Vec<DirectoryUser>, Failure> {
+        self.graph()
+            .find_users_holding_email(email)
+            .await
+            .map_err(|e| failure_of(&e))
+    }
+
+    async fn secret_owner(
+        &mut self,
+        obj: &GuestRedemptionReset,
+        name: &str,
+    ) -> Result<SecretOwner, kube::Error> {
+        // Only the metadata is read: a foreign Secret's data is never fetched.
+        Ok(match self.secrets.get_metadata_opt(name).await? {
+            None => SecretOwner::Absent,
+            Some(meta) if meta_owned_by(&meta.metadata, obj) => SecretOwner::ThisResource,
+            Some(_) => SecretOwner::Foreign,
+        })
+    }
+
+    async fn take_slot(&mut self) {
+        let (slot, waited) = self.graph().limiter().take_slot().await;
+        self.graph().observe_limiter_wait(waited);
+        if !waited.is_zero() {
+            tracing::info!(
+                waited_ms = waited.as_millis() as u64,
+                "write limiter held the write"
+            );
+        }
+        self.slot = Some(slot);
+    }
+
+    async fn tenant_gate(&mut self) -> Result<TenantGate, kube::Error> {
+        let (gate, claim) = self.ctx.tenant.gate(Timestamp::now()).await?;
+        if claim.is_some() {
+            self.probe = claim;
+        }
+        Ok(gate)
+    }
+
+    async fn set_mail(&mut self, user_id: &str, email: &str) -> Result<(), Failure> {
+        let slot = self.slot().await;
+        self.graph()
+            .set_mail_in_slot(slot, user_id, email)
+            .await
+            .map_err(|e| failure_of(&e))
+    }
+
+    async fn post_invitation(
+        &mut self,
+        request: &ResetRedemptionRequest,
+    ) -> Result<(Posted, RedeemUrl), Failure> {
+        let slot = self.slot().await;
+        let invitation = self
+            .graph()
+            .reset_redemption_in_slot(slot, request)
+            .await
+            .map_err(|e| failure_of(&e))?;
+        let posted = Posted {
+            invitation_id: invitation.id.clone(),
+            redeem_status: invitation.status.clone(),
+            request_id: None,
+            client_request_id: None,
+        };
+        Ok((posted, invitation.redeem_url))
+    }
+
+    async fn write_status(
+        &mut self,
+        obj: &GuestRedemptionReset,
+    ) -> Result<Option<GuestRedemptionReset>, kube::Error> {
+        let mut next = obj.clone();
+        next.metadata.managed_fields = None;
+        match self
+            .api
+            .replace_status(&obj.name_any(), &PostParams::default(), &next)
+            .await
+        {
+            Ok(written) => Ok(Some(written)),
+            Err(err) if is_conflict(&err) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn read_again(
+        &mut self,
+        obj: &GuestRedemptionReset,
+    ) -> Result<Option<GuestRedemptionReset>, kube::Error> {
+        match self.api.get_status(&obj.name_any()).await {
+            Ok(fresh) => Ok(Some(fresh)),
+            Err(err) if is_not_found(&err) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn store_secret(
+        &mut self,
+        obj: &GuestRedemptionReset,
+        name: &str,
+        url: &RedeemUrl,
+    ) -> Result<(), String> {
+        store_redeem_url(&self.secrets, obj, name, url)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn pause_tenant(&mut self, now: Timestamp) -> Timestamp {
+        let until = match self.ctx.tenant.block(now).await {
+            Ok(until) => until,
+            Err(err) => {
+                warn!(error = %err, "could not persist the tenant pause; it holds in this process");
+                now + self.ctx.tenant.cooldown()
+            }
+        };
+        self.ctx.metrics.tenant_paused.set(1);
+        until
+    }
+
+    async fn clear_tenant(&mut self) {
+        if let Err(err) = self.ctx.tenant.clear().await {
+            warn!(error = %err, "could not clear the persisted tenant pause");
+        }
+        self.ctx.metrics.tenant_paused.set(0);
+    }
+
+    async fn publish(&mut self, obj: &GuestRedemptionReset, reason: Reason, message: &str) {
+        publish(self.ctx, obj, reason, message).await;
+    }
+
+    fn sending(&mut self) {
+        self.in_flight = Some(self.ctx.shutdown.post_in_flight());
+    }
+
+    async fn intent_recorded(&mut self) {
+        if self.ctx.failpoint == Some(Failpoint::HangAfterIntent) {
+            warn!("failpoint hang-after-intent reached");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Test-only fault injection, read from `GUESTRESET_FAILPOINT` at start-up: `hang-after-intent`
+/// stops a pass right after the intent was recorded, so a test can kill the process there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failpoint {
+    HangAfterIntent,
+}
+
+impl Failpoint {
+    pub fn from_env() -> Option<Self> {
+        match std::env::var("GUESTRESET_FAILPOINT").ok().as_deref() {
+            Some("hang-after-intent") => Some(Failpoint::HangAfterIntent),
+            _ => None,
+        }
+    }
+}
+
+fn meta_owned_by(meta: &kube::api::ObjectMeta, obj: &GuestRedemptionReset) -> bool {
+    let Some(uid) = obj.uid() else {
+        return false;
+    };
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.uid == uid && o.controller == Some(true))
+}
+
+/// An error storing the redeem URL.
+#[derive(Debug, thiserror::Error)]
+enum SecretError {
+    #[error("the resource has no uid to own the Secret")]
+    NoOwner,
+    #[error("Secret {0} exists and is not owned by this resource; it is left alone")]
+    Foreign(String),
+    #[error("{0}")]
+    Kube(#[from] kube::Error),
+}
+
+/// Creates the Secret owned by the resource, or updates the one key in a Secret the resource
+/// already owns; a Secret of that name that someone else owns is never written or adopted.
+async fn store_redeem_url(
+    secrets: &Api<Secret>,
+    obj: &GuestRedemptionReset,
+    name: &str,
+    url: &RedeemUrl,
+) -> Result<(), SecretError> {
+    let owner = obj.controller_owner_ref(&()).ok_or(SecretError::NoOwner)?;
+    if owner.uid.is_empty() {
+        return Err(SecretError::NoOwner);
+    }
+    let value = ByteString(url.expose_secret().as_bytes().to_vec());
+    for _ in 0..3 {
+        let result = match secrets.get_opt(name).await? {
+            None => {
+                let secret = Secret {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some(name.to_owned()),
+                        owner_references: Some(vec![owner.clone()]),
+                        labels: Some(
+                            [(
+                                "app.kubernetes.io/managed-by".to_owned(),
+                                MANAGER.to_owned(),
+                            )]
+                            .into(),
+                        ),
+                        ..Default::default()
+                    },
+                    type_: Some("Opaque".to_owned()),
+                    data: Some([(REDEEM_URL_SECRET_KEY.to_owned(), value.clone())].into()),
+                    ..Default::default()
+                };
+                secrets.create(&PostParams::default(), &secret).await
+            }
+            Some(existing) if owned_by(&existing, obj) => {
+                let mut next = existing;
+                next.data
+                    .get_or_insert_default()
+                    .insert(REDEEM_URL_SECRET_KEY.to_owned(), value.clone());
+                secrets.replace(name, &PostParams::default(), &next).await
+            }
+            Some(_) => return Err(SecretError::Foreign(name.to_owned())),
+        };
+        match result {
+            Ok(_) => return Ok(()),
+            // Created or changed meanwhile: look again at who owns it.
+            Err(err) if is_conflict(&err) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Err(SecretError::Foreign(name.to_owned()))
+}
+
+/// Emits an Event on the resource; its note carries `changeRef` when set.
+pub async fn publish(ctx: &Context, obj: &GuestRedemptionReset, reason: Reason, message: &str) {
+    let note = match obj.spec.change_ref.as_deref() {
+        Some(change) => format!("[{change}] {message}"),
+        None => message.to_owned(),
+    };
+    let event = Event {
+        type_: if reason.is_warning() {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.as_str().to_owned(),
+        note: Some(truncate(&note, EVENT_NOTE_LIMIT)),
+        action: "Reconcile".to_owned(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        warn!(error = %err, "could not publish an event");
+    }
+}

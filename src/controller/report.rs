@@ -1,0 +1,142 @@
+//! What a pass ends with: the [`Report`] of the decision, and the report of a failed Graph call.
+
+use std::time::Duration;
+
+use super::decide::{Failure, Observed};
+use super::reason::Reason;
+use crate::graph::DirectoryUser;
+
+/// How often a stopped-by-permission resource is tried again (every 10 minutes).
+pub const FORBIDDEN_RETRY: Duration = Duration::from_secs(600);
+/// A throttled call without Retry-After waits this long.
+pub const THROTTLE_DEFAULT: Duration = Duration::from_secs(30);
+
+/// What happened, for the status, the Event and the requeue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    pub reason: Reason,
+    pub message: String,
+    /// When to look again; `None` waits for a change of the resource.
+    pub requeue: Option<Duration>,
+    /// What becomes of `status.attempt`.
+    pub attempt: AttemptChange,
+    /// The attempt this report is the outcome of. Such a report is written only onto that
+    /// attempt: when the status holds another attempt or none, it has moved on and the report
+    /// is dropped (docs/design.md, "The attempt-id rule").
+    pub for_attempt: Option<String>,
+    /// The resolved user to record, when this pass resolved it.
+    pub user: Option<DirectoryUser>,
+    /// An invitation to record.
+    pub issued: Option<Issued>,
+    /// New value of `status.userMissingSince` (`Some(None)` clears it).
+    pub user_missing_since: Option<Option<jiff::Timestamp>>,
+    /// Whether the tenant-wide pause should start (Graph's abuse answer).
+    pub pause_tenant: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptChange {
+    Keep,
+    Clear,
+}
+
+/// An invitation to record in status and history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Issued {
+    pub generation: i64,
+    pub email: String,
+    pub invitation_id: String,
+    pub redeem_status: Option<String>,
+    pub recovered: bool,
+    pub request_id: Option<String>,
+    pub client_request_id: Option<String>,
+}
+
+impl Report {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Report {
+            reason,
+            message: message.into(),
+            requeue: None,
+            attempt: AttemptChange::Keep,
+            for_attempt: None,
+            user: None,
+            issued: None,
+            user_missing_since: None,
+            pause_tenant: false,
+        }
+    }
+
+    pub fn requeue(mut self, after: Duration) -> Self {
+        self.requeue = Some(after);
+        self
+    }
+
+    pub fn clear_attempt(mut self) -> Self {
+        self.attempt = AttemptChange::Clear;
+        self
+    }
+
+    pub fn for_attempt(mut self, id: &str) -> Self {
+        self.for_attempt = Some(id.to_owned());
+        self
+    }
+
+    pub fn with_user(mut self, user: &DirectoryUser) -> Self {
+        self.user = Some(user.clone());
+        self
+    }
+}
+
+/// Capped exponential backoff for transient failures: 5 s, 10 s, 20 s, ... up to 5 minutes.
+/// The effects layer adds jitter.
+pub fn transient_backoff(failures: u32) -> Duration {
+    let secs = 5u64.saturating_mul(1u64 << failures.min(6));
+    Duration::from_secs(secs.min(300))
+}
+
+/// The report for a failed Graph call; `doing` says what the controller was doing.
+pub fn report_failure(o: &Observed<'_>, failure: &Failure, doing: &str) -> Report {
+    match failure {
+        Failure::Throttled { retry_after } => {
+            let after = retry_after.unwrap_or(THROTTLE_DEFAULT);
+            Report::new(
+                Reason::Throttled,
+                format!("Graph throttled {doing}; retrying after {}s", after.as_secs()),
+            )
+            .requeue(after)
+        }
+        Failure::Transient(detail) | Failure::Ambiguous(detail) => {
+            let after = transient_backoff(o.failures);
+            Report::new(
+                Reason::TransientError,
+                format!("{doing} failed: {detail}; retrying in {}s", after.as_secs()),
+            )
+            .requeue(after)
+        }
+        Failure::Forbidden(detail) => Report::new(
+            Reason::Forbidden,
+            format!(
+                "Graph refused {doing}: {detail}. The application needs User.ReadWrite.All, and app-only calls cannot reset a user who holds a directory role; retrying every 10 minutes"
+            ),
+        )
+        .requeue(FORBIDDEN_RETRY),
+        Failure::AbuseBlocked(detail) => Report {
+            pause_tenant: true,
+            ..Report::new(
+                Reason::TenantBlocked,
+                format!(
+                    "Graph's abuse protection blocked invitations for this tenant: {detail}; all issuance pauses"
+                ),
+            )
+        },
+        Failure::EmailNotOnUser(detail) | Failure::Rejected(detail) => Report::new(
+            Reason::GraphRejected,
+            format!("Graph refused {doing}: {detail}"),
+        ),
+        Failure::NotFound(detail) => Report::new(
+            Reason::UserNotFound,
+            format!("Graph no longer finds the user while {doing}: {detail}"),
+        ),
+    }
+}

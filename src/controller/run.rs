@@ -1,0 +1,196 @@
+//! Wiring: the watch, the cache, the controller loop, readiness, and the entry of each pass.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Resource, ResourceExt};
+use tracing::{Instrument, warn};
+
+use super::Context;
+use super::decide::{Observed, Pass, Step, TenantGate, decide};
+use super::effects::KubeIo;
+use super::error::Error;
+use super::pass::{Outcome, PassRunner, until_from};
+use super::reason::Reason;
+use crate::resource::{GuestRedemptionReset, RETRY_ANNOTATION};
+
+/// kubectl's copy of the last applied manifest, kept in an annotation.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+/// A pass that found a newer object runs again this soon.
+const START_OVER: Duration = Duration::from_millis(200);
+/// A pass whose effect failed runs again after about this long.
+const ERROR_RETRY: Duration = Duration::from_secs(5);
+
+/// Runs the controller until the shutdown future completes.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    concurrency: u16,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api: Api<GuestRedemptionReset> = match &namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let config = kube::runtime::controller::Config::default().concurrency(concurrency);
+    // The cache keeps every resource in memory; managedFields and kubectl's last-applied copy
+    // of the manifest are most of a small object and nothing a pass reads, so they are dropped
+    // before caching (a third of the memory at 10,000 resources, docs/performance.md).
+    let (reader, writer) = reflector::store();
+    ctx.set_store(reader.clone());
+    let resources = watcher(api.clone(), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|obj: &mut GuestRedemptionReset| {
+            obj.managed_fields_mut().clear();
+            obj.annotations_mut().remove(LAST_APPLIED);
+        })
+        .reflect(writer)
+        .applied_objects();
+    let controller = Controller::for_stream(resources, reader).with_config(config);
+    // Ready once the watch cache has synced. Store::wait_until_ready cannot be awaited here:
+    // its one-shot keeps a single waker and the controller awaits it too. The controller starts
+    // reconciling only once its store is ready, so the first reconcile marks readiness; with no
+    // resources at all, an empty list of them does.
+    match api.list(&kube::api::ListParams::default().limit(1)).await {
+        Ok(list) if list.items.is_empty() => ctx.metrics.set_ready(true),
+        Ok(_) => {}
+        Err(err) => {
+            warn!(error = %err, "cannot list GuestRedemptionResets yet; is the CRD installed?")
+        }
+    }
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "reconcile ended with an error");
+            }
+        })
+        .await;
+}
+
+/// A failed effect: logged, counted by its step, and told on the resource as a Warning Event.
+fn error_policy(obj: Arc<GuestRedemptionReset>, err: &Error, ctx: Arc<Context>) -> Action {
+    warn!(step = err.step(), error = %err, "reconcile failed; retrying");
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "ReconcileFailed".to_owned(),
+        note: Some(format!("step {}: {err}", err.step())),
+        action: err.step().to_owned(),
+        secondary: None,
+    };
+    let reference = obj.object_ref(&());
+    tokio::spawn(async move {
+        if let Err(err) = ctx.recorder.publish(&event, &reference).await {
+            warn!(error = %err, "could not publish an event");
+        }
+    });
+    Action::requeue(jitter(ERROR_RETRY))
+}
+
+/// Adds up to 20% random delay so that many resources do not retry in lockstep.
+fn jitter(base: Duration) -> Duration {
+    base + base.mul_f64(rand::random::<f64>() * 0.2)
+}
+
+/// Reconciles one resource: a pass on the fresh object when there is work to do.
+pub async fn reconcile(obj: Arc<GuestRedemptionReset>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = obj.namespace().ok_or(Error::Unaddressable)?;
+    let name = obj.meta().name.clone().ok_or(Error::Unaddressable)?;
+    let generation = obj.meta().generation.unwrap_or(0);
+    // Every log line of the pass, Graph's client-request-ids included, carries these fields.
+    let span = tracing::info_span!(
+        "reconcile",
+        resource = %format!("{namespace}/{name}"),
+        generation,
+        change_ref = obj.spec.change_ref.as_deref().unwrap_or(""),
+    );
+    // The controller starts reconciling only once its watch cache has synced.
+    ctx.metrics.set_ready(true);
+    let started = std::time::Instant::now();
+    let result = fresh_pass(obj, &ctx, &namespace, &name)
+        .instrument(span)
+        .await;
+    ctx.metrics
+        .record_reconcile(result.as_ref().err().map(Error::step), started.elapsed());
+    result
+}
+
+/// What a pass would do without looking further: nothing (settled) or wait (`nextAttemptAt`).
+fn quiet_action(obj: &GuestRedemptionReset, now: Timestamp) -> Option<Action> {
+    let status = obj.status.clone().unwrap_or_default();
+    let observed = Observed {
+        spec: &obj.spec,
+        generation: obj.meta().generation.unwrap_or(0),
+        retry_annotation: obj.annotations().get(RETRY_ANNOTATION).map(String::as_str),
+        status: &status,
+        failures: 0,
+    };
+    // The tenant gate matters only deeper in the flow; Open claims nothing.
+    let settings = super::decide::Settings::default();
+    match decide(
+        &observed,
+        &settings,
+        TenantGate::Open,
+        now,
+        &Pass::default(),
+    ) {
+        Step::Nothing => Some(Action::await_change()),
+        Step::Wait { until } => Some(action_of(Outcome::Wait(until_from(now, until)))),
+        _ => None,
+    }
+}
+
+/// The cache can lag behind this process's own last write: the watch event of the write that
+/// ended a pass may arrive after the resource was queued again. A pass with work to do
+/// therefore re-reads the resource first, so Graph is never called on a stale view; settled
+/// and waiting resources (a restart over thousands of them) cost no read at all.
+async fn fresh_pass(
+    cached: Arc<GuestRedemptionReset>,
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Action, Error> {
+    if let Some(action) = quiet_action(&cached, Timestamp::now()) {
+        return Ok(action);
+    }
+    let api: Api<GuestRedemptionReset> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(mut fresh) = api.get_opt(name).await.map_err(Error::ReadFresh)? else {
+        ctx.forget(&cached);
+        return Ok(Action::await_change());
+    };
+    if let Some(action) = quiet_action(&fresh, Timestamp::now()) {
+        return Ok(action);
+    }
+    fresh.managed_fields_mut().clear();
+    let failures = ctx.failures_of(&fresh);
+    let mut io = KubeIo::new(ctx, namespace);
+    let outcome = PassRunner::new(fresh.clone(), failures)
+        .run(&mut io, &ctx.settings)
+        .await?;
+    if let Outcome::Reported(report) = &outcome {
+        ctx.metrics.record_outcome(report.reason);
+        let failed = matches!(report.reason, Reason::Throttled | Reason::TransientError);
+        ctx.record_failure(&fresh, failed);
+    }
+    Ok(action_of(outcome))
+}
+
+/// The one place a pass's outcome becomes the controller's next action.
+pub fn action_of(outcome: Outcome) -> Action {
+    match outcome {
+        Outcome::Settled | Outcome::Abandoned => Action::await_change(),
+        Outcome::Wait(wait) => Action::requeue(wait.max(Duration::from_millis(100))),
+        Outcome::Reported(report) => match report.requeue {
+            Some(after) => Action::requeue(jitter(after)),
+            None => Action::await_change(),
+        },
+        Outcome::StartOver | Outcome::Superseded => Action::requeue(START_OVER),
+    }
+}
