@@ -27,6 +27,13 @@ pub const MAIL_PROPAGATION_TRIES: u32 = 6;
 /// A POST is never sent on a read of the user (userType, e-mail holders) older than this: a
 /// guest converted to a member in between would be converted irreversibly.
 pub const PREFLIGHT_FRESHNESS: SignedDuration = SignedDuration::from_secs(10);
+/// Reads older than this are repeated before the tenant check and the sending mark, so that
+/// those two steps may take up to the rest of [`PREFLIGHT_FRESHNESS`] before the POST.
+pub const REFRESH_AFTER: SignedDuration = SignedDuration::from_secs(5);
+/// A POST goes out within this long of its sending mark or not at all: a pass that stalled
+/// longer (a paused process) leaves the attempt to recovery, which another writer may already
+/// have concluded.
+pub const SEND_WINDOW: SignedDuration = SignedDuration::from_secs(5);
 
 /// The resource as the controller sees it now (after this pass's own writes).
 #[derive(Clone, Copy, Debug)]
@@ -163,7 +170,7 @@ pub struct WritePrep {
 /// What this pass learnt so far, in the order the steps happen.
 #[derive(Clone, Debug, Default)]
 pub struct Pass {
-    pub evidence: Option<Result<Option<DirectoryUser>, Failure>>,
+    pub evidence: Option<Read<Option<DirectoryUser>>>,
     pub target: Option<Read<Resolution>>,
     /// The lookup by the spec's mail found nobody and the user's id was tried instead.
     pub resolved_by_id: bool,
@@ -174,8 +181,9 @@ pub struct Pass {
     pub mail: WritePrep,
     pub mail_set: Option<Result<(), Failure>>,
     pub invitation: WritePrep,
-    /// `attempt.postStartedAt` written in this pass.
+    /// `attempt.postStartedAt` written in this pass, and when.
     pub marked_sending: bool,
+    pub marked_at: Option<Timestamp>,
     pub posted: Option<Result<Posted, Failure>>,
 }
 
@@ -481,14 +489,27 @@ fn issue(
             write: Write::Invitation,
         });
     }
-    refresh_if_stale(o, now, pass, user)?;
-    prepare(pass.invitation, Write::Invitation, now, user)?;
     if !pass.marked_sending {
+        refresh_if_stale(o, now, pass, user)?;
+        prepare(pass.invitation, Write::Invitation, now, user)?;
         return Err(Step::MarkSending {
             user: Box::new(user.clone()),
         });
     }
     let Some(posted) = &pass.posted else {
+        if pass
+            .marked_at
+            .is_some_and(|marked| now.duration_since(marked) > SEND_WINDOW)
+        {
+            return Err(Report::new(
+                Reason::InProgress,
+                "the invitation was marked as sending but the pass stalled before sending it; looking for evidence in the directory instead",
+            )
+            .requeue(Duration::from_secs(1))
+            .for_attempt(&intent.id)
+            .with_user(user)
+            .into());
+        }
         return Err(Step::PostInvitation {
             user_id: user.id.clone(),
         });
@@ -515,14 +536,14 @@ fn prepare(prep: WritePrep, write: Write, now: Timestamp, user: &DirectoryUser) 
 }
 
 /// The user and the e-mail holders are read again when the reads are older than
-/// [`PREFLIGHT_FRESHNESS`], so that the POST never acts on a stale userType.
+/// [`REFRESH_AFTER`], so that the POST never acts on a read older than [`PREFLIGHT_FRESHNESS`].
 fn refresh_if_stale(
     o: &Observed<'_>,
     now: Timestamp,
     pass: &Pass,
     user: &DirectoryUser,
 ) -> Stage<()> {
-    let stale = |at: Timestamp| now.duration_since(at) > PREFLIGHT_FRESHNESS;
+    let stale = |at: Timestamp| now.duration_since(at) > REFRESH_AFTER;
     if pass.target.as_ref().is_some_and(|r| stale(r.at)) {
         return Err(Step::ReadUserById {
             user_id: user.id.clone(),

@@ -30,6 +30,9 @@ use crate::shutdown::Shutdown;
 use decide::{Failure, Settings};
 use tenant::TenantGuard;
 
+#[cfg(test)]
+mod model_tests;
+
 pub use error::Error;
 pub use run::{reconcile, run};
 

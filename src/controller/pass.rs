@@ -217,8 +217,8 @@ impl PassRunner {
             Step::AcceptRetry { token } => self.accept_retry(io, &token, now).await,
             Step::MarkPending => self.mark_pending(io, now).await,
             Step::ReadEvidence { user_id } => {
-                let read = self.unless_stopping(io, |io| io.get_user(&user_id)).await?;
-                self.pass.evidence = Some(read);
+                let result = self.unless_stopping(io, |io| io.get_user(&user_id)).await?;
+                self.pass.evidence = Some(Read { result, at: now });
                 Ok(())
             }
             Step::ReadUser { lookup } => {
@@ -373,6 +373,7 @@ impl PassRunner {
         let next = status::with_sending(&self.status(), user, self.stamp(now));
         self.guarded(io, next, Error::MarkSending).await?;
         self.pass.marked_sending = true;
+        self.pass.marked_at = Some(now);
         io.sending();
         Ok(())
     }

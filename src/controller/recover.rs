@@ -36,14 +36,16 @@ pub(super) fn recover(
         .for_attempt(&attempt.id)
         .into();
     };
-    let user = match &pass.evidence {
-        None => return Step::ReadEvidence { user_id },
-        Some(Err(failure)) => {
+    let Some(read) = &pass.evidence else {
+        return Step::ReadEvidence { user_id };
+    };
+    let user = match &read.result {
+        Err(failure) => {
             return report_failure(o, failure, "reading the user for evidence")
                 .for_attempt(&attempt.id)
                 .into();
         }
-        Some(Ok(None)) => {
+        Ok(None) => {
             return Report::new(
                 Reason::OutcomeUnknown,
                 format!("the user {user_id} of an interrupted attempt no longer exists; set the guestreset.io/retry annotation to issue again"),
@@ -52,7 +54,7 @@ pub(super) fn recover(
             .for_attempt(&attempt.id)
             .into();
         }
-        Some(Ok(Some(user))) => user,
+        Ok(Some(user)) => user,
     };
     if is_evidence(user, attempt, settings) {
         return recovered(o, attempt, user).into();
@@ -62,7 +64,9 @@ pub(super) fn recover(
         .as_ref()
         .map_or(attempt.started_at.0, |t| t.0);
     let deadline = sent_at + settings.post_timeout + settings.replication_window;
-    if now < deadline {
+    // Absence is concluded only from a read that started after the deadline, however long
+    // the pass took between the read and this decision.
+    if now < deadline || read.at < deadline {
         return Report::new(
             Reason::InProgress,
             format!(
