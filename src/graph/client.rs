@@ -133,7 +133,7 @@ impl fmt::Debug for GraphClient {
 
 /// A successful answer.
 #[derive(Debug)]
-struct Answer {
+pub(super) struct Answer {
     status: u16,
     body: Vec<u8>,
     request_id: Option<String>,
@@ -142,7 +142,7 @@ struct Answer {
 
 /// How reading an answer's body ended.
 #[derive(Debug)]
-enum BodyRead {
+pub(super) enum BodyRead {
     Complete(Vec<u8>),
     /// More than `limit` bytes: reading stopped there; `prefix` holds the first `limit`.
     TooLarge {
@@ -589,7 +589,7 @@ async fn read_capped(mut response: reqwest::Response, limit: usize) -> BodyRead 
 /// A success status whose body could not be read in full may have taken effect, so it
 /// is an error of a kind that classifies as `Ambiguous`, never a plain failure. An error
 /// status is classified from its status; a cut or lost body only loses the message.
-fn interpret(
+pub(super) fn interpret(
     call: GraphCall,
     status: u16,
     headers: &HeaderMap,
@@ -620,7 +620,19 @@ fn interpret(
                     detail,
                 )
             }
-            BodyRead::Failed { kind, detail } => unreadable(call, status, request_id, kind, detail),
+            // An answer arrived, so the request was sent: a read failure is never
+            // "could not connect", whatever the transport calls it.
+            BodyRead::Failed {
+                kind: FailureKind::Timeout,
+                detail,
+            } => unreadable(call, status, request_id, FailureKind::Timeout, detail),
+            BodyRead::Failed { detail, .. } => unreadable(
+                call,
+                status,
+                request_id,
+                FailureKind::ConnectionLost,
+                detail,
+            ),
         }
     } else {
         let bytes = match body {
@@ -679,7 +691,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-fn decode<T: DeserializeOwned>(call: GraphCall, answer: &Answer) -> Result<T, GraphError> {
+pub(super) fn decode<T: DeserializeOwned>(
+    call: GraphCall,
+    answer: &Answer,
+) -> Result<T, GraphError> {
     serde_json::from_slice(&answer.body)
         .map_err(|e| invalid_answer(call, answer, &format!("cannot decode the answer: {e}")))
 }
@@ -790,6 +805,19 @@ mod tests {
             (FailureKind::Timeout, ErrorClass::Ambiguous)
         );
         assert_eq!(err.status, Some(201));
+    }
+
+    /// Found by the property tests: a read failure the transport calls a connect
+    /// failure made a 201 "nothing was sent", which would let the POST be resent.
+    #[test]
+    fn a_success_is_never_nothing_sent() {
+        let failed = BodyRead::Failed {
+            kind: FailureKind::Connect,
+            detail: String::new(),
+        };
+        let err = run(GraphCall::PostInvitation, 201, &HeaderMap::new(), failed).unwrap_err();
+        assert_eq!(err.kind, FailureKind::ConnectionLost);
+        assert_eq!(err.class(), ErrorClass::Ambiguous);
     }
 
     #[test]

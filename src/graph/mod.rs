@@ -19,6 +19,8 @@
 mod client;
 pub mod credential;
 mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod http;
 mod limiter;
 mod model;
