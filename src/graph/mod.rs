@@ -1,6 +1,6 @@
 //! Microsoft Graph: the controller's only way to change the directory.
 //!
-//! - [`GraphClient`]: the four calls of API.md 4, each HTTP attempt with a fresh
+//! - [`GraphClient`]: the four calls of docs/graph.md, each HTTP attempt with a fresh
 //!   `client-request-id`, logged with its status, latency and Graph's `request-id`
 //!   (never the token, the redeem URL or the invitation body).
 //! - [`GraphError::class`]: what a failure means for the directory — refused
