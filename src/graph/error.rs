@@ -188,7 +188,7 @@ fn describe(e: &GraphError, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     Ok(())
 }
 
-/// Writes at most `.1` characters of `.0`, control characters as spaces, with `…` marking
+/// Writes at most `.1` characters of `.0`, unsafe characters as spaces, with `…` marking
 /// a cut. The fields are bounded when the error is made; this keeps the Display bounded
 /// even for a field set afterwards.
 struct Clipped<'a>(&'a str, usize);
@@ -199,13 +199,20 @@ impl fmt::Display for Clipped<'_> {
         let cut = text.chars().count() > max;
         let keep = if cut { max.saturating_sub(1) } else { max };
         for c in text.chars().take(keep) {
-            f.write_char(if c.is_control() { ' ' } else { c })?;
+            f.write_char(if is_unsafe(c) { ' ' } else { c })?;
         }
         if cut && max > 0 {
             f.write_char('…')?;
         }
         Ok(())
     }
+}
+
+/// Control characters, and the bidirectional overrides that make text display other than
+/// it reads: neither belongs in a status message or an Event.
+fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// `text` bounded for display in status, Events and logs: see [`Clipped`].
@@ -681,6 +688,13 @@ mod tests {
         let body = graph_body("Bad", "line one\r\nline two\u{1b}[31m");
         let e = status_error(GraphCall::GetUser, 400, &body);
         assert_eq!(e.message.as_deref(), Some("line one  line two [31m"));
+    }
+
+    #[test]
+    fn bidirectional_overrides_become_spaces() {
+        let body = graph_body("Bad", "user \u{202E}gnp.exe\u{202C} \u{2066}x\u{2069}");
+        let e = status_error(GraphCall::GetUser, 400, &body);
+        assert_eq!(e.message.as_deref(), Some("user  gnp.exe   x "));
     }
 
     #[test]
