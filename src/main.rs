@@ -139,7 +139,12 @@ async fn run(args: RunArgs) -> Result<(), StartError> {
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let credential_kind = graph::CredentialKind::from_env(&env)?;
     let credential = graph::credential::build(&credential_kind, &env, &http)?;
-    let mut graph_settings = GraphSettings::new(&args.graph_endpoint).with_timeout(timeout);
+    let cooldown = std::time::Duration::try_from(args.tenant_block_cooldown)
+        .map_err(|_| StartError::Duration(args.tenant_block_cooldown))?;
+    // A Retry-After longer than the tenant cool-down is not waited for.
+    let mut graph_settings = GraphSettings::new(&args.graph_endpoint)
+        .with_timeout(timeout)
+        .with_max_retry_after(cooldown);
     if let Some(scope) = &args.graph_scope {
         graph_settings = graph_settings.with_scope(scope);
     }

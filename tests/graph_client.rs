@@ -281,6 +281,18 @@ async fn set_mail_then_reset_redemption() {
         [invitation.redeem_url.expose_secret().to_owned()]
     );
     assert!(!format!("{invitation:?}").contains(invitation.redeem_url.expose_secret()));
+    // The audit identifiers of the POST: the one this client sent, and Graph's own.
+    let posts = h.journal(Call::PostInvitation).await;
+    assert_eq!(
+        posts[0].client_request_id.as_deref(),
+        Some(invitation.client_request_id.as_str())
+    );
+    let request_id = invitation
+        .request_id
+        .as_deref()
+        .expect("Graph's request-id");
+    uuid::Uuid::parse_str(request_id).expect("the simulator's request-id is a UUID");
+    assert_ne!(request_id, invitation.client_request_id);
 
     let records = h.sim.admin().invitations().await.unwrap();
     assert_eq!(records.len(), 1);
@@ -400,31 +412,119 @@ async fn ambiguous_post_failures_are_never_repeated() {
     assert_eq!(h.sim.admin().invitations().await.unwrap().len(), 3);
 }
 
+/// A 429 proves the POST was not processed, but the client still does not resend it:
+/// the caller marks every send (`postStartedAt`) and resends itself.
 #[tokio::test]
-async fn post_is_repeated_only_when_graph_did_not_process_it() {
+async fn a_throttled_post_is_returned_to_the_caller_not_resent() {
     let h = harness().await;
-    h.fault(FaultRule::once(
-        Call::PostInvitation,
-        FaultAction::Throttle {
-            retry_after_seconds: Some(1),
-            retry_after_http_date: false,
-        },
-    ))
-    .await;
-    let invitation = h
-        .client
-        .reset_redemption(&reset_request(ALICE_ID, "alice@newco.example"))
-        .await
-        .unwrap();
-    assert_eq!(invitation.status, "PendingAcceptance");
+    let req = reset_request(ALICE_ID, "alice@newco.example");
+    for (n, seconds) in [Some(1), None, Some(120)].into_iter().enumerate() {
+        h.fault(FaultRule::once(
+            Call::PostInvitation,
+            FaultAction::Throttle {
+                retry_after_seconds: seconds,
+                retry_after_http_date: false,
+            },
+        ))
+        .await;
+        let err = h.client.reset_redemption(&req).await.unwrap_err();
+        assert_eq!(
+            err.class(),
+            ErrorClass::Throttled {
+                retry_after: seconds.map(Duration::from_secs)
+            },
+            "{err}"
+        );
+        assert_eq!(err.attempts, 1);
+        let posts = h.journal(Call::PostInvitation).await;
+        assert_eq!(posts.len(), n + 1, "one POST per call: {posts:#?}");
+        assert_eq!(posts[n].status, 429);
+    }
+    assert!(h.sim.admin().invitations().await.unwrap().is_empty());
+
+    // The caller's resend is a new POST with a new client-request-id.
+    let invitation = h.client.reset_redemption(&req).await.unwrap();
     let posts = h.journal(Call::PostInvitation).await;
     assert_eq!(
         posts.iter().map(|p| p.status).collect::<Vec<_>>(),
-        [429, 201]
+        [429, 429, 429, 201]
     );
-    assert_ne!(posts[0].client_request_id, posts[1].client_request_id);
-    assert!(secs_between(&posts[0], &posts[1]) >= 0.95);
+    assert_eq!(
+        posts[3].client_request_id.as_deref(),
+        Some(invitation.client_request_id.as_str())
+    );
+    assert_ne!(posts[2].client_request_id, posts[3].client_request_id);
     assert_eq!(h.sim.admin().invitations().await.unwrap().len(), 1);
+}
+
+/// Writes in a slot the caller took: one HTTP attempt each, no wait on the limiter and
+/// no second slot. At 1 write a minute with a burst of 2, both slots are taken up front;
+/// a call that waited for another slot would take a minute (the guard below fails it)
+/// and would push the next free slot to two minutes away.
+#[tokio::test]
+async fn writes_in_a_slot_make_one_attempt_and_take_no_other_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(&dir).await;
+    let settings = GraphSettings::new(sim.base_url()).with_retry(fast_retry());
+    let client = client_for(&sim, settings, WriteLimiter::new(1, 2));
+    let admin = sim.admin();
+    let fault = |call, action| admin.add_fault(FaultRule::once(call, action));
+    fault(
+        Call::PatchUser,
+        FaultAction::ServerErrorBefore { status: 503 },
+    )
+    .await
+    .unwrap();
+    fault(Call::PostInvitation, FaultAction::DropConnectionBefore)
+        .await
+        .unwrap();
+    let guard = Duration::from_secs(20);
+
+    let (slot, waited) = client.limiter().take_slot().await;
+    assert_eq!(waited, Duration::ZERO);
+    let patch = tokio::time::timeout(
+        guard,
+        client.set_mail_in_slot(slot, BOB_ID, "bob@newco.example"),
+    )
+    .await
+    .expect("no wait for another slot")
+    .unwrap_err();
+    assert_eq!((patch.status, patch.attempts), (Some(503), 1), "{patch}");
+
+    let (slot, waited) = client.limiter().take_slot().await;
+    assert_eq!(waited, Duration::ZERO);
+    let req = reset_request(ALICE_ID, "alice@newco.example");
+    let post = tokio::time::timeout(guard, client.reset_redemption_in_slot(slot, &req))
+        .await
+        .expect("no wait for another slot")
+        .unwrap_err();
+    assert_eq!(post.class(), ErrorClass::Ambiguous, "{post}");
+    assert_eq!(post.attempts, 1);
+
+    let journal = sim.admin().journal().await.unwrap();
+    let count = |call| journal.iter().filter(|e| e.call == call).count();
+    assert_eq!(
+        (count(Call::PatchUser), count(Call::PostInvitation)),
+        (1, 1)
+    );
+    let next = client.limiter().current_wait();
+    assert!(
+        next <= Duration::from_secs(60),
+        "a slot was taken: next in {next:?}"
+    );
+}
+
+#[tokio::test]
+async fn set_mail_in_slot_sets_the_mail() {
+    let h = harness().await;
+    let (slot, _) = h.client.limiter().take_slot().await;
+    h.client
+        .set_mail_in_slot(slot, BOB_ID, "bob@newco.example")
+        .await
+        .unwrap();
+    let bob = h.client.get_user(BOB_ID).await.unwrap().unwrap();
+    assert_eq!(bob.mail.as_deref(), Some("bob@newco.example"));
+    assert_eq!(h.journal(Call::PatchUser).await.len(), 1);
 }
 
 #[tokio::test]
@@ -553,8 +653,95 @@ async fn connect_failure_is_transient_before_send() {
     assert_eq!(err.class(), ErrorClass::TransientBeforeSend);
     assert_eq!(err.kind, FailureKind::Connect);
     assert_eq!(
-        err.attempts, 4,
-        "nothing was sent, so even the POST is retried"
+        err.attempts, 1,
+        "nothing was sent, but the caller resends the POST, not the client"
+    );
+    let read = client.get_user(ALICE_ID).await.unwrap_err();
+    assert_eq!(read.kind, FailureKind::Connect);
+    assert_eq!(read.attempts, 4, "reads are retried");
+}
+
+/// The defect: `Retry-After: 18446744073709551615` reached the caller as is, and the
+/// deadline computed from it overflowed and panicked. It is capped at
+/// `GraphSettings::max_retry_after` (default: the one-hour tenant cool-down).
+#[tokio::test]
+async fn retry_after_u64_max_is_capped() {
+    for (max, expected) in [
+        (None, Duration::from_secs(3600)),
+        (Some(Duration::from_secs(30)), Duration::from_secs(30)),
+    ] {
+        let h = harness_with(|s| match max {
+            Some(max) => s.with_max_retry_after(max),
+            None => s,
+        })
+        .await;
+        for call in [Call::GetUser, Call::PostInvitation] {
+            h.fault(FaultRule::once(
+                call,
+                FaultAction::Throttle {
+                    retry_after_seconds: Some(u64::MAX),
+                    retry_after_http_date: false,
+                },
+            ))
+            .await;
+        }
+        let read = h.client.get_user(ALICE_ID).await.unwrap_err();
+        let post = h
+            .client
+            .reset_redemption(&reset_request(ALICE_ID, "alice@newco.example"))
+            .await
+            .unwrap_err();
+        for err in [read, post] {
+            assert_eq!(
+                err.class(),
+                ErrorClass::Throttled {
+                    retry_after: Some(expected)
+                },
+                "{err}"
+            );
+            // What the controller does with it: a requeue deadline and a status timestamp.
+            let after = err.retry_after.unwrap();
+            assert!(tokio::time::Instant::now().checked_add(after).is_some());
+            assert!(jiff::Timestamp::now().checked_add(after).is_ok());
+        }
+    }
+}
+
+/// Answers over the body cap are not read further: a read fails as InvalidResponse; the
+/// POST, whose 201 may mean it took effect, is Ambiguous and sent once.
+#[tokio::test]
+async fn answers_over_the_body_cap() {
+    let h = harness_with(|s| s.with_max_body_bytes(64)).await;
+    let read = h.client.get_user(ALICE_ID).await.unwrap_err();
+    assert_eq!(read.kind, FailureKind::InvalidResponse, "{read}");
+    assert_eq!(read.status, Some(200));
+
+    let post = h
+        .client
+        .reset_redemption(&reset_request(ALICE_ID, "alice@newco.example"))
+        .await
+        .unwrap_err();
+    println!("POST over the cap: {post}");
+    assert_eq!(post.kind, FailureKind::InvalidResponse);
+    assert_eq!(post.class(), ErrorClass::Ambiguous);
+    assert_eq!((post.status, post.attempts), (Some(201), 1));
+    let posts = h.journal(Call::PostInvitation).await;
+    assert_eq!(posts.len(), 1);
+    assert_eq!(
+        h.sim.admin().invitations().await.unwrap().len(),
+        1,
+        "it took effect"
+    );
+
+    // An error answer over the cap keeps its class.
+    let refused = h
+        .client
+        .reset_redemption(&reset_request(BOB_ID, "bob@elsewhere.example"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.class(), refused.status),
+        (ErrorClass::Definite, Some(400))
     );
 }
 

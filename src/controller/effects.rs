@@ -193,8 +193,8 @@ impl Io for KubeIo<'_> {
         let posted = Posted {
             invitation_id: invitation.id.clone(),
             redeem_status: invitation.status.clone(),
-            request_id: None,
-            client_request_id: None,
+            request_id: invitation.request_id.clone(),
+            client_request_id: Some(invitation.client_request_id.clone()),
         };
         Ok((posted, invitation.redeem_url))
     }

@@ -1,5 +1,5 @@
 //! The Azure credential, chosen from the standard environment variables of the Azure
-//! SDKs (API.md 5). Tokens are cached and refreshed by `azure_identity` itself (each
+//! SDKs (docs/graph.md, "Credentials"). Tokens are cached and refreshed by `azure_identity` itself (each
 //! credential keeps a per-scope cache and renews a token 5 minutes before it expires).
 
 use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
@@ -53,7 +53,7 @@ pub enum CredentialKind {
 }
 
 impl CredentialKind {
-    /// The credential the environment selects, in the order of API.md 5: workload
+    /// The credential the environment selects, in the order of docs/graph.md: workload
     /// identity, client secret, client certificate, managed identity.
     pub fn from_env(env: &impl Fn(&str) -> Option<String>) -> Result<Self, CredentialError> {
         let var = |name: &str| env(name).filter(|v| !v.trim().is_empty());

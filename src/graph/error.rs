@@ -2,30 +2,44 @@
 //! request took effect, may have, or certainly did not.
 
 use super::model::GraphErrorBody;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::time::{Duration, SystemTime};
 
-/// Which Graph call failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Graph's `error.code` is kept to this many characters.
+pub const MAX_CODE_CHARS: usize = 128;
+/// Graph's `error.message` is kept to this many characters: the controller copies error
+/// text into status and Events, which must stay small whatever Graph (or a proxy) sends.
+pub const MAX_MESSAGE_CHARS: usize = 512;
+/// A transport, decoding or credential detail is kept to this many characters (a decoding
+/// error can quote the body it choked on).
+pub const MAX_DETAIL_CHARS: usize = 1024;
+/// `request-id` and `client-request-id` are kept to this many characters (a UUID has 36).
+pub const MAX_ID_CHARS: usize = 128;
+/// No [`GraphError`] displays longer than this many characters: the field bounds above,
+/// plus under 200 for the call, the status, `Retry-After`, the attempts and the fixed words.
+pub const MAX_ERROR_TEXT_CHARS: usize =
+    MAX_CODE_CHARS + MAX_MESSAGE_CHARS + MAX_DETAIL_CHARS + 2 * MAX_ID_CHARS + 200;
+
+/// Which Graph call failed. The names are metric labels and log fields: keep them stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::VariantArray)]
 pub enum GraphCall {
     /// `GET /users/{id or upn}`
+    #[strum(serialize = "GET /users/{id}")]
     GetUser,
     /// `GET /users?$filter=...`
+    #[strum(serialize = "GET /users")]
     ListUsers,
     /// `PATCH /users/{id}` setting `mail`
+    #[strum(serialize = "PATCH /users/{id}")]
     PatchUser,
     /// `POST /invitations`
+    #[strum(serialize = "POST /invitations")]
     PostInvitation,
 }
 
 impl GraphCall {
     pub fn as_str(self) -> &'static str {
-        match self {
-            GraphCall::GetUser => "GET /users/{id}",
-            GraphCall::ListUsers => "GET /users",
-            GraphCall::PatchUser => "PATCH /users/{id}",
-            GraphCall::PostInvitation => "POST /invitations",
-        }
+        self.into()
     }
 
     /// Writes are paced by the [`WriteLimiter`](super::WriteLimiter).
@@ -34,6 +48,7 @@ impl GraphCall {
     }
 }
 
+// Not strum's Display: it reads `{id}` as a placeholder.
 impl fmt::Display for GraphCall {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -123,10 +138,10 @@ fn describe(e: &GraphError, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         FailureKind::Status => {
             write!(f, "Graph answered HTTP {status}")?;
             if let Some(code) = &e.code {
-                write!(f, " {code}")?;
+                write!(f, " {}", Clipped(code, MAX_CODE_CHARS))?;
             }
             if let Some(message) = &e.message {
-                write!(f, ": {message}")?;
+                write!(f, ": {}", Clipped(message, MAX_MESSAGE_CHARS))?;
             }
         }
         FailureKind::Connect => f.write_str("could not connect to Graph (nothing was sent)")?,
@@ -148,16 +163,18 @@ fn describe(e: &GraphError, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         }
     }
     if let Some(detail) = &e.detail {
-        write!(f, ": {detail}")?;
+        write!(f, ": {}", Clipped(detail, MAX_DETAIL_CHARS))?;
     }
     if let Some(retry_after) = e.retry_after {
         write!(f, " (retry after {}s)", retry_after.as_secs_f64())?;
     }
     let ids: Vec<String> = [
-        e.request_id.as_ref().map(|id| format!("request-id {id}")),
+        e.request_id
+            .as_ref()
+            .map(|id| format!("request-id {}", Clipped(id, MAX_ID_CHARS))),
         e.client_request_id
             .as_ref()
-            .map(|id| format!("client-request-id {id}")),
+            .map(|id| format!("client-request-id {}", Clipped(id, MAX_ID_CHARS))),
     ]
     .into_iter()
     .flatten()
@@ -169,6 +186,38 @@ fn describe(e: &GraphError, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, " after {} attempts", e.attempts)?;
     }
     Ok(())
+}
+
+/// Writes at most `.1` characters of `.0`, unsafe characters as spaces, with `…` marking
+/// a cut. The fields are bounded when the error is made; this keeps the Display bounded
+/// even for a field set afterwards.
+struct Clipped<'a>(&'a str, usize);
+
+impl fmt::Display for Clipped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Clipped(text, max) = *self;
+        let cut = text.chars().count() > max;
+        let keep = if cut { max.saturating_sub(1) } else { max };
+        for c in text.chars().take(keep) {
+            f.write_char(if is_unsafe(c) { ' ' } else { c })?;
+        }
+        if cut && max > 0 {
+            f.write_char('…')?;
+        }
+        Ok(())
+    }
+}
+
+/// Control characters, and the bidirectional overrides that make text display other than
+/// it reads: neither belongs in a status message or an Event.
+fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` bounded for display in status, Events and logs: see [`Clipped`].
+pub(crate) fn bounded(text: &str, max_chars: usize) -> String {
+    Clipped(text, max_chars).to_string()
 }
 
 impl std::ops::Deref for GraphError {
@@ -202,7 +251,7 @@ impl GraphError {
             status: None,
             code: None,
             message: None,
-            detail: Some(detail.into()),
+            detail: Some(bounded(&detail.into(), MAX_DETAIL_CHARS)),
             request_id: None,
             client_request_id: None,
             retry_after: None,
@@ -210,7 +259,9 @@ impl GraphError {
         })
     }
 
-    /// An error answer from Graph: its status, `Retry-After` and body.
+    /// An error answer from Graph: its status, `Retry-After` (already capped, see
+    /// [`parse_retry_after`]) and body. Graph's code and message are bounded here, since
+    /// they end up in status and Events.
     pub fn from_response(
         call: GraphCall,
         status: u16,
@@ -220,20 +271,17 @@ impl GraphError {
     ) -> Self {
         let parsed: GraphErrorBody = serde_json::from_slice(body).unwrap_or_default();
         let inner_request_id = parsed.error.inner_error.and_then(|i| i.request_id);
-        let message = parsed.error.message.or_else(|| {
-            // A body that is not Graph's JSON (a proxy's page, say): keep a short excerpt.
-            let text = String::from_utf8_lossy(body);
-            let text = text.trim();
-            (!text.is_empty()).then(|| text.chars().take(300).collect())
-        });
+        let message = parsed.error.message.or_else(|| body_excerpt(body));
         GraphError::from(GraphErrorDetails {
             call,
             kind: FailureKind::Status,
             status: Some(status),
-            code: parsed.error.code,
-            message,
+            code: parsed.error.code.map(|c| bounded(&c, MAX_CODE_CHARS)),
+            message: message.map(|m| bounded(&m, MAX_MESSAGE_CHARS)),
             detail: None,
-            request_id: request_id.or(inner_request_id),
+            request_id: request_id
+                .or(inner_request_id)
+                .map(|id| bounded(&id, MAX_ID_CHARS)),
             client_request_id: None,
             retry_after,
             attempts: 0,
@@ -311,23 +359,42 @@ impl GraphError {
     }
 }
 
+/// A body that is not Graph's JSON (a proxy's page, say): a short excerpt of it. Only the
+/// start is decoded, so a huge body costs no more than a small one.
+fn body_excerpt(body: &[u8]) -> Option<String> {
+    const EXCERPT_CHARS: usize = 300;
+    // UTF-8 takes at most 4 bytes a character; a cut character decodes as U+FFFD.
+    let head = &body[..body.len().min(EXCERPT_CHARS * 4)];
+    let text = String::from_utf8_lossy(head);
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.chars().take(EXCERPT_CHARS).collect())
+}
+
 /// `Retry-After` as delay-seconds or as an HTTP date (relative to `now`; a date in the
-/// past means now). Anything else is ignored.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+/// past means now), never more than `max`. Anything else is ignored.
+///
+/// The cap is what makes the value safe to use: Graph (or anything between it and us)
+/// can send `18446744073709551615`, and a deadline computed from that overflows
+/// `Instant` and timestamp arithmetic, which panics. A number too large for `u64` is
+/// still "a very long time", so it becomes `max` too.
+pub fn parse_retry_after(value: &str, now: SystemTime, max: Duration) -> Option<Duration> {
     let value = value.trim();
     if value.is_empty() {
         return None;
     }
-    if value.bytes().all(|b| b.is_ascii_digit()) {
-        return value.parse::<u64>().ok().map(Duration::from_secs);
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    let after = if value.bytes().all(|b| b.is_ascii_digit()) {
+        Duration::from_secs(value.parse::<u64>().unwrap_or(u64::MAX))
+    } else {
+        let at = httpdate::parse_http_date(value).ok()?;
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(after.min(max))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strum::VariantArray;
 
     fn status_error(call: GraphCall, status: u16, body: &str) -> GraphError {
         GraphError::from_response(call, status, body.as_bytes(), None, None)
@@ -500,26 +567,31 @@ mod tests {
         assert!(cred.to_string().contains("Invalid client secret"));
     }
 
+    const CAP: Duration = Duration::from_secs(3600);
+
     #[test]
     fn retry_after_seconds() {
         let now = SystemTime::now();
-        assert_eq!(parse_retry_after("5", now), Some(Duration::from_secs(5)));
         assert_eq!(
-            parse_retry_after(" 120 ", now),
+            parse_retry_after("5", now, CAP),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            parse_retry_after(" 120 ", now, CAP),
             Some(Duration::from_secs(120))
         );
-        assert_eq!(parse_retry_after("0", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("0", now, CAP), Some(Duration::ZERO));
     }
 
     #[test]
     fn retry_after_http_date() {
         let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
         assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now, CAP),
             Some(Duration::from_secs(30))
         );
         assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now),
+            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now, CAP),
             Some(Duration::ZERO),
             "a date in the past means now"
         );
@@ -528,8 +600,142 @@ mod tests {
     #[test]
     fn retry_after_garbage_is_ignored() {
         let now = SystemTime::now();
-        for v in ["", "soon", "-5", "1.5", "5s", "Wed, 99 Foo 2015"] {
-            assert_eq!(parse_retry_after(v, now), None, "{v:?}");
+        for v in [
+            "",
+            "soon",
+            "-5",
+            "1.5",
+            "5s",
+            "Wed, 99 Foo 2015",
+            "+5",
+            "0x10",
+        ] {
+            assert_eq!(parse_retry_after(v, now, CAP), None, "{v:?}");
+        }
+    }
+
+    /// The defect: `Retry-After: 18446744073709551615` came back as is, and the deadline
+    /// the controller computed from it overflowed and panicked.
+    #[test]
+    fn retry_after_u64_max_is_capped_and_usable_as_a_deadline() {
+        let now = SystemTime::now();
+        let after = parse_retry_after("18446744073709551615", now, CAP).unwrap();
+        assert_eq!(after, CAP);
+        // What callers do with it must not overflow.
+        assert!(tokio::time::Instant::now().checked_add(after).is_some());
+        assert!(jiff::Timestamp::now().checked_add(after).is_ok());
+        assert!(now.checked_add(after).is_some());
+    }
+
+    #[test]
+    fn retry_after_beyond_u64_and_far_dates_are_capped() {
+        let now = SystemTime::now();
+        for v in [
+            "18446744073709551616",
+            "99999999999999999999999999999999999999",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            assert_eq!(parse_retry_after(v, now, CAP), Some(CAP), "{v:?}");
+        }
+        assert_eq!(
+            parse_retry_after("Thu, 01 Jan 1970 00:00:00 GMT", now, CAP),
+            Some(Duration::ZERO)
+        );
+        let epoch = SystemTime::UNIX_EPOCH;
+        assert_eq!(
+            parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", epoch, Duration::MAX),
+            Some(Duration::from_secs(253_402_300_799)),
+            "an uncapped far date is exact, not a panic"
+        );
+    }
+
+    #[test]
+    fn graph_code_and_message_are_bounded_for_status_and_events() {
+        let long = format!(
+            "Invitations are blocked {}\n\u{7}{}",
+            "é".repeat(600),
+            "x".repeat(2000)
+        );
+        let body =
+            serde_json::json!({"error": {"code": "C".repeat(1000), "message": long}}).to_string();
+        let e = GraphError::from_response(
+            GraphCall::PostInvitation,
+            400,
+            body.as_bytes(),
+            Some("r".repeat(10_000)),
+            None,
+        );
+        let message = e.message.as_deref().unwrap();
+        assert_eq!(message.chars().count(), MAX_MESSAGE_CHARS);
+        assert!(message.ends_with('…'));
+        assert!(message.starts_with("Invitations are blocked éé"));
+        assert!(!message.chars().any(char::is_control), "{message:?}");
+        assert_eq!(e.code.as_deref().unwrap().chars().count(), MAX_CODE_CHARS);
+        assert_eq!(
+            e.request_id.as_deref().unwrap().chars().count(),
+            MAX_ID_CHARS
+        );
+        let text = e.to_string();
+        assert!(
+            text.chars().count() <= MAX_ERROR_TEXT_CHARS,
+            "{}",
+            text.len()
+        );
+    }
+
+    #[test]
+    fn control_characters_in_a_message_become_spaces() {
+        let body = graph_body("Bad", "line one\r\nline two\u{1b}[31m");
+        let e = status_error(GraphCall::GetUser, 400, &body);
+        assert_eq!(e.message.as_deref(), Some("line one  line two [31m"));
+    }
+
+    #[test]
+    fn bidirectional_overrides_become_spaces() {
+        let body = graph_body("Bad", "user \u{202E}gnp.exe\u{202C} \u{2066}x\u{2069}");
+        let e = status_error(GraphCall::GetUser, 400, &body);
+        assert_eq!(e.message.as_deref(), Some("user  gnp.exe   x "));
+    }
+
+    #[test]
+    fn a_huge_non_json_body_gives_a_short_excerpt() {
+        let body = "<html>".to_owned() + &"x".repeat(1 << 20);
+        let e = status_error(GraphCall::GetUser, 502, &body);
+        assert_eq!(e.message.as_deref().unwrap().chars().count(), 300);
+    }
+
+    #[test]
+    fn display_stays_bounded_whatever_the_fields_hold() {
+        let mut e = GraphError::new(GraphCall::PatchUser, FailureKind::Status, "d".repeat(5000));
+        e.status = Some(u16::MAX);
+        e.code = Some("c".repeat(5000));
+        e.message = Some("m".repeat(5000));
+        e.request_id = Some("r".repeat(5000));
+        e.client_request_id = Some("q".repeat(5000));
+        e.retry_after = Some(Duration::MAX);
+        e.attempts = u32::MAX;
+        let text = e.to_string();
+        assert!(
+            text.chars().count() <= MAX_ERROR_TEXT_CHARS,
+            "{}",
+            text.chars().count()
+        );
+    }
+
+    #[test]
+    fn call_names_are_the_metric_labels() {
+        let names: Vec<&str> = GraphCall::VARIANTS.iter().map(|c| c.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "GET /users/{id}",
+                "GET /users",
+                "PATCH /users/{id}",
+                "POST /invitations"
+            ]
+        );
+        for call in GraphCall::VARIANTS {
+            assert_eq!(call.to_string(), call.as_str());
         }
     }
 }

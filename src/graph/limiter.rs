@@ -1,4 +1,4 @@
-//! A process-wide token bucket pacing Graph writes (API.md 3.7), so that a burst of
+//! A process-wide token bucket pacing Graph writes (docs/graph.md, "Write limiter"), so that a burst of
 //! resources never trips Graph's abuse protection for the tenant.
 
 use std::sync::{Arc, Mutex};

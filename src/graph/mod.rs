@@ -1,6 +1,6 @@
 //! Microsoft Graph: the controller's only way to change the directory.
 //!
-//! - [`GraphClient`]: the four calls of API.md 4, each HTTP attempt with a fresh
+//! - [`GraphClient`]: the four calls of docs/graph.md, each HTTP attempt with a fresh
 //!   `client-request-id`, logged with its status, latency and Graph's `request-id`
 //!   (never the token, the redeem URL or the invitation body).
 //! - [`GraphError::class`]: what a failure means for the directory — refused
@@ -8,7 +8,10 @@
 //!   nothing sent ([`ErrorClass::TransientBeforeSend`]), or may have happened
 //!   ([`ErrorClass::Ambiguous`]).
 //! - [`RetryPolicy`]: reads and the `mail` PATCH are repeated inside the client; the
-//!   invitation POST only when Graph certainly did not process it.
+//!   invitation POST never is: one HTTP attempt per call, the caller resends.
+//! - Values from Graph are bounded before use: `Retry-After` is capped
+//!   ([`GraphSettings::max_retry_after`]), bodies are read up to
+//!   [`GraphSettings::max_body_bytes`], and Graph's code and message are truncated.
 //! - [`WriteLimiter`]: the process-wide pace of writes.
 //! - [`credential`]: the Azure credential from the standard environment variables.
 //! - [`http`]: the one HTTP client, trusting the system roots plus `SSL_CERT_FILE`.
@@ -16,6 +19,8 @@
 mod client;
 pub mod credential;
 mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod http;
 mod limiter;
 mod model;
@@ -23,11 +28,13 @@ pub mod query;
 mod retry;
 
 pub use client::{
-    DEFAULT_GRAPH_ENDPOINT, DEFAULT_TIMEOUT, GraphClient, GraphObserver, GraphSettings,
+    DEFAULT_GRAPH_ENDPOINT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RETRY_AFTER, DEFAULT_TIMEOUT,
+    GraphClient, GraphObserver, GraphSettings,
 };
 pub use credential::{CredentialError, CredentialKind};
 pub use error::{
-    ErrorClass, FailureKind, GraphCall, GraphError, GraphErrorDetails, parse_retry_after,
+    ErrorClass, FailureKind, GraphCall, GraphError, GraphErrorDetails, MAX_CODE_CHARS,
+    MAX_DETAIL_CHARS, MAX_ERROR_TEXT_CHARS, MAX_ID_CHARS, MAX_MESSAGE_CHARS, parse_retry_after,
 };
 pub use limiter::{TokenBucket, WriteLimiter, WriteSlot};
 pub use model::{

@@ -1,5 +1,6 @@
 //! The directory objects and requests exchanged with Microsoft Graph, in the shape Graph uses.
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::de::Deserializer;
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
@@ -158,7 +159,8 @@ impl Serialize for MessageInfo<'_> {
     }
 }
 
-/// The invitation Graph created (`201 Created`).
+/// The invitation Graph created (`201 Created`), with the identifiers an auditor needs
+/// to find the same call in Entra's audit log.
 #[derive(Debug, Clone)]
 pub struct Invitation {
     pub id: String,
@@ -168,24 +170,36 @@ pub struct Invitation {
     /// `invitedUser.id` as echoed by Graph, when present.
     pub invited_user_id: Option<String>,
     pub redeem_url: RedeemUrl,
+    /// Graph's `request-id` response header, when it sent one.
+    pub request_id: Option<String>,
+    /// The `client-request-id` this client sent with the POST (a UUID).
+    pub client_request_id: String,
 }
 
 /// `inviteRedeemUrl`: whoever holds it can redeem the invitation, so it is a credential.
-/// It prints as `[redacted]`, cannot be serialised, and is read only through
-/// [`RedeemUrl::expose_secret`].
-#[derive(Clone, PartialEq, Eq)]
-pub struct RedeemUrl(String);
+/// Held in a [`SecretString`] (zeroed on drop); it prints as `[redacted]`, cannot be
+/// serialised, and is read only through [`RedeemUrl::expose_secret`].
+#[derive(Clone)]
+pub struct RedeemUrl(SecretString);
 
 impl RedeemUrl {
     pub fn new(url: String) -> Self {
-        Self(url)
+        Self(SecretString::from(url))
     }
 
     /// The URL itself. Call only to hand it to its one destination (the Secret).
     pub fn expose_secret(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 }
+
+impl PartialEq for RedeemUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose_secret() == other.expose_secret()
+    }
+}
+
+impl Eq for RedeemUrl {}
 
 impl fmt::Debug for RedeemUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -221,14 +235,21 @@ struct InvitedUserWire {
     id: Option<String>,
 }
 
-impl From<InvitationWire> for Invitation {
-    fn from(w: InvitationWire) -> Self {
+impl InvitationWire {
+    /// The invitation, with the identifiers of the call that created it.
+    pub(crate) fn into_invitation(
+        self,
+        request_id: Option<String>,
+        client_request_id: String,
+    ) -> Invitation {
         Invitation {
-            id: w.id.unwrap_or_default(),
-            status: w.status.unwrap_or_default(),
-            invited_user_email_address: w.invited_user_email_address.unwrap_or_default(),
-            invited_user_id: w.invited_user.and_then(|u| u.id),
-            redeem_url: RedeemUrl(w.invite_redeem_url),
+            id: self.id.unwrap_or_default(),
+            status: self.status.unwrap_or_default(),
+            invited_user_email_address: self.invited_user_email_address.unwrap_or_default(),
+            invited_user_id: self.invited_user.and_then(|u| u.id),
+            redeem_url: RedeemUrl::new(self.invite_redeem_url),
+            request_id,
+            client_request_id,
         }
     }
 }
@@ -342,7 +363,7 @@ mod tests {
             "invitedUser": {"id": "u-1"}
         }))
         .unwrap()
-        .into();
+        .into_invitation(Some("req-1".into()), "client-1".into());
         assert_eq!(inv.redeem_url.to_string(), "[redacted]");
         assert!(!format!("{:?}", inv.redeem_url).contains("SECRET"));
         assert!(!format!("{inv:?}").contains("SECRET"));

@@ -1,5 +1,7 @@
 //! When the client repeats a failed call by itself: a pure decision from the attempt
-//! number and the failure's class.
+//! number and the failure's class. The client asks it about reads and `set_mail` only;
+//! the invitation POST is never repeated by the client (docs/graph.md, "The invitation
+//! POST: one attempt per call").
 
 use super::error::{ErrorClass, GraphError};
 use std::time::Duration;
@@ -9,7 +11,8 @@ use std::time::Duration;
 pub enum Idempotency {
     /// Reads, and the `mail` PATCH (setting the same value twice is the same as once).
     Idempotent,
-    /// `POST /invitations`: a second one sends a second invitation.
+    /// `POST /invitations`: a second one sends a second invitation. (The client sends it
+    /// once per call and never asks the policy; kept so the policy stays total.)
     NotIdempotent,
 }
 
