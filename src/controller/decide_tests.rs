@@ -59,6 +59,7 @@ enum Crash {
     AfterIntent,
     AfterMarkSending,
     AfterPostTookEffect,
+    AfterPatch,
 }
 
 /// What the invitation POST does.
@@ -92,6 +93,13 @@ struct World {
     failures: u32,
     steps: Vec<String>,
     run_clock: bool,
+    /// How long the next slot of the write limiter takes, and what happens meanwhile.
+    slot_wait: SignedDuration,
+    during_slot_wait: Option<fn(&mut World)>,
+    /// What happens right after a POST took effect (the guest redeems at once, ...).
+    after_post: Option<fn(&mut World)>,
+    /// How long the pass stalls right after its sending mark.
+    stall_after_mark: SignedDuration,
 }
 
 impl World {
@@ -115,6 +123,10 @@ impl World {
             failures: 0,
             steps: vec![],
             run_clock: true,
+            slot_wait: SignedDuration::ZERO,
+            during_slot_wait: None,
+            after_post: None,
+            stall_after_mark: SignedDuration::ZERO,
         }
     }
 
@@ -983,7 +995,12 @@ impl Io for ModelIo<'_> {
         Ok(SecretOwner::Absent)
     }
 
-    async fn take_slot(&mut self) {}
+    async fn take_slot(&mut self) {
+        self.w.now += std::mem::take(&mut self.w.slot_wait);
+        if let Some(happen) = self.w.during_slot_wait.take() {
+            happen(self.w);
+        }
+    }
 
     async fn tenant_gate(&mut self) -> Result<TenantGate, kube::Error> {
         Ok(self.w.tenant)
@@ -1000,6 +1017,9 @@ impl Io for ModelIo<'_> {
             .find(|u| u.id == user_id)
             .unwrap()
             .mail = Some(email.to_owned());
+        if self.crash == Some(Crash::AfterPatch) {
+            self.crashed = true;
+        }
         Ok(())
     }
 
@@ -1034,6 +1054,9 @@ impl Io for ModelIo<'_> {
             }
             user.external_user_state = Some("PendingAcceptance".into());
             user.external_user_state_change_date_time = Some(w.now);
+            if let Some(happen) = w.after_post.take() {
+                happen(w);
+            }
         }
         if self.crash == Some(Crash::AfterPostTookEffect) {
             self.crashed = true;
@@ -1076,6 +1099,9 @@ impl Io for ModelIo<'_> {
             return Ok(Some(self.w.object()));
         }
         self.w.status = next;
+        if sending {
+            self.w.now += std::mem::take(&mut self.w.stall_after_mark);
+        }
         if (intent && self.crash == Some(Crash::AfterIntent))
             || (sending && self.crash == Some(Crash::AfterMarkSending))
         {
@@ -1111,4 +1137,162 @@ impl Io for ModelIo<'_> {
     fn sending(&mut self) {}
 
     async fn intent_recorded(&mut self) {}
+}
+
+// ---- one test per defect of the timing review ------------------------------------------------
+
+/// Defect: someone else's invitation seconds before ours was taken as evidence of ours.
+#[test]
+fn an_invitation_by_someone_else_seconds_before_is_not_evidence_of_ours() {
+    let mut w = World::new();
+    w.users[0].external_user_state = Some("PendingAcceptance".into());
+    w.users[0].external_user_state_change_date_time = Some(t(-5));
+    w.post = vec![PostBehaviour::Fail {
+        failure: Failure::Ambiguous("503".into()),
+        took_effect: false,
+    }];
+    w.pass(None);
+    assert_eq!(w.settle(50).reason, Reason::OutcomeUnknown);
+    assert_eq!(w.posts_took_effect, 0);
+    let before = w.status.history.first();
+    assert!(before.is_none(), "nothing recorded as issued: {before:?}");
+}
+
+/// Defect: a guest who redeemed within seconds of our POST left the outcome unknown.
+#[test]
+fn a_guest_who_redeems_at_once_is_evidence_of_our_reset() {
+    let mut w = World::new();
+    w.post = vec![PostBehaviour::Fail {
+        failure: Failure::Ambiguous("504".into()),
+        took_effect: true,
+    }];
+    w.after_post = Some(|w| {
+        w.users[0].external_user_state = Some("Accepted".into());
+        w.users[0].external_user_state_change_date_time =
+            Some(w.now + SignedDuration::from_secs(2));
+    });
+    w.pass(None);
+    w.now += SignedDuration::from_secs(5);
+    assert_eq!(w.settle(50).reason, Reason::Issued);
+    assert!(w.status.invitation.as_ref().unwrap().recovered);
+    assert_eq!(w.posts_sent, 1);
+}
+
+/// Defect: a recovered older generation was recorded with the current generation's email.
+#[test]
+fn a_recovered_older_generation_keeps_its_own_email() {
+    let mut w = World::new();
+    w.pass(Some(Crash::AfterPostTookEffect));
+    w.generation = 2;
+    w.spec.email = "alice@other.example".into();
+    w.now += SignedDuration::from_secs(5);
+    assert_eq!(w.settle(50).reason, Reason::Issued);
+    let by_generation: Vec<(i64, &str)> = w
+        .status
+        .history
+        .iter()
+        .map(|h| (h.generation, h.email.as_str()))
+        .collect();
+    assert_eq!(by_generation, [(2, "alice@other.example"), (1, NEW)]);
+}
+
+/// Defect: userType was read minutes before the POST; a guest made a member while the pass
+/// waited for a write slot would have been converted irreversibly.
+#[test]
+fn a_guest_made_a_member_while_waiting_for_a_slot_is_never_invited() {
+    let mut w = World::new();
+    w.users[0].mail = Some(NEW.into());
+    w.slot_wait = SignedDuration::from_mins(3);
+    w.during_slot_wait = Some(|w| w.users[0].user_type = Some("Member".into()));
+    assert_eq!(w.settle(5).reason, Reason::NotAGuest);
+    assert_eq!(w.posts_sent, 0);
+    assert_eq!(w.status.attempt, None, "the unsent intent is dropped");
+}
+
+/// Defect: the tenant gate was read once at the start of a pass, so a pass already past it
+/// wrote into a tenant that Graph had blocked meanwhile.
+#[test]
+fn a_block_while_waiting_for_a_slot_stops_the_write() {
+    let mut w = World::new();
+    w.slot_wait = SignedDuration::from_secs(30);
+    w.during_slot_wait = Some(|w| w.tenant = TenantGate::Paused { until: t(3600) });
+    let report = w.pass(None).unwrap();
+    assert_eq!(report.reason, Reason::TenantBlocked);
+    assert_eq!((w.patches, w.posts_sent), (0, 0));
+    assert_eq!(w.status.attempt, None);
+}
+
+/// Defect: after the mail PATCH a lookup by the old mail found nobody, so a crash right after
+/// the PATCH ended in UserNotFound with the mail changed and no reset.
+#[test]
+fn a_crash_after_the_mail_patch_finds_the_user_by_id() {
+    let mut w = World::new();
+    w.spec.user = UserRef {
+        mail: Some("alice@contoso.com".into()),
+        ..Default::default()
+    };
+    assert!(w.pass(Some(Crash::AfterPatch)).is_none());
+    assert_eq!(w.users[0].mail.as_deref(), Some(NEW), "the PATCH happened");
+    w.now += SignedDuration::from_secs(5);
+    assert_eq!(w.settle(10).reason, Reason::Issued);
+    assert_eq!(w.posts_took_effect, 1);
+    let user = w.status.user.as_ref().unwrap();
+    assert_eq!(user.previous_mail.as_deref(), Some("alice@contoso.com"));
+}
+
+/// Defect: the cc recipient received the invitation (and its link) outside the allowed domains.
+#[test]
+fn a_cc_recipient_outside_the_allowed_domains_is_refused() {
+    let mut w = World::new();
+    w.settings.allowed_email_domains = vec!["newco.example".into()];
+    w.spec.message = Some(crate::resource::InvitationMessage {
+        language: "en-US".into(),
+        body: None,
+        cc_recipient: Some("boss@elsewhere.example".into()),
+    });
+    let report = w.settle(3);
+    assert_eq!(report.reason, Reason::PolicyDenied);
+    assert!(
+        report.message.contains("boss@elsewhere.example"),
+        "{}",
+        report.message
+    );
+    assert_eq!((w.patches, w.posts_sent), (0, 0));
+    w.spec.message.as_mut().unwrap().cc_recipient = Some("boss@NEWCO.example".into());
+    w.generation = 2;
+    assert_eq!(w.settle(5).reason, Reason::Issued);
+}
+
+/// Defect: a retry was consumed without reissuing when an attempt marked as sending was left
+/// behind a stop (here a refused evidence read): the pass decided on its initial status.
+#[test]
+fn a_retry_after_a_refused_evidence_read_issues_again() {
+    let mut w = World::new();
+    w.post = vec![PostBehaviour::Fail {
+        failure: Failure::Ambiguous("504".into()),
+        took_effect: false,
+    }];
+    w.pass(None);
+    w.read_failure = Some(Failure::Rejected("400 Request_BadRequest".into()));
+    assert_eq!(w.pass(None).unwrap().reason, Reason::GraphRejected);
+    assert!(
+        w.status.attempt.is_some(),
+        "the attempt is kept for a later look"
+    );
+    w.annotation = Some("again".into());
+    assert_eq!(w.settle(10).reason, Reason::Issued);
+    assert_eq!(w.posts_sent, 2, "the retry was acted on");
+}
+
+/// A pass that stalled between its sending mark and the POST leaves the attempt to recovery
+/// instead of sending late.
+#[test]
+fn a_pass_stalled_after_its_mark_does_not_post() {
+    let mut w = World::new();
+    w.stall_after_mark = SignedDuration::from_secs(30);
+    let report = w.pass(None).unwrap();
+    assert_eq!(report.reason, Reason::InProgress);
+    assert_eq!(w.posts_sent, 0);
+    assert_eq!(w.settle(50).reason, Reason::OutcomeUnknown);
+    assert_eq!(w.posts_sent, 0);
 }
