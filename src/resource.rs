@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 /// API group of the resource.
 pub const GROUP: &str = "guestreset.io";
-/// Annotation whose new value asks for one more try of the current generation (API.md 3.5).
+/// Annotation whose new value asks for one more try of the current generation (docs/resource.md,
+/// "Asking again").
 pub const RETRY_ANNOTATION: &str = "guestreset.io/retry";
 /// How many issuances `status.history` keeps.
 pub const HISTORY_LIMIT: usize = 10;

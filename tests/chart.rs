@@ -892,7 +892,26 @@ async fn default_install_grants_exactly_the_controller_rights() {
         rights.push(right(false, "list", "pods", scope));
         rights.push(right(false, "get", "serviceaccounts", scope));
     }
+    let tenant_state = format!("configmaps/{release}-guestreset-tenant");
     rights.extend([
+        right(true, "get", &tenant_state, Scope::Namespace(&ns)),
+        right(true, "update", &tenant_state, Scope::Namespace(&ns)),
+        right(true, "delete", &tenant_state, Scope::Namespace(&ns)),
+        right(true, "create", "configmaps", Scope::Namespace(&ns)),
+        right(
+            false,
+            "get",
+            "configmaps/someone-else",
+            Scope::Namespace(&ns),
+        ),
+        right(
+            false,
+            "update",
+            "configmaps/someone-else",
+            Scope::Namespace(&ns),
+        ),
+        right(false, "get", &tenant_state, Scope::Namespace(&other)),
+        right(false, "create", "configmaps", Scope::Namespace(&other)),
         right(true, "get", &lease, Scope::Namespace(&ns)),
         right(true, "patch", &lease, Scope::Namespace(&ns)),
         right(
@@ -953,8 +972,9 @@ async fn default_install_grants_exactly_the_controller_rights() {
     expect_rights(cp, &user, &rights).await;
 }
 
-/// With `watchNamespace`, every right but the Lease is confined to that namespace: no
-/// ClusterRole, nothing in the release namespace or a third one, nothing cluster-wide.
+/// With `watchNamespace`, every right but the Lease and the tenant-pause ConfigMap is confined
+/// to that namespace: no ClusterRole, nothing else in the release namespace or a third one,
+/// nothing cluster-wide.
 #[tokio::test]
 async fn single_namespace_install_is_confined_to_its_namespace() {
     let cp = control_plane().await;
@@ -980,7 +1000,7 @@ async fn single_namespace_install_is_confined_to_its_namespace() {
         .chain(m.of_kind("RoleBinding"))
     {
         let name = role["metadata"]["name"].as_str().unwrap_or_default();
-        let expected = if name.ends_with("-leader-election") {
+        let expected = if name.ends_with("-leader-election") || name.ends_with("-tenant-state") {
             &ns
         } else {
             &watched
@@ -1016,6 +1036,13 @@ async fn single_namespace_install_is_confined_to_its_namespace() {
             Scope::Namespace(&ns),
         ),
         right(false, "create", "leases.coordination.k8s.io", w),
+        right(
+            true,
+            "get",
+            &format!("configmaps/{release}-guestreset-tenant"),
+            Scope::Namespace(&ns),
+        ),
+        right(false, "create", "configmaps", w),
         right(false, "list", CRD_NAME, Scope::AllNamespaces),
         right(false, "watch", CRD_NAME, Scope::AllNamespaces),
         right(false, "create", "secrets", Scope::AllNamespaces),
@@ -1047,8 +1074,11 @@ async fn leader_election_off_drops_the_lease_rights() {
     )
     .await;
     assert_eq!(m.deployment()["spec"]["replicas"], 1);
+    // The lease name stays: it also names the tenant-pause ConfigMap.
     assert!(
-        !m.args().iter().any(|a| a.starts_with("--leader-elect")),
+        !m.args()
+            .iter()
+            .any(|a| a == "--leader-elect" || a.starts_with("--leader-election-lease-duration")),
         "{:?}",
         m.args()
     );

@@ -129,7 +129,8 @@ impl World {
             .env_remove("ALLOWED_EMAIL_DOMAINS")
             .env_remove("LEADER_ELECT")
             .env_remove("POD_NAME")
-            .env_remove("POD_NAMESPACE");
+            // The tenant pause is persisted in this namespace: tests must not share it.
+            .env("POD_NAMESPACE", &self.ns);
         cmd
     }
 
@@ -1055,7 +1056,7 @@ async fn health_readiness_and_metrics() {
         r#"guestreset_graph_requests_total{call="POST /invitations",status="201"} 1"#,
         r#"guestreset_graph_requests_total{call="PATCH /users/{id}",status="204"} 1"#,
         r#"guestreset_outcomes_total{reason="Issued"} 1"#,
-        r#"guestreset_reconciles_total{result="ok"}"#,
+        r#"guestreset_reconciles_total{result="ok",step=""}"#,
         "guestreset_graph_request_duration_seconds_bucket",
         "guestreset_write_limiter_wait_seconds_count 2",
         "guestreset_tenant_paused 0",

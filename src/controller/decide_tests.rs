@@ -1,6 +1,6 @@
 //! The decision, tested without I/O. A small pure model of the world (a directory of users, a
 //! status that the status functions update, a clock) drives `decide` pass after pass, so each
-//! reason of API.md's table and each crash point is reached the way the controller reaches it.
+//! reason of docs/resource.md's table and each crash point is reached the way the controller reaches it.
 
 use super::*;
 use crate::controller::pass::{End, Io, Outcome, PassRunner};

@@ -6,7 +6,7 @@ use std::future::Future;
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use tracing::warn;
@@ -66,17 +66,6 @@ fn is_conflict(err: &kube::Error) -> bool {
 
 fn is_not_found(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(status) if status.code == 404)
-}
-
-/// Whether `secret` is controlled by `obj` (its uid in a controller owner reference).
-fn owned_by(secret: &Secret, obj: &GuestRedemptionReset) -> bool {
-    let Some(uid) = obj.uid() else {
-        return false;
-    };
-    secret
-        .owner_references()
-        .iter()
-        .any(|o| o.uid == uid && o.controller == Some(true))
 }
 
 fn truncate(text: &str, max: usize) -> String {
@@ -144,12 +133,7 @@ impl Io for KubeIo<'_> {
         obj: &GuestRedemptionReset,
         name: &str,
     ) -> Result<SecretOwner, kube::Error> {
-        // Only the metadata is read: a foreign Secret's data is never fetched.
-        Ok(match self.secrets.get_metadata_opt(name).await? {
-            None => SecretOwner::Absent,
-            Some(meta) if meta_owned_by(&meta.metadata, obj) => SecretOwner::ThisResource,
-            Some(_) => SecretOwner::Foreign,
-        })
+        secret_owner(&self.secrets, obj, name).await
     }
 
     async fn take_slot(&mut self) {
@@ -289,16 +273,6 @@ impl Failpoint {
     }
 }
 
-fn meta_owned_by(meta: &kube::api::ObjectMeta, obj: &GuestRedemptionReset) -> bool {
-    let Some(uid) = obj.uid() else {
-        return false;
-    };
-    meta.owner_references
-        .iter()
-        .flatten()
-        .any(|o| o.uid == uid && o.controller == Some(true))
-}
-
 /// An error storing the redeem URL.
 #[derive(Debug, thiserror::Error)]
 enum SecretError {
@@ -310,6 +284,55 @@ enum SecretError {
     Kube(#[from] kube::Error),
 }
 
+/// A JSON patch that applies only to a Secret whose first owner is this resource: its `test`
+/// operation makes the API server refuse the whole patch otherwise. This way the controller
+/// never needs to read a Secret (it holds no `get` on Secrets), and never writes into one it
+/// does not own.
+fn owned_patch(uid: &str, data: Option<serde_json::Value>) -> Patch<()> {
+    let mut ops = vec![serde_json::json!({
+        "op": "test",
+        "path": "/metadata/ownerReferences/0/uid",
+        "value": uid,
+    })];
+    if let Some(data) = data {
+        ops.push(serde_json::json!({"op": "add", "path": "/data", "value": data}));
+    }
+    let patch: json_patch::Patch =
+        serde_json::from_value(serde_json::Value::Array(ops)).expect("a valid JSON patch");
+    Patch::Json(patch)
+}
+
+/// How the API server answers a patch whose ownership test failed (or found no owner).
+fn is_refused_patch(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status) if matches!(status.code, 400 | 422 | 500) && !is_conflict(err))
+}
+
+fn uid_of(obj: &GuestRedemptionReset) -> Option<String> {
+    obj.uid().filter(|uid| !uid.is_empty())
+}
+
+/// Who owns Secret `name`, found with a dry-run of the ownership patch: nothing is read or
+/// written.
+async fn secret_owner(
+    secrets: &Api<Secret>,
+    obj: &GuestRedemptionReset,
+    name: &str,
+) -> Result<SecretOwner, kube::Error> {
+    let Some(uid) = uid_of(obj) else {
+        return Ok(SecretOwner::Foreign);
+    };
+    let params = PatchParams {
+        dry_run: true,
+        ..PatchParams::default()
+    };
+    match secrets.patch(name, &params, &owned_patch(&uid, None)).await {
+        Ok(_) => Ok(SecretOwner::ThisResource),
+        Err(err) if is_not_found(&err) => Ok(SecretOwner::Absent),
+        Err(err) if is_refused_patch(&err) => Ok(SecretOwner::Foreign),
+        Err(err) => Err(err),
+    }
+}
+
 /// Creates the Secret owned by the resource, or updates the one key in a Secret the resource
 /// already owns; a Secret of that name that someone else owns is never written or adopted.
 async fn store_redeem_url(
@@ -319,44 +342,43 @@ async fn store_redeem_url(
     url: &RedeemUrl,
 ) -> Result<(), SecretError> {
     let owner = obj.controller_owner_ref(&()).ok_or(SecretError::NoOwner)?;
-    if owner.uid.is_empty() {
-        return Err(SecretError::NoOwner);
-    }
+    let uid = uid_of(obj).ok_or(SecretError::NoOwner)?;
     let value = ByteString(url.expose_secret().as_bytes().to_vec());
+    let data = serde_json::json!({ REDEEM_URL_SECRET_KEY: value });
     for _ in 0..3 {
-        let result = match secrets.get_opt(name).await? {
-            None => {
-                let secret = Secret {
-                    metadata: kube::api::ObjectMeta {
-                        name: Some(name.to_owned()),
-                        owner_references: Some(vec![owner.clone()]),
-                        labels: Some(
-                            [(
-                                "app.kubernetes.io/managed-by".to_owned(),
-                                MANAGER.to_owned(),
-                            )]
-                            .into(),
-                        ),
-                        ..Default::default()
-                    },
-                    type_: Some("Opaque".to_owned()),
-                    data: Some([(REDEEM_URL_SECRET_KEY.to_owned(), value.clone())].into()),
-                    ..Default::default()
-                };
-                secrets.create(&PostParams::default(), &secret).await
-            }
-            Some(existing) if owned_by(&existing, obj) => {
-                let mut next = existing;
-                next.data
-                    .get_or_insert_default()
-                    .insert(REDEEM_URL_SECRET_KEY.to_owned(), value.clone());
-                secrets.replace(name, &PostParams::default(), &next).await
-            }
-            Some(_) => return Err(SecretError::Foreign(name.to_owned())),
-        };
-        match result {
+        match secrets
+            .patch(
+                name,
+                &PatchParams::default(),
+                &owned_patch(&uid, Some(data.clone())),
+            )
+            .await
+        {
             Ok(_) => return Ok(()),
-            // Created or changed meanwhile: look again at who owns it.
+            Err(err) if is_refused_patch(&err) => return Err(SecretError::Foreign(name.into())),
+            Err(err) if !is_not_found(&err) => return Err(err.into()),
+            Err(_) => {}
+        }
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.to_owned()),
+                owner_references: Some(vec![owner.clone()]),
+                labels: Some(
+                    [(
+                        "app.kubernetes.io/managed-by".to_owned(),
+                        MANAGER.to_owned(),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            type_: Some("Opaque".to_owned()),
+            data: Some([(REDEEM_URL_SECRET_KEY.to_owned(), value.clone())].into()),
+            ..Default::default()
+        };
+        match secrets.create(&PostParams::default(), &secret).await {
+            Ok(_) => return Ok(()),
+            // Created meanwhile: the ownership patch decides again.
             Err(err) if is_conflict(&err) => continue,
             Err(err) => return Err(err.into()),
         }

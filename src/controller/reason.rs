@@ -1,4 +1,5 @@
-//! The reasons of the Ready condition (API.md section 2) and what each one implies.
+//! The reasons of the Ready condition (docs/resource.md, "Reasons of Ready") and what each one
+//! implies.
 
 use crate::resource::Phase;
 

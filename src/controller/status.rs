@@ -181,7 +181,8 @@ fn state_of(user: &DirectoryUser) -> UserStateBefore {
     }
 }
 
-/// The status that records the intent to post (API.md 3.2 step 3).
+/// The status that records the intent to post, before any Graph write (docs/design.md,
+/// "One pass").
 pub fn with_intent(
     status: &GuestRedemptionResetStatus,
     attempt: &Attempt,
