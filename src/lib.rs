@@ -4,9 +4,11 @@
 //! - [`graph`]: the Microsoft Graph client, the only way the controller changes the directory.
 //! - [`controller`]: the pure decision and the thin effects layer around it.
 //! - [`metrics`] and [`admin`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
+//! - [`shutdown`]: the stop of the process, shared by the binary and the controller.
 
 pub mod admin;
 pub mod controller;
 pub mod graph;
 pub mod metrics;
 pub mod resource;
+pub mod shutdown;
