@@ -25,6 +25,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Resource, ResourceExt};
 use tracing::{Instrument, info, warn};
 
+use crate::admin::Readiness;
 use crate::graph::{
     DirectoryUser, ErrorClass, FailureKind, GraphClient, GraphError, InvitationMessage, RedeemUrl,
     ResetRedemptionRequest, WriteSlot,
@@ -34,6 +35,7 @@ use crate::resource::{
     Attempt, GuestRedemptionReset, GuestRedemptionResetStatus, REDEEM_URL_SECRET_KEY,
     RETRY_ANNOTATION, UserKey,
 };
+use crate::shutdown::Shutdown;
 use decide::{
     Failure, Observed, Pass, Posted, Report, Resolution, Settings, Step, TenantGate, decide,
 };
@@ -74,6 +76,11 @@ pub struct Context {
     pub tenant: TenantGuard,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// `/readyz`: set once the watch cache has synced.
+    pub readiness: Readiness,
+    /// The process is stopping: passes abandon themselves, except one whose POST is in flight
+    /// (docs/operations.md).
+    pub shutdown: Shutdown,
     pub failpoint: Option<Failpoint>,
     /// Consecutive failed passes per resource and generation, for backoff. Lost on restart,
     /// which only shortens one backoff.
@@ -87,6 +94,8 @@ impl Context {
         settings: Settings,
         tenant: TenantGuard,
         metrics: Arc<Metrics>,
+        readiness: Readiness,
+        shutdown: Shutdown,
     ) -> Self {
         let reporter = Reporter {
             controller: MANAGER.to_owned(),
@@ -99,6 +108,8 @@ impl Context {
             settings,
             tenant,
             metrics,
+            readiness,
+            shutdown,
             failpoint: Failpoint::from_env(),
             failures: Mutex::default(),
         }
@@ -162,7 +173,7 @@ pub async fn run(
     // reconciling only once its store is ready, so the first reconcile marks readiness; with no
     // resources at all, an empty list of them does.
     match api.list(&kube::api::ListParams::default().limit(1)).await {
-        Ok(list) if list.items.is_empty() => ctx.metrics.set_ready(true),
+        Ok(list) if list.items.is_empty() => ctx.readiness.set_ready(true),
         Ok(_) => {}
         Err(err) => {
             warn!(error = %err, "cannot list GuestRedemptionResets yet; is the CRD installed?")
@@ -416,7 +427,7 @@ pub async fn reconcile(obj: Arc<GuestRedemptionReset>, ctx: Arc<Context>) -> Res
         change_ref = obj.spec.change_ref.as_deref().unwrap_or(""),
     );
     // The controller starts reconciling only once its watch cache has synced.
-    ctx.metrics.set_ready(true);
+    ctx.readiness.set_ready(true);
     let started = std::time::Instant::now();
     let metrics = ctx.metrics.clone();
     let result = fresh_pass(obj, ctx, namespace, name, generation)
