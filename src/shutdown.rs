@@ -8,9 +8,11 @@
 //! [`Shutdown::posts_drained`] (bounded, see [`run_until_deadline`]) before it exits.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::Duration;
 
+use futures::Stream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -142,6 +144,37 @@ pub async fn stopping_owned(shutdown: Shutdown) {
     shutdown.stopping().await
 }
 
+/// Ends `stream` when the stop begins, and drops it then, polled or not. kube-runtime's
+/// graceful shutdown stops polling its trigger stream but keeps it, with the reflector's
+/// writer inside, alive; a stop before the watch cache's first sync then leaves the runner
+/// waiting forever for that sync. Dropped, the writer ends that wait at once (no pass can
+/// have started before the sync).
+pub fn end_on_stop<S>(stream: S, shutdown: Shutdown) -> impl Stream<Item = S::Item> + Send
+where
+    S: Stream + Send + 'static,
+{
+    let slot = Arc::new(Mutex::new(Some(Box::pin(stream))));
+    tokio::spawn({
+        let slot = Arc::downgrade(&slot);
+        async move {
+            shutdown.stopping().await;
+            if let Some(slot) = slot.upgrade() {
+                drop(lock(&slot).take());
+            }
+        }
+    });
+    futures::stream::poll_fn(move |cx| match lock(&slot).as_mut() {
+        Some(stream) => stream.as_mut().poll_next(cx),
+        None => Poll::Ready(None),
+    })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Runs a start-up step unless the stop begins first (`None`): building clients, joining the
 /// Lease and the like must not hold a stopping process.
 pub async fn unless_stopped<T>(shutdown: &Shutdown, step: impl Future<Output = T>) -> Option<T> {
@@ -192,6 +225,7 @@ async fn stop_deadline(shutdown: &Shutdown, bounds: StopBounds) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt;
     use std::future::pending;
 
     /// True when `fut` is already resolved, polling it once.
@@ -253,6 +287,52 @@ mod tests {
         assert!(!waiter.is_finished());
         drop(guard);
         waiter.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stream_ended_by_the_stop_is_dropped_without_another_poll() {
+        struct Writer(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Writer {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = Writer(dropped.clone());
+        let watch = futures::stream::iter([1, 2])
+            .chain(futures::stream::pending())
+            .map(move |n| {
+                let _owned_by_the_stream = &writer;
+                n
+            });
+        let shutdown = Shutdown::new();
+        let mut events = std::pin::pin!(end_on_stop(watch, shutdown.clone()));
+        assert_eq!(events.next().await, Some(1));
+        assert_eq!(events.next().await, Some(2));
+        shutdown.begin();
+        // kube-runtime stops polling at the stop: the drop must not wait for a poll.
+        let dropped_soon = async {
+            while !dropped.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), dropped_soon)
+            .await
+            .expect("the stream was dropped at the stop");
+        assert_eq!(events.next().await, None);
+    }
+
+    #[tokio::test]
+    async fn start_up_steps_give_way_to_the_stop() {
+        let shutdown = Shutdown::new();
+        assert_eq!(unless_stopped(&shutdown, async { 1 }).await, Some(1));
+        let stopper = shutdown.clone();
+        let hung_step = async move {
+            stopper.begin();
+            pending::<u8>().await
+        };
+        assert_eq!(unless_stopped(&shutdown, hung_step).await, None);
+        assert_eq!(unless_stopped(&shutdown, async { 2 }).await, None);
     }
 
     // Real time, short bounds: timers never fire early, so the lower bounds are exact; the

@@ -167,6 +167,7 @@ pub async fn run(
         })
         .reflect(writer)
         .applied_objects();
+    let resources = crate::shutdown::end_on_stop(resources, ctx.shutdown.clone());
     let controller = Controller::for_stream(resources, reader).with_config(config);
     // Ready once the watch cache has synced. Store::wait_until_ready cannot be awaited here:
     // its one-shot keeps a single waker and the controller awaits it too. The controller starts
