@@ -16,13 +16,17 @@ use guestreset::metrics::Metrics;
 use guestreset::shutdown::{self, Shutdown, StopBounds, stop_on_signals, unless_stopped};
 
 fn main() -> ExitCode {
+    let runtime = tokio::runtime::Runtime::new().expect("starting the Tokio runtime");
+    // Before anything else, even the flags: from here on a SIGTERM begins a clean stop.
+    let shutdown = Shutdown::new();
+    let signals = runtime.block_on(async { stop_on_signals(&shutdown) });
     let Command::Run(args) = Cli::parse().command else {
         print!("{}", guestreset::resource::crd_yaml());
         return ExitCode::SUCCESS;
     };
     guestreset::telemetry::init(args.log_format);
-    let runtime = tokio::runtime::Runtime::new().expect("starting the Tokio runtime");
-    let result = runtime.block_on(run(*args));
+    let result = signals.map_err(StartError::Signals);
+    let result = result.and_then(|()| runtime.block_on(run(*args, shutdown)));
     // A pass abandoned at the stop deadline may sit in a blocking call: it must not hold the exit.
     runtime.shutdown_timeout(Duration::from_millis(200));
     if let Err(err) = &result {
@@ -31,10 +35,8 @@ fn main() -> ExitCode {
     result.map_or(ExitCode::FAILURE, |()| ExitCode::SUCCESS)
 }
 
-async fn run(args: RunArgs) -> Result<(), StartError> {
-    // First of all, so that a SIGTERM at any moment from here on stops the process.
-    let shutdown = Shutdown::new();
-    stop_on_signals(&shutdown).map_err(StartError::Signals)?;
+async fn run(args: RunArgs, shutdown: Shutdown) -> Result<(), StartError> {
+    // Every start-up step gives way to the stop.
     let Some(started) = unless_stopped(&shutdown, start(&args, &shutdown)).await else {
         return Ok(());
     };
