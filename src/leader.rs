@@ -87,6 +87,11 @@ impl Lease {
         Ok(Lease { leading, task })
     }
 
+    /// Whether this process holds the Lease, as far as the renewal task last said.
+    fn is_held(&self) -> bool {
+        self.leading.has_changed().is_ok() && *self.leading.borrow()
+    }
+
     /// Releases the Lease, waiting a moment for the release to be written.
     pub async fn release(self) {
         drop(self.leading);
@@ -96,9 +101,8 @@ impl Lease {
     }
 }
 
-/// Stands by, then reconciles with `work` while holding the Lease, until the stop and its
-/// deadline; releases the Lease only then. `None` when the stop came before the Lease was
-/// joined.
+/// Joins the Lease, stands by, then reconciles with `work` while holding it, until the stop
+/// and its deadline; releases the Lease only then.
 pub async fn lead<W>(
     config: &LeaseConfig,
     ctx: &Context,
@@ -114,8 +118,12 @@ where
         return Ok(Outcome::StoppedStandingBy);
     };
     let mut lease = lease?;
-    info!(lease = %config.name, namespace = %config.namespace, identity = %config.identity,
-        "standing by for the leader lease");
+    info!(
+        lease = %config.name,
+        namespace = %config.namespace,
+        identity = %config.identity,
+        "standing by for the leader lease"
+    );
     // A standby is ready: it is doing what it should.
     ctx.readiness.set_ready(true);
     let leading_work = || {
@@ -132,7 +140,7 @@ where
     .await
     .unwrap_or(Outcome::Abandoned);
     ctx.metrics.leader.set(0);
-    let lost = !*lease.leading.borrow();
+    let lost = !lease.is_held();
     lease.release().await;
     Ok(if outcome == Outcome::Abandoned && lost {
         Outcome::Lost

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use futures::Stream;
@@ -153,19 +153,29 @@ pub fn end_on_stop<S>(stream: S, shutdown: Shutdown) -> impl Stream<Item = S::It
 where
     S: Stream + Send + 'static,
 {
-    let slot = Arc::new(Mutex::new(Some(Box::pin(stream))));
+    // The stream, and the waker of its consumer's last poll, to tell it the stream ended.
+    let slot = Arc::new(Mutex::new((Some(Box::pin(stream)), None::<Waker>)));
     tokio::spawn({
         let slot = Arc::downgrade(&slot);
         async move {
             shutdown.stopping().await;
             if let Some(slot) = slot.upgrade() {
-                drop(lock(&slot).take());
+                let (stream, waker) = std::mem::take(&mut *lock(&slot));
+                drop(stream);
+                if let Some(consumer) = waker {
+                    consumer.wake();
+                }
             }
         }
     });
-    futures::stream::poll_fn(move |cx| match lock(&slot).as_mut() {
-        Some(stream) => stream.as_mut().poll_next(cx),
-        None => Poll::Ready(None),
+    futures::stream::poll_fn(move |cx| {
+        let mut slot = lock(&slot);
+        let (stream, waker) = &mut *slot;
+        let Some(stream) = stream.as_mut() else {
+            return Poll::Ready(None);
+        };
+        *waker = Some(cx.waker().clone());
+        stream.as_mut().poll_next(cx)
     })
 }
 
@@ -320,6 +330,20 @@ mod tests {
             .await
             .expect("the stream was dropped at the stop");
         assert_eq!(events.next().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_consumer_waiting_on_a_stream_ended_by_the_stop_sees_its_end() {
+        let shutdown = Shutdown::new();
+        let mut events = Box::pin(end_on_stop(
+            futures::stream::pending::<u8>(),
+            shutdown.clone(),
+        ));
+        let waiting = tokio::spawn(async move { events.next().await });
+        tokio::task::yield_now().await;
+        shutdown.begin();
+        let end = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+        assert_eq!(end.expect("woken at the stop").unwrap(), None);
     }
 
     #[tokio::test]
