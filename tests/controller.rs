@@ -1267,10 +1267,10 @@ async fn wait_held(w: &World, n: u64) {
     .await;
 }
 
-/// Whether SIGTERM ended the process before it could install its handler. The handler is
-/// the first thing `main` sets up, but the dynamic loader runs before main (a few ms for the
-/// debug binary) and the kernel's default action applies meanwhile: no program can do
-/// otherwise. Such a process has logged nothing; one that logged and still died of SIGTERM
+/// Whether SIGTERM ended the process before it could install its handler. The handler comes
+/// right after the async runtime at the top of `main`, but the dynamic loader runs before main
+/// (about 2 ms for the debug binary) and the kernel's default action applies meanwhile: no
+/// program can do otherwise. Such a process has logged nothing; one that logged and still died of SIGTERM
 /// did not install its handler in time.
 fn before_its_handler(exit: &std::process::ExitStatus, op: &ChildProcess) -> bool {
     use std::os::unix::process::ExitStatusExt;
