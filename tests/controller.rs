@@ -1455,3 +1455,37 @@ async fn sigterm_while_a_post_never_answers_exits_after_the_graph_timeout_with_t
     assert!(attempt.post_started_at.is_some());
     assert_eq!(w.posts().await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_lease_begins_the_stop_and_exits_with_an_error() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    let mut w = World::new("stop-lost").await;
+    let op = w.start_operator_with(leader_command(&w, "op-lost", &[]));
+    let (client, ns) = (w.client.clone(), w.ns.clone());
+    wait_until("the operator to hold the Lease", WAIT, || {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move { lease_holder(&client, &ns).await.filter(|h| h == "op-lost") }
+    })
+    .await;
+    // Another holder takes the Lease over, as after a network partition.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let theft = json!({"spec": {
+        "holderIdentity": "thief",
+        "leaseDurationSeconds": 60,
+        "renewTime": MicroTime(jiff::Timestamp::now()),
+    }});
+    let stolen = std::time::Instant::now();
+    leases
+        .patch("guestreset", &PatchParams::default(), &Patch::Merge(theft))
+        .await
+        .unwrap();
+    // The renewal notices within a Lease duration (4 s); then the stop's own bound applies.
+    let limit = Duration::from_secs(4) + STOP_WITHOUT_POST;
+    let (exit, took) = exit_within(&mut w, op, stolen, limit).await;
+    println!("Lease taken over: exit {exit:?} after {took:?}");
+    assert_eq!(exit.code(), Some(1), "a lost Lease is an error");
+    let log = w.operators[op].read_log();
+    assert!(log.contains("lost the leader lease; stopping"), "{log}");
+    assert_eq!(lease_holder(&client, &ns).await.as_deref(), Some("thief"));
+}
