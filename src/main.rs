@@ -1,9 +1,7 @@
 //! `guestreset`: start-up and stop in the order they happen (docs/operations.md, "Shutdown
 //! and restarts"); each step lives in its own module.
 
-use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
+use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Parser;
 use tokio::net::TcpListener;
