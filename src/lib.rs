@@ -4,10 +4,15 @@
 //! - [`graph`]: the Microsoft Graph client, the only way the controller changes the directory.
 //! - [`controller`]: the pure decision and the thin effects layer around it.
 //! - [`metrics`] and [`admin`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
+//! - [`shutdown`]: the stop of the process, shared by the binary and the controller.
+//! - [`cli`], [`leader`] and [`telemetry`]: the binary's flags, Lease choreography and logging.
 
 pub mod admin;
+pub mod cli;
 pub mod controller;
 pub mod graph;
+pub mod leader;
 pub mod metrics;
 pub mod resource;
 pub mod shutdown;
+pub mod telemetry;

@@ -1,6 +1,5 @@
 //! Prometheus metrics, served on `/metrics` by [`crate::admin`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -49,7 +48,6 @@ pub struct Metrics {
     pub limiter_wait: Histogram,
     pub tenant_paused: Gauge,
     pub leader: Gauge,
-    ready: AtomicBool,
 }
 
 fn latency_histogram() -> Histogram {
@@ -126,7 +124,6 @@ impl Metrics {
             limiter_wait,
             tenant_paused,
             leader,
-            ready: AtomicBool::new(false),
         }
     }
 
@@ -160,15 +157,6 @@ impl Metrics {
         };
         self.reconciles.get_or_create(&label).inc();
         self.reconcile_duration.observe(took.as_secs_f64());
-    }
-
-    /// `/readyz`: set once the watch cache has synced, or while standing by for the lease.
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
     }
 }
 

@@ -85,7 +85,7 @@ impl Io for KubeIo<'_> {
     }
 
     fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.ctx.shutdown.stopping()
+        crate::shutdown::stopping_owned(self.ctx.shutdown.clone())
     }
 
     fn is_stopping(&self) -> bool {

@@ -23,6 +23,7 @@ use kube::ResourceExt;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
 
+use crate::admin::Readiness;
 use crate::graph::{ErrorClass, FailureKind, GraphClient, GraphError};
 use crate::metrics::Metrics;
 use crate::resource::GuestRedemptionReset;
@@ -50,6 +51,8 @@ pub struct Context {
     pub tenant: TenantGuard,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// `/readyz`: set once the watch cache has synced.
+    pub readiness: Readiness,
     pub shutdown: Shutdown,
     pub failpoint: Option<effects::Failpoint>,
     /// Consecutive failed passes per resource uid, for the current generation only. Lost on
@@ -66,6 +69,7 @@ impl Context {
         settings: Settings,
         tenant: TenantGuard,
         metrics: Arc<Metrics>,
+        readiness: Readiness,
         shutdown: Shutdown,
     ) -> Self {
         let reporter = Reporter {
@@ -79,6 +83,7 @@ impl Context {
             settings,
             tenant,
             metrics,
+            readiness,
             shutdown,
             failpoint: effects::Failpoint::from_env(),
             failures: Mutex::default(),

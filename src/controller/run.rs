@@ -52,13 +52,16 @@ pub async fn run(
         })
         .reflect(writer)
         .applied_objects();
+    // The controller waits for its cache to sync before it reconciles; a stop before that must
+    // end the watch, or the graceful shutdown would wait for a sync that never comes.
+    let resources = crate::shutdown::end_on_stop(resources, ctx.shutdown.clone());
     let controller = Controller::for_stream(resources, reader).with_config(config);
     // Ready once the watch cache has synced. Store::wait_until_ready cannot be awaited here:
     // its one-shot keeps a single waker and the controller awaits it too. The controller starts
     // reconciling only once its store is ready, so the first reconcile marks readiness; with no
     // resources at all, an empty list of them does.
     match api.list(&kube::api::ListParams::default().limit(1)).await {
-        Ok(list) if list.items.is_empty() => ctx.metrics.set_ready(true),
+        Ok(list) if list.items.is_empty() => ctx.readiness.set_ready(true),
         Ok(_) => {}
         Err(err) => {
             warn!(error = %err, "cannot list GuestRedemptionResets yet; is the CRD installed?")
@@ -112,7 +115,7 @@ pub async fn reconcile(obj: Arc<GuestRedemptionReset>, ctx: Arc<Context>) -> Res
         change_ref = obj.spec.change_ref.as_deref().unwrap_or(""),
     );
     // The controller starts reconciling only once its watch cache has synced.
-    ctx.metrics.set_ready(true);
+    ctx.readiness.set_ready(true);
     let started = std::time::Instant::now();
     let result = fresh_pass(obj, &ctx, &namespace, &name)
         .instrument(span)
