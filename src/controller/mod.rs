@@ -8,6 +8,7 @@
 pub mod decide;
 pub mod effects;
 pub mod error;
+pub mod failures;
 pub mod pass;
 pub mod reason;
 pub mod recover;
@@ -16,7 +17,6 @@ pub mod run;
 pub mod status;
 pub mod tenant;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use kube::ResourceExt;
@@ -29,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::resource::GuestRedemptionReset;
 use crate::shutdown::Shutdown;
 use decide::{Failure, Settings};
+use failures::FailureCounts;
 use tenant::TenantGuard;
 
 #[cfg(test)]
@@ -39,9 +40,6 @@ pub use run::{reconcile, run};
 
 /// Field manager and Event reporter name.
 pub const MANAGER: &str = "guestreset";
-
-/// The failure counts kept before entries of resources gone from the cache are pruned.
-const FAILURES_PRUNE_AT: usize = 256;
 
 /// Everything a pass needs, shared by all passes.
 pub struct Context {
@@ -55,9 +53,8 @@ pub struct Context {
     pub readiness: Readiness,
     pub shutdown: Shutdown,
     pub failpoint: Option<effects::Failpoint>,
-    /// Consecutive failed passes per resource uid, for the current generation only. Lost on
-    /// restart, which only shortens one backoff.
-    failures: Mutex<HashMap<String, (i64, u32)>>,
+    /// Consecutive failed passes per resource, for the backoff.
+    failures: Mutex<FailureCounts>,
     /// The watch cache, to prune failure counts of deleted resources.
     store: OnceLock<Store<GuestRedemptionReset>>,
 }
@@ -95,50 +92,35 @@ impl Context {
         let _ = self.store.set(store);
     }
 
-    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, u32)>> {
+    fn failures(&self) -> std::sync::MutexGuard<'_, FailureCounts> {
         self.failures.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Consecutive failed passes of the resource's current generation.
     fn failures_of(&self, obj: &GuestRedemptionReset) -> u32 {
-        let generation = obj.metadata.generation.unwrap_or(0);
-        match self.failures().get(&uid_of(obj)) {
-            Some((g, count)) if *g == generation => *count,
-            _ => 0,
-        }
+        self.failures()
+            .of(&uid_of(obj), obj.metadata.generation.unwrap_or(0))
     }
 
-    /// Counts a failed pass, or forgets the count after a pass that did not fail. A new
-    /// generation starts from zero; the map holds one entry per failing resource at most.
+    /// Counts a failed pass, or forgets the count after a pass that did not fail.
     fn record_failure(&self, obj: &GuestRedemptionReset, failed: bool) {
-        let generation = obj.metadata.generation.unwrap_or(0);
-        let mut failures = self.failures();
-        if !failed {
-            failures.remove(&uid_of(obj));
-            return;
-        }
-        let entry = failures.entry(uid_of(obj)).or_insert((generation, 0));
-        if entry.0 != generation {
-            *entry = (generation, 0);
-        }
-        entry.1 += 1;
-        if failures.len() > FAILURES_PRUNE_AT
-            && let Some(store) = self.store.get()
-        {
-            let live: std::collections::HashSet<String> =
-                store.state().iter().map(|o| uid_of(o)).collect();
-            failures.retain(|uid, _| live.contains(uid));
-        }
+        let live = || {
+            self.store
+                .get()
+                .map(|store| store.state().iter().map(|o| uid_of(o)).collect())
+                .unwrap_or_default()
+        };
+        self.failures().record(
+            &uid_of(obj),
+            obj.metadata.generation.unwrap_or(0),
+            failed,
+            live,
+        );
     }
 
     /// The resource is gone: its failure count goes with it.
     fn forget(&self, obj: &GuestRedemptionReset) {
-        self.failures().remove(&uid_of(obj));
-    }
-
-    /// How many resources have a failure count (for tests of the bound).
-    pub fn failure_entries(&self) -> usize {
-        self.failures().len()
+        self.failures().forget(&uid_of(obj));
     }
 }
 
