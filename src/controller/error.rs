@@ -8,6 +8,10 @@
 pub enum Error {
     #[error("the resource has no namespace or name")]
     Unaddressable,
+    #[error(
+        "the resource does not match the GuestRedemptionReset schema this controller knows: {0}"
+    )]
+    InvalidObject(String),
     #[error("reading the resource afresh failed: {0}")]
     ReadFresh(#[source] kube::Error),
     #[error("accepting the retry annotation failed: {0}")]

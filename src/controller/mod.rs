@@ -56,7 +56,7 @@ pub struct Context {
     /// Consecutive failed passes per resource, for the backoff.
     failures: Mutex<FailureCounts>,
     /// The watch cache, to prune failure counts of deleted resources.
-    store: OnceLock<Store<GuestRedemptionReset>>,
+    store: OnceLock<Store<run::Watched>>,
 }
 
 impl Context {
@@ -88,7 +88,7 @@ impl Context {
         }
     }
 
-    fn set_store(&self, store: Store<GuestRedemptionReset>) {
+    fn set_store(&self, store: Store<run::Watched>) {
         let _ = self.store.set(store);
     }
 
@@ -107,7 +107,7 @@ impl Context {
         let live = || {
             self.store
                 .get()
-                .map(|store| store.state().iter().map(|o| uid_of(o)).collect())
+                .map(|store| store.state().iter().filter_map(|o| o.uid()).collect())
                 .unwrap_or_default()
         };
         self.failures().record(

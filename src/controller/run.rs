@@ -6,6 +6,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use jiff::Timestamp;
 use kube::api::Api;
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
@@ -27,6 +28,11 @@ const START_OVER: Duration = Duration::from_millis(200);
 /// A pass whose effect failed runs again after about this long.
 const ERROR_RETRY: Duration = Duration::from_secs(5);
 
+/// A resource as the watch delivers it: one that does not deserialize (a CRD older or newer
+/// than this controller, an edit that bypassed validation) is reported on, never a stalled
+/// stream.
+pub type Watched = DeserializeGuard<GuestRedemptionReset>;
+
 /// Runs the controller until the shutdown future completes.
 pub async fn run(
     ctx: Arc<Context>,
@@ -34,7 +40,7 @@ pub async fn run(
     concurrency: u16,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let api: Api<GuestRedemptionReset> = match &namespace {
+    let api: Api<Watched> = match &namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
@@ -46,7 +52,7 @@ pub async fn run(
     ctx.set_store(reader.clone());
     let resources = watcher(api.clone(), watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(|obj: &mut GuestRedemptionReset| {
+        .modify(|obj: &mut Watched| {
             obj.managed_fields_mut().clear();
             obj.annotations_mut().remove(LAST_APPLIED);
         })
@@ -79,7 +85,7 @@ pub async fn run(
 }
 
 /// A failed effect: logged, counted by its step, and told on the resource as a Warning Event.
-fn error_policy(obj: Arc<GuestRedemptionReset>, err: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(obj: Arc<Watched>, err: &Error, ctx: Arc<Context>) -> Action {
     warn!(step = err.step(), error = %err, "reconcile failed; retrying");
     let event = Event {
         type_: EventType::Warning,
@@ -94,7 +100,11 @@ fn error_policy(obj: Arc<GuestRedemptionReset>, err: &Error, ctx: Arc<Context>) 
             warn!(error = %err, "could not publish an event");
         }
     });
-    Action::requeue(jitter(ERROR_RETRY))
+    match err {
+        // Nothing changes until someone fixes the object, which the watch delivers.
+        Error::InvalidObject(_) => Action::await_change(),
+        _ => Action::requeue(jitter(ERROR_RETRY)),
+    }
 }
 
 /// Adds up to 20% random delay so that many resources do not retry in lockstep.
@@ -103,7 +113,11 @@ fn jitter(base: Duration) -> Duration {
 }
 
 /// Reconciles one resource: a pass on the fresh object when there is work to do.
-pub async fn reconcile(obj: Arc<GuestRedemptionReset>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let obj = match &obj.0 {
+        Ok(valid) => Arc::new(valid.clone()),
+        Err(invalid) => return Err(Error::InvalidObject(invalid.error.clone())),
+    };
     let namespace = obj.namespace().ok_or(Error::Unaddressable)?;
     let name = obj.meta().name.clone().ok_or(Error::Unaddressable)?;
     let generation = obj.meta().generation.unwrap_or(0);
