@@ -1296,3 +1296,27 @@ fn a_pass_stalled_after_its_mark_does_not_post() {
     assert_eq!(w.settle(50).reason, Reason::OutcomeUnknown);
     assert_eq!(w.posts_sent, 0);
 }
+
+/// Defect: the replication window was counted from `postStartedAt` alone, although the POST
+/// may take effect until the Graph timeout has passed: absence is concluded only after both.
+#[test]
+fn absence_is_concluded_only_after_the_timeout_and_the_replication_window() {
+    let mut w = World::new();
+    w.run_clock = false;
+    assert!(w.pass(Some(Crash::AfterMarkSending)).is_none());
+    let marked = w
+        .status
+        .attempt
+        .as_ref()
+        .unwrap()
+        .post_started_at
+        .clone()
+        .unwrap()
+        .0;
+    // The replication window alone has passed, not the Graph timeout on top of it.
+    w.now = marked + SignedDuration::from_secs(125);
+    assert_eq!(w.pass(None).unwrap().reason, Reason::InProgress);
+    w.now = marked + SignedDuration::from_secs(151);
+    assert_eq!(w.pass(None).unwrap().reason, Reason::OutcomeUnknown);
+    assert_eq!(w.posts_sent, 0);
+}
