@@ -8,6 +8,7 @@
 //! - [`cli`], [`leader`] and [`telemetry`]: the binary's flags, Lease choreography and logging.
 
 pub mod admin;
+pub mod backoff;
 pub mod cli;
 pub mod controller;
 pub mod graph;

@@ -3,8 +3,20 @@
 
 use crate::resource::Phase;
 
-/// A reason of the `Ready` condition. Tests and users match on [`Reason::as_str`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// A reason of the `Ready` condition. Tests and users match on [`Reason::as_str`], the
+/// variant's name.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+    strum::Display,
+)]
 pub enum Reason {
     Pending,
     InProgress,
@@ -43,48 +55,15 @@ impl Readiness {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 16] = [
-        Reason::Pending,
-        Reason::InProgress,
-        Reason::Throttled,
-        Reason::TransientError,
-        Reason::Issued,
-        Reason::DryRunComplete,
-        Reason::UserNotFound,
-        Reason::AmbiguousUser,
-        Reason::NotAGuest,
-        Reason::EmailNotOnUser,
-        Reason::EmailInUse,
-        Reason::PolicyDenied,
-        Reason::Forbidden,
-        Reason::TenantBlocked,
-        Reason::OutcomeUnknown,
-        Reason::GraphRejected,
-    ];
+    /// Every reason, in the order of the table in docs/resource.md.
+    pub const ALL: &[Reason] = <Reason as strum::VariantArray>::VARIANTS;
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Pending => "Pending",
-            Reason::InProgress => "InProgress",
-            Reason::Throttled => "Throttled",
-            Reason::TransientError => "TransientError",
-            Reason::Issued => "Issued",
-            Reason::DryRunComplete => "DryRunComplete",
-            Reason::UserNotFound => "UserNotFound",
-            Reason::AmbiguousUser => "AmbiguousUser",
-            Reason::NotAGuest => "NotAGuest",
-            Reason::EmailNotOnUser => "EmailNotOnUser",
-            Reason::EmailInUse => "EmailInUse",
-            Reason::PolicyDenied => "PolicyDenied",
-            Reason::Forbidden => "Forbidden",
-            Reason::TenantBlocked => "TenantBlocked",
-            Reason::OutcomeUnknown => "OutcomeUnknown",
-            Reason::GraphRejected => "GraphRejected",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|r| r.as_str() == s)
+        s.parse().ok()
     }
 
     pub fn readiness(self) -> Readiness {
@@ -121,12 +100,6 @@ impl Reason {
             Readiness::False => !matches!(self, Reason::Forbidden | Reason::TenantBlocked),
             Readiness::Unknown => false,
         }
-    }
-}
-
-impl std::fmt::Display for Reason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

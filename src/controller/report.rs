@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::decide::{Failure, Observed};
 use super::reason::Reason;
+use crate::backoff::Backoff;
 use crate::graph::DirectoryUser;
 
 /// How often a stopped-by-permission resource is tried again (every 10 minutes).
@@ -88,11 +89,12 @@ impl Report {
     }
 }
 
-/// Capped exponential backoff for transient failures: 5 s, 10 s, 20 s, ... up to 5 minutes.
-/// The effects layer adds jitter.
+/// Backoff for transient failures: 5 s, 10 s, 20 s, ... up to 5 minutes.
+const TRANSIENT: Backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(300));
+
+/// The wait after `failures` consecutive failed passes (the requeue adds the spread).
 pub fn transient_backoff(failures: u32) -> Duration {
-    let secs = 5u64.saturating_mul(1u64 << failures.min(6));
-    Duration::from_secs(secs.min(300))
+    TRANSIENT.ceiling(failures.saturating_add(1))
 }
 
 /// The report for a failed Graph call; `doing` says what the controller was doing.

@@ -109,7 +109,7 @@ fn error_policy(obj: Arc<Watched>, err: &Error, ctx: Arc<Context>) -> Action {
 
 /// Adds up to 20% random delay so that many resources do not retry in lockstep.
 fn jitter(base: Duration) -> Duration {
-    base + base.mul_f64(rand::random::<f64>() * 0.2)
+    crate::backoff::spread(base, rand::random::<f64>())
 }
 
 /// Reconciles one resource: a pass on the fresh object when there is work to do.

@@ -4,6 +4,7 @@
 //! POST: one attempt per call").
 
 use super::error::{ErrorClass, GraphError};
+use crate::backoff::Backoff;
 use std::time::Duration;
 
 /// Whether repeating the request could do something twice.
@@ -60,12 +61,7 @@ impl RetryPolicy {
     /// Full-jitter backoff before retry number `attempt` (1 for the first retry):
     /// `jitter` × min(max_delay, base_delay × 2^(attempt-1)), `jitter` in [0, 1).
     pub fn backoff(&self, attempt: u32, jitter: f64) -> Duration {
-        let exp = attempt.saturating_sub(1).min(30);
-        let ceiling = self
-            .base_delay
-            .saturating_mul(1u32 << exp)
-            .min(self.max_delay);
-        ceiling.mul_f64(jitter.clamp(0.0, 1.0))
+        Backoff::new(self.base_delay, self.max_delay).full_jitter(attempt, jitter)
     }
 
     /// After `attempts_made` attempts, the last failing with `class`: wait and retry, or give up.
