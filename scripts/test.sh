@@ -47,13 +47,14 @@ helm=$(scripts/helm.sh build)
 echo "    $helm"
 helm_seconds=$((SECONDS - started))
 
-echo "==> cargo test --workspace --all-targets (deadline ${TEST_TIMEOUT}s)"
+echo "==> cargo test --workspace --all-targets --features guestreset/failpoints (deadline ${TEST_TIMEOUT}s)"
 test_started=$SECONDS
 # --no-fail-fast: one failing test binary must not hide the results of the others.
 # timeout runs in a process group of its own and, at the deadline, signals all of it, so
 # a hung test cannot outlive the deadline; signals sent to this script are passed on.
 timeout --kill-after=30 "$TEST_TIMEOUT" \
-  cargo test "${locked[@]}" --workspace --all-targets --no-fail-fast "$@" >"$log" 2>&1 &
+  cargo test "${locked[@]}" --workspace --all-targets --features guestreset/failpoints \
+    --no-fail-fast "$@" >"$log" 2>&1 &
 test_pid=$!
 tail --pid="$test_pid" -n +1 -f "$log" &
 tail_pid=$!

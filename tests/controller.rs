@@ -771,6 +771,8 @@ async fn killed_while_the_post_is_in_flight_recovers_without_a_second_post() {
     assert_eq!(w.posts().await.len(), 1, "exactly one POST in the journal");
 }
 
+/// Needs the `failpoints` feature (scripts/test.sh builds the tests with it).
+#[cfg(feature = "failpoints")]
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_after_the_intent_before_the_post_posts_once_after_restart() {
     let mut w = World::new("crash-intent").await;

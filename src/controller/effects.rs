@@ -258,7 +258,8 @@ impl Io for KubeIo<'_> {
 }
 
 /// Test-only fault injection, read from `GUESTRESET_FAILPOINT` at start-up: `hang-after-intent`
-/// stops a pass right after the intent was recorded, so a test can kill the process there.
+/// stops a pass right after the intent was recorded, so a test can kill the process there. Only
+/// a build with the `failpoints` feature reads the variable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failpoint {
     HangAfterIntent,
@@ -266,6 +267,9 @@ pub enum Failpoint {
 
 impl Failpoint {
     pub fn from_env() -> Option<Self> {
+        if !cfg!(feature = "failpoints") {
+            return None;
+        }
         match std::env::var("GUESTRESET_FAILPOINT").ok().as_deref() {
             Some("hang-after-intent") => Some(Failpoint::HangAfterIntent),
             _ => None,
