@@ -10,11 +10,13 @@ pub mod effects;
 pub mod error;
 pub mod failures;
 pub mod pass;
+pub mod preflight;
 pub mod reason;
 pub mod recover;
 pub mod report;
 pub mod run;
 pub mod status;
+pub mod step;
 pub mod tenant;
 
 use std::sync::{Arc, Mutex, OnceLock};

@@ -1,0 +1,259 @@
+//! The preflight stage of the decision: resolve the user and refuse what must not be done,
+//! before anything is written to Graph. A dry run ends here with its plan.
+
+use jiff::Timestamp;
+
+use super::decide::REPLICATION_POLL;
+use super::reason::Reason;
+use super::report::{Report, report_failure};
+use super::step::{Observed, Pass, Read, Resolution, SecretOwner, Settings, Step};
+use crate::graph::DirectoryUser;
+use crate::resource::{GuestRedemptionResetSpec, UserKey};
+
+/// A stage either hands on what the next stage needs or stops with a step.
+pub(super) type Stage<T> = Result<T, Step>;
+
+/// What the preflight found: the target, and whether its mail must be set first.
+pub(super) struct Target<'p> {
+    pub user: &'p DirectoryUser,
+    pub needs_mail: bool,
+}
+
+/// Resolves the user and refuses what must not be done; a dry run ends here.
+pub(super) fn preflight<'p>(
+    o: &Observed<'_>,
+    settings: &Settings,
+    now: Timestamp,
+    pass: &'p Pass,
+) -> Stage<Target<'p>> {
+    let Some(key) = o.spec.user.key() else {
+        return Err(Report::new(
+            Reason::PolicyDenied,
+            "spec.user must name exactly one of id, userPrincipalName or mail",
+        )
+        .into());
+    };
+    if let Some(denial) = policy_denial(o.spec, settings) {
+        return Err(Report::new(Reason::PolicyDenied, denial).into());
+    }
+    let user = resolve(o, settings, now, pass, key)?;
+    if !user.is_guest() {
+        let user_type = user.user_type.as_deref().unwrap_or("none");
+        return Err(Report::new(
+            Reason::NotAGuest,
+            format!(
+                "{} has userType {user_type}, not Guest; an invitation would convert it to a B2B user irreversibly, so none is sent",
+                user.display_name()
+            ),
+        )
+        .with_user(user)
+        .into());
+    }
+    check_holders(o, pass, user)?;
+    let needs_mail = !user.carries_email(&o.spec.email);
+    if needs_mail && !o.spec.update_mail {
+        return Err(Report::new(
+            Reason::EmailNotOnUser,
+            format!(
+                "{} is on neither mail nor otherMails of {}, and updateMail is false; Graph refuses a reset to an address the user does not carry",
+                o.spec.email,
+                user.display_name()
+            ),
+        )
+        .with_user(user)
+        .into());
+    }
+    check_secret(o, pass, user)?;
+    if o.spec.dry_run {
+        return Err(
+            Report::new(Reason::DryRunComplete, dry_run_plan(o, user, needs_mail))
+                .with_user(user)
+                .into(),
+        );
+    }
+    Ok(Target { user, needs_mail })
+}
+
+/// The id of the user a mail lookup may fall back to: the status recorded this user with
+/// that mail before the controller changed it (docs/design.md, "Lookup after the mail PATCH").
+fn fallback_id<'s>(o: &Observed<'s>, key: &UserKey<'_>) -> Option<&'s str> {
+    let UserKey::Mail(mail) = key else {
+        return None;
+    };
+    let user = o.status.user.as_ref()?;
+    let previous = user.previous_mail.as_deref()?;
+    previous
+        .eq_ignore_ascii_case(mail)
+        .then_some(user.id.as_str())
+}
+
+fn resolve<'p>(
+    o: &Observed<'_>,
+    settings: &Settings,
+    now: Timestamp,
+    pass: &'p Pass,
+    key: UserKey<'_>,
+) -> Stage<&'p DirectoryUser> {
+    let Some(read) = &pass.target else {
+        return Err(Step::ReadUser { lookup: key.into() });
+    };
+    match &read.result {
+        Err(failure) => Err(report_failure(o, failure, "reading the user").into()),
+        Ok(Resolution::NotFound) => match fallback_id(o, &key) {
+            Some(id) if !pass.resolved_by_id => Err(Step::ReadUserById {
+                user_id: id.to_owned(),
+            }),
+            _ => Err(user_missing(o, settings, now, &key).into()),
+        },
+        Ok(Resolution::Ambiguous(count)) => Err(Report::new(
+            Reason::AmbiguousUser,
+            format!("{count} users have {key}; name the guest by id or userPrincipalName"),
+        )
+        .into()),
+        Ok(Resolution::Found(user)) => Ok(user),
+    }
+}
+
+fn check_holders(o: &Observed<'_>, pass: &Pass, user: &DirectoryUser) -> Stage<()> {
+    let holders = match &pass.holders {
+        None => {
+            return Err(Step::ReadEmailHolders {
+                email: o.spec.email.clone(),
+            });
+        }
+        Some(Read {
+            result: Err(failure),
+            ..
+        }) => {
+            return Err(report_failure(o, failure, "checking who holds the email")
+                .with_user(user)
+                .into());
+        }
+        Some(Read {
+            result: Ok(holders),
+            ..
+        }) => holders,
+    };
+    match holders.iter().find(|h| h.id != user.id) {
+        Some(other) => Err(Report::new(
+            Reason::EmailInUse,
+            format!(
+                "{} is already used by another user, {} ({})",
+                o.spec.email,
+                other.display_name(),
+                other.id
+            ),
+        )
+        .with_user(user)
+        .into()),
+        None => Ok(()),
+    }
+}
+
+/// The redeem URL may only go to a Secret this resource creates or already owns.
+fn check_secret(o: &Observed<'_>, pass: &Pass, user: &DirectoryUser) -> Stage<()> {
+    let Some(secret) = &o.spec.redeem_url_secret else {
+        return Ok(());
+    };
+    match &pass.secret {
+        None => Err(Step::CheckSecret {
+            name: secret.name.clone(),
+        }),
+        Some(SecretOwner::Foreign) => Err(Report::new(
+            Reason::PolicyDenied,
+            format!(
+                "Secret {} exists and is not owned by this resource; the controller never writes into or adopts a Secret it did not create. Name a new Secret in spec.redeemUrlSecret",
+                secret.name
+            ),
+        )
+        .with_user(user)
+        .into()),
+        Some(_) => Ok(()),
+    }
+}
+
+fn user_missing(
+    o: &Observed<'_>,
+    settings: &Settings,
+    now: Timestamp,
+    key: &UserKey<'_>,
+) -> Report {
+    let since = o.status.user_missing_since.as_ref().map_or(now, |t| t.0);
+    let deadline = since + settings.replication_window;
+    let mut report = if now < deadline {
+        Report::new(
+            Reason::InProgress,
+            format!("no user with {key} yet; the directory may still be replicating, re-reading until {deadline}"),
+        )
+        .requeue(REPLICATION_POLL)
+    } else {
+        Report::new(
+            Reason::UserNotFound,
+            format!(
+                "no user with {key} in the directory (looked for {})",
+                settings.replication_window
+            ),
+        )
+    };
+    report.user_missing_since = Some(Some(since));
+    report
+}
+
+/// Refuses an e-mail, or a cc recipient, outside `--allowed-email-domains`.
+pub fn policy_denial(spec: &GuestRedemptionResetSpec, settings: &Settings) -> Option<String> {
+    if settings.allowed_email_domains.is_empty() {
+        return None;
+    }
+    let cc = spec
+        .message
+        .as_ref()
+        .and_then(|m| m.cc_recipient.as_deref());
+    let outside = |address: &str| {
+        let domain = address
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .unwrap_or_default();
+        !settings.allowed_email_domains.contains(&domain)
+    };
+    let allowed = settings.allowed_email_domains.join(", ");
+    if outside(&spec.email) {
+        return Some(format!(
+            "{} is outside the allowed e-mail domains ({allowed}); the controller refuses it",
+            spec.email
+        ));
+    }
+    cc.filter(|cc| outside(cc)).map(|cc| {
+        format!(
+            "the cc recipient {cc} is outside the allowed e-mail domains ({allowed}); the invitation mail and its link would reach it, so the controller refuses it"
+        )
+    })
+}
+
+fn dry_run_plan(o: &Observed<'_>, user: &DirectoryUser, needs_mail: bool) -> String {
+    let name = user.display_name();
+    let mut plan = String::from("dry run, nothing written to Graph. Would ");
+    if needs_mail {
+        plan.push_str(&format!(
+            "set mail of {name} from {} to {}, then ",
+            user.mail.as_deref().unwrap_or("(none)"),
+            o.spec.email
+        ));
+    }
+    plan.push_str(&format!(
+        "reset the redemption of {name} ({}) to {}, {} the invitation e-mail",
+        user.id,
+        o.spec.email,
+        if o.spec.send_invitation_message {
+            "sending"
+        } else {
+            "without"
+        }
+    ));
+    if let Some(secret) = &o.spec.redeem_url_secret {
+        plan.push_str(&format!(
+            ", and store the redeem URL in Secret {}",
+            secret.name
+        ));
+    }
+    plan
+}

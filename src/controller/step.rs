@@ -1,0 +1,214 @@
+//! The vocabulary of a pass: what the decision sees ([`Observed`], [`Settings`], the tenant
+//! gate), what the executor learnt so far ([`Pass`]), and the [`Step`] the decision names next.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::report::Report;
+use crate::graph::DirectoryUser;
+use crate::resource::{Attempt, GuestRedemptionResetSpec, GuestRedemptionResetStatus, UserKey};
+
+/// The resource as the controller sees it now (after this pass's own writes).
+#[derive(Clone, Copy, Debug)]
+pub struct Observed<'a> {
+    pub spec: &'a GuestRedemptionResetSpec,
+    pub generation: i64,
+    /// The value of the `guestreset.io/retry` annotation, if any.
+    pub retry_annotation: Option<&'a str>,
+    pub status: &'a GuestRedemptionResetStatus,
+    /// Consecutive failed passes of this generation that the controller remembers.
+    pub failures: u32,
+}
+
+/// Controller-wide settings that shape decisions.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Lower-case domains an e-mail (and the cc recipient) may belong to; empty means any.
+    pub allowed_email_domains: Vec<String>,
+    /// How long the directory may take to show a change (new user, reset evidence).
+    pub replication_window: SignedDuration,
+    /// Allowance for clocks that disagree when comparing Graph's times with ours.
+    pub clock_skew: SignedDuration,
+    /// How long a POST may still take effect after it was sent (the Graph request timeout).
+    pub post_timeout: SignedDuration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            allowed_email_domains: vec![],
+            replication_window: SignedDuration::from_mins(2),
+            clock_skew: SignedDuration::from_secs(60),
+            post_timeout: SignedDuration::from_secs(30),
+        }
+    }
+}
+
+/// Whether Graph writes may happen now (the tenant-wide pause of docs/design.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TenantGate {
+    Open,
+    Paused { until: Timestamp },
+}
+
+/// A Graph failure, reduced to what the decision needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// 429: not processed; try after the given time.
+    Throttled { retry_after: Option<Duration> },
+    /// Nothing reached Graph, or a read that may be repeated failed: try again later.
+    Transient(String),
+    /// The POST may have taken effect (timeout, connection lost, 5xx after sending).
+    Ambiguous(String),
+    /// 401/403: missing permission or a privileged target.
+    Forbidden(String),
+    /// Graph's abuse protection blocks invitations for the tenant.
+    AbuseBlocked(String),
+    /// Graph refused the reset because the email is not on the user object.
+    EmailNotOnUser(String),
+    /// 404 on a write: the user is gone.
+    NotFound(String),
+    /// Any other definite 4xx; the text carries Graph's code and message.
+    Rejected(String),
+}
+
+/// How the target is looked up: the spec's key, owned so that a step can carry it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    Id(String),
+    UserPrincipalName(String),
+    Mail(String),
+}
+
+impl From<UserKey<'_>> for Lookup {
+    fn from(key: UserKey<'_>) -> Self {
+        match key {
+            UserKey::Id(v) => Lookup::Id(v.to_owned()),
+            UserKey::UserPrincipalName(v) => Lookup::UserPrincipalName(v.to_owned()),
+            UserKey::Mail(v) => Lookup::Mail(v.to_owned()),
+        }
+    }
+}
+
+/// What a lookup of the target found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resolution {
+    Found(DirectoryUser),
+    NotFound,
+    /// `user.mail` matched this many users.
+    Ambiguous(usize),
+}
+
+/// Who owns the Secret the spec names for the redeem URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretOwner {
+    /// No such Secret: the controller will create it, owned by the resource.
+    Absent,
+    /// This resource owns it (it created it before): it may be updated.
+    ThisResource,
+    /// Someone else's Secret: never read into, written or adopted.
+    Foreign,
+}
+
+/// What the invitation POST answered, without the redeem URL (the executor keeps it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Posted {
+    pub invitation_id: String,
+    pub redeem_status: String,
+    pub request_id: Option<String>,
+    pub client_request_id: Option<String>,
+}
+
+/// A read and the moment it started, so that the decision can tell how fresh it is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Read<T> {
+    pub result: Result<T, Failure>,
+    pub at: Timestamp,
+}
+
+/// Which Graph write a slot or a tenant check is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    Mail,
+    Invitation,
+}
+
+/// The preparation of one Graph write: a slot from the limiter, then the tenant gate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WritePrep {
+    pub slot: bool,
+    pub gate: Option<TenantGate>,
+}
+
+/// What this pass learnt so far, in the order the steps happen.
+#[derive(Clone, Debug, Default)]
+pub struct Pass {
+    pub evidence: Option<Read<Option<DirectoryUser>>>,
+    pub target: Option<Read<Resolution>>,
+    /// The lookup by the spec's mail found nobody and the user's id was tried instead.
+    pub resolved_by_id: bool,
+    pub holders: Option<Read<Vec<DirectoryUser>>>,
+    pub secret: Option<SecretOwner>,
+    /// The intent written in this pass.
+    pub intent: Option<Attempt>,
+    pub mail: WritePrep,
+    pub mail_set: Option<Result<(), Failure>>,
+    pub invitation: WritePrep,
+    /// `attempt.postStartedAt` written in this pass, and when.
+    pub marked_sending: bool,
+    pub marked_at: Option<Timestamp>,
+    pub posted: Option<Result<Posted, Failure>>,
+}
+
+impl Pass {
+    pub fn prep_mut(&mut self, write: Write) -> &mut WritePrep {
+        match write {
+            Write::Mail => &mut self.mail,
+            Write::Invitation => &mut self.invitation,
+        }
+    }
+}
+
+/// The next thing to do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// The status already says everything about this generation.
+    Nothing,
+    /// Act on a new value of the retry annotation: start this generation afresh.
+    AcceptRetry { token: String },
+    /// Nothing before this time: the last pass asked to wait (`status.nextAttemptAt`).
+    Wait { until: Timestamp },
+    /// Say that a new generation was seen (Ready=Unknown, Pending) before working on it.
+    MarkPending,
+    /// Read the user of an interrupted attempt to look for evidence of the reset.
+    ReadEvidence { user_id: String },
+    /// Resolve the target by the spec's key.
+    ReadUser { lookup: Lookup },
+    /// Read the target by its object id: after the mail was changed, or to refresh a read.
+    ReadUserById { user_id: String },
+    /// Look for users that already hold the new e-mail.
+    ReadEmailHolders { email: String },
+    /// Find out who owns the Secret named for the redeem URL.
+    CheckSecret { name: String },
+    /// Write `status.attempt` with a precondition, before any Graph write.
+    RecordIntent { user: Box<DirectoryUser> },
+    /// Wait for a slot of the write limiter.
+    TakeSlot { write: Write },
+    /// Read the tenant-wide pause, right before a Graph write.
+    CheckTenant { write: Write },
+    /// `PATCH /users/{id}` setting mail.
+    SetMail { user_id: String, email: String },
+    /// Write `attempt.postStartedAt` (and the state the POST starts from) with a precondition.
+    MarkSending { user: Box<DirectoryUser> },
+    /// `POST /invitations`.
+    PostInvitation { user_id: String },
+    /// Write the outcome to status and stop this pass.
+    Report(Box<Report>),
+}
+
+impl From<Report> for Step {
+    fn from(report: Report) -> Self {
+        Step::Report(Box::new(report))
+    }
+}
