@@ -26,8 +26,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${GUESTRESET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/guestreset}/image
 # Podman's state that must not outlive a reboot (locks, the container runtime's state)
-# goes under /run; the images and containers themselves under the cache.
-RUN_DIR=/run/guestreset-image
+# goes under /run, one directory per cache; the images and containers under the cache.
+RUN_DIR=/run/guestreset-image-$(printf '%s' "$CACHE" | sha256sum | cut -c1-12)
 STORAGE_CONF=$CACHE/storage.conf
 CONTAINERS_CONF=$CACHE/containers.conf
 REGISTRIES_CONF=$CACHE/registries.conf
