@@ -732,6 +732,42 @@ fn proc_status(pid: u64) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The memory limit (bytes) and CPU limit (cores) of the cgroups of process `pid`, from
+/// cgroup v1 controllers or the unified v2 hierarchy, whichever holds them.
+fn cgroup_limits(pid: u64) -> (Option<u64>, Option<f64>) {
+    let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let path_of = |controller: &str| {
+        cgroups.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            controllers
+                .split(',')
+                .any(|c| c == controller)
+                .then(|| path.to_owned())
+        })
+    };
+    let read = |file: String| fs::read_to_string(file).ok().map(|t| t.trim().to_owned());
+    if let (Some(memory), Some(cpu)) = (path_of("memory"), path_of("cpu")) {
+        let limit = read(format!(
+            "/sys/fs/cgroup/memory{memory}/memory.limit_in_bytes"
+        ));
+        let quota = read(format!("/sys/fs/cgroup/cpu{cpu}/cpu.cfs_quota_us"));
+        let period = read(format!("/sys/fs/cgroup/cpu{cpu}/cpu.cfs_period_us"));
+        let cores = match (quota, period) {
+            (Some(q), Some(p)) => Some(q.parse::<f64>().unwrap() / p.parse::<f64>().unwrap()),
+            _ => None,
+        };
+        return (limit.and_then(|l| l.parse().ok()), cores);
+    }
+    let unified = path_of("").expect("a cgroup");
+    let limit = read(format!("/sys/fs/cgroup{unified}/memory.max"));
+    let cores = read(format!("/sys/fs/cgroup{unified}/cpu.max")).and_then(|t| {
+        let (quota, period) = t.split_once(' ')?;
+        Some(quota.parse::<f64>().ok()? / period.parse::<f64>().ok()?)
+    });
+    (limit.and_then(|l| l.parse().ok()), cores)
+}
+
 async fn http_get(client: &reqwest::Client, url: &str) -> Option<(u16, String)> {
     let response = client.get(url).send().await.ok()?;
     let status = response.status().as_u16();
@@ -943,6 +979,10 @@ caBundle:
             .is_some_and(|o| o.split(',').any(|o| o == "ro")),
         "the root file system is read-only: {root_mount}"
     );
+    // The chart's limits, as the kernel enforces them.
+    let (memory_limit, cpu_limit) = cgroup_limits(pid);
+    assert_eq!(memory_limit, Some(128 << 20), "memory limit in bytes");
+    assert_eq!(cpu_limit, Some(0.2), "CPU limit in cores");
 
     // Health, then a reset to Issued.
     let healthz = format!("http://127.0.0.1:{metrics_port}/healthz");
@@ -1037,6 +1077,8 @@ caBundle:
         "JSON log lines:\n{log}"
     );
 
+    let peak_memory = proc_status(pid)["VmHWM"].clone();
+
     // SIGTERM, as the kubelet stops a pod, with no POST in flight.
     let signalled_at = jiff::Timestamp::now();
     let signalled = Instant::now();
@@ -1062,6 +1104,7 @@ caBundle:
     let log = container.log();
     println!(
         "image {}: podman run to /readyz {} ms, container start to /readyz {} ms; \
+         peak memory {peak_memory} after the reset; \
          SIGTERM to exit {} ms (podman run returned after {} ms); exit code {}",
         image.reference,
         spawn_to_ready.as_millis(),
