@@ -51,8 +51,8 @@ helm_seconds=$((SECONDS - started))
 
 started=$SECONDS
 echo "==> image (scripts/image.sh build; cold: the first run makes a release build)"
-# Built here rather than by the test, so that no cargo runs inside cargo test; the test
-# loads this archive.
+# Built here rather than by the test, so that its time (cold: a release build) shows on its
+# own and does not count against the tests' deadline; tests/image.rs loads this archive.
 GUESTRESET_IMAGE_ARCHIVE=$(scripts/image.sh build)
 export GUESTRESET_IMAGE_ARCHIVE
 echo "    $GUESTRESET_IMAGE_ARCHIVE"

@@ -109,6 +109,7 @@ fn image() -> &'static Image {
                 String::from_utf8_lossy(&out.stdout).trim().to_owned()
             }
         };
+        sweep_stale_containers();
         let out = image_sh(&["load", &archive])
             .output()
             .map_err(|e| format!("image.sh load: {e}"))?;
@@ -121,6 +122,38 @@ fn image() -> &'static Image {
     match built {
         Ok(image) => image,
         Err(e) => panic!("the image is unavailable: {e}"),
+    }
+}
+
+/// Prefix of the containers this file starts, followed by the test process's id.
+const CONTAINER_PREFIX: &str = "guestreset-image-test-";
+
+/// Removes the containers of test processes that died without removing them (a SIGKILL
+/// ends `podman run`, not the container).
+fn sweep_stale_containers() {
+    let Ok(out) = image_sh(&[
+        "podman",
+        "ps",
+        "--all",
+        "--filter",
+        &format!("name={CONTAINER_PREFIX}"),
+        "--format",
+        "{{.Names}}",
+    ])
+    .output() else {
+        return;
+    };
+    for name in String::from_utf8_lossy(&out.stdout).lines() {
+        let alive = name
+            .strip_prefix(CONTAINER_PREFIX)
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            let _ = image_sh(&["podman", "rm", "--force", "--time=0", name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -904,7 +937,7 @@ caBundle:
 
     // Start: as the kubelet would, with the host's network (the control plane and the
     // simulator are on its loopback) and nothing pulled.
-    let name = format!("guestreset-image-test-{}", std::process::id());
+    let name = format!("{CONTAINER_PREFIX}{}", std::process::id());
     // Not under `timeout`: the container runs until the test stops it.
     let mut run = Command::new("bash");
     run.arg(repo_root().join("scripts/image.sh"));
