@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The guestreset controller image, built without Docker and without any registry: buildah
 # assembles it from scratch out of the release binary, exactly the shared libraries `ldd`
-# names for it, the CA bundle and a passwd entry for the non-root user 65532. The result
+# names for it, the CA bundle, a passwd entry for the non-root user 65532 and an
+# nsswitch.conf. The result
 # is an OCI archive, loadable with `podman load`, `kind load image-archive` or
 # `ctr images import`. It is the image the Dockerfile describes (same user, entrypoint,
 # command, port, labels and files the binary uses); tests/image.rs checks both and runs it.
@@ -49,7 +50,7 @@ die() {
 }
 
 usage() {
-  sed -n '2,23s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+  sed -n '2,24s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
   exit 2
 }
 
@@ -170,7 +171,7 @@ EOF
 
 cmd_build() {
   need_root
-  need buildah ldd cargo git
+  need buildah ldd cargo git jq
   configure
   build_binary
   local version revision epoch ref ctr mnt started=$SECONDS
@@ -216,7 +217,7 @@ cmd_build() {
     --user "$UID_NONROOT:$UID_NONROOT"
     --workingdir /home/nonroot
     --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-    --env SSL_CERT_FILE=$CA_BUNDLE
+    --env "SSL_CERT_FILE=$CA_BUNDLE"
     --port 8080/tcp
     --entrypoint '["/usr/local/bin/guestreset"]'
     --cmd run
