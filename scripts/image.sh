@@ -2,10 +2,10 @@
 # The guestreset controller image, built without Docker and without any registry: buildah
 # assembles it from scratch out of the release binary, exactly the shared libraries `ldd`
 # names for it, the CA bundle, a passwd entry for the non-root user 65532 and an
-# nsswitch.conf. The result
-# is an OCI archive, loadable with `podman load`, `kind load image-archive` or
-# `ctr images import`. It is the image the Dockerfile describes (same user, entrypoint,
-# command, port, labels and files the binary uses); tests/image.rs checks both and runs it.
+# nsswitch.conf. The result is an OCI archive, loadable with `podman load`,
+# `kind load image-archive` or `ctr images import`. It is the image the Dockerfile describes
+# (same user, entrypoint, command, port, labels and files the binary uses); tests/image.rs
+# checks both and runs it.
 #
 #   image.sh build            release binary, then the image; print the archive's path
 #   image.sh load [ARCHIVE]   load the archive (default: the one `build` writes) into the
