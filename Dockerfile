@@ -1,7 +1,13 @@
 # syntax=docker/dockerfile:1
 #
 # The guestreset controller image:
-#   docker build -t ghcr.io/guestreset/guestreset:$(version) .
+#   docker build -t ghcr.io/guestreset/guestreset:$(version) \
+#     --build-arg VERSION=$(version) --build-arg REVISION=$(git rev-parse HEAD) .
+#
+# Without Docker or a registry, scripts/image.sh builds the equivalent image with buildah
+# (same user, entrypoint, command, port and labels; the binary with exactly the libraries
+# it links, the CA bundle and the passwd entry). tests/image.rs compares the two and runs
+# that image; change both together.
 #
 # Runtime base: gcr.io/distroless/cc-debian12:nonroot. The binary is dynamically linked
 # against glibc, libgcc_s and, through azure_identity's PKCS#12 support (the `openssl`
@@ -30,9 +36,14 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     && install -D -m 0755 target/release/guestreset /out/guestreset
 
 FROM gcr.io/distroless/cc-debian12:nonroot
+# The crate's version and the commit built (OCI annotations, as labels).
+ARG VERSION=unknown
+ARG REVISION=unknown
 LABEL org.opencontainers.image.title="guestreset" \
       org.opencontainers.image.description="Kubernetes operator that resets Microsoft Entra B2B guest redemptions declaratively, once per spec generation" \
       org.opencontainers.image.source="https://github.com/guestreset/guestreset" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /out/guestreset /usr/local/bin/guestreset
 # Numeric, so that runAsNonRoot can verify it without reading /etc/passwd.

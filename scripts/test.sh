@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Every test of the repository, from a fresh machine: builds the control plane
 # binaries (kube-apiserver, etcd, kubectl) and Helm from source (cached after the first
-# run), then runs `cargo test --workspace --all-targets`. The end-to-end tests start their own control
-# planes and Graph simulators; nothing else needs to be set up.
+# run) and the controller image (scripts/image.sh: a release build, then buildah), then
+# runs `cargo test --workspace --all-targets`. The end-to-end tests start their own control
+# planes and Graph simulators; tests/image.rs runs the image with podman. Nothing else needs
+# to be set up.
 #
 #   scripts/test.sh                 every test
 #   scripts/test.sh ARGS...         extra arguments for cargo test, e.g. `-- --nocapture`
@@ -22,7 +24,7 @@ die() {
   exit 1
 }
 
-for tool in cargo openssl flock timeout; do
+for tool in cargo openssl flock timeout buildah podman runc jq; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is needed (see README.md, 'What you need')"
 done
 
@@ -46,6 +48,15 @@ echo "==> helm (scripts/helm.sh build; cold: the first run compiles it)"
 helm=$(scripts/helm.sh build)
 echo "    $helm"
 helm_seconds=$((SECONDS - started))
+
+started=$SECONDS
+echo "==> image (scripts/image.sh build; cold: the first run makes a release build)"
+# Built here rather than by the test, so that its time (cold: a release build) shows on its
+# own and does not count against the tests' deadline; tests/image.rs loads this archive.
+GUESTRESET_IMAGE_ARCHIVE=$(scripts/image.sh build)
+export GUESTRESET_IMAGE_ARCHIVE
+echo "    $GUESTRESET_IMAGE_ARCHIVE"
+image_seconds=$((SECONDS - started))
 
 echo "==> cargo test --workspace --all-targets --features guestreset/failpoints (deadline ${TEST_TIMEOUT}s)"
 test_started=$SECONDS
@@ -85,6 +96,7 @@ echo
 echo "==> summary"
 printf '    control plane binaries  %4ds\n' "$build_seconds"
 printf '    helm                    %4ds\n' "$helm_seconds"
+printf '    image                   %4ds\n' "$image_seconds"
 printf '    cargo test              %4ds   %d test binaries: %d passed, %d failed, %d ignored\n' \
   "$test_seconds" "$binaries" "$passed" "$failed" "$ignored"
 if ((rc == 124 || rc == 137)); then
