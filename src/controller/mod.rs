@@ -1,14 +1,18 @@
 //! The controller: watches `GuestRedemptionReset` resources and reconciles each one.
 //!
-//! The files are the flow of a pass: [`run`] wires the watch and starts passes, [`pass`] is the
-//! step executor, [`decide`] names the next step (with [`recover`] for interrupted attempts and
-//! [`report`] for what a pass ends with), [`effects`] performs steps against the API server and
-//! Graph, and [`status`] holds the pure status transitions.
+//! The files are the flow of a pass: [`run`] wires the watch and starts passes; [`pass`] is the
+//! step executor; [`decide`] names the next step, in stages: the entry and the issue in
+//! `decide`, the [`preflight`], the recovery of an interrupted attempt in [`recover`], with
+//! [`step`] the vocabulary they share and [`report`] what a pass ends with; [`io`] is the trait
+//! of the effects and [`effects`] performs them against the API server and Graph; [`status`]
+//! holds the pure status transitions. [`tenant`], [`failures`] and [`error`] are the tenant
+//! pause, the backoff counts and the errors of the effects.
 
 pub mod decide;
 pub mod effects;
 pub mod error;
 pub mod failures;
+pub mod io;
 pub mod pass;
 pub mod preflight;
 pub mod reason;

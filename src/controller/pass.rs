@@ -11,11 +11,9 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 use tracing::{info, warn};
 
-use super::decide::{
-    Failure, Lookup, Observed, Pass, Posted, Read, Resolution, SecretOwner, Settings, Step,
-    TenantGate, decide,
-};
+use super::decide::{Observed, Pass, Read, Resolution, Settings, Step, decide};
 use super::error::Error;
+pub use super::io::Io;
 use super::reason::Reason;
 use super::report::Report;
 use super::status::{self, Stamp};
@@ -24,80 +22,6 @@ use crate::resource::{GuestRedemptionReset, GuestRedemptionResetStatus, RETRY_AN
 
 /// Steps one pass may take before it is cut short (a guard: a pass takes about a dozen).
 const MAX_STEPS: usize = 64;
-
-/// The effects a pass needs. Graph failures come back as [`Failure`]s (they become reasons);
-/// Kubernetes failures as `kube::Error` (the executor names the step they failed in).
-pub trait Io {
-    fn now(&self) -> Timestamp;
-    /// Resolves when the process is stopping; a pass that has not marked its POST as sending
-    /// is abandoned then.
-    fn stopping(&self) -> impl Future<Output = ()> + Send + 'static;
-    fn is_stopping(&self) -> bool;
-    /// What this process knows of the tenant pause, without asking anyone.
-    fn local_gate(&self, now: Timestamp) -> TenantGate;
-    fn new_attempt_id(&mut self) -> String;
-    fn resolve(
-        &mut self,
-        lookup: &Lookup,
-    ) -> impl Future<Output = Result<Resolution, Failure>> + Send;
-    fn get_user(
-        &mut self,
-        id: &str,
-    ) -> impl Future<Output = Result<Option<DirectoryUser>, Failure>> + Send;
-    fn email_holders(
-        &mut self,
-        email: &str,
-    ) -> impl Future<Output = Result<Vec<DirectoryUser>, Failure>> + Send;
-    fn secret_owner(
-        &mut self,
-        obj: &GuestRedemptionReset,
-        name: &str,
-    ) -> impl Future<Output = Result<SecretOwner, kube::Error>> + Send;
-    /// Waits for a slot of the write limiter; the next Graph write spends it.
-    fn take_slot(&mut self) -> impl Future<Output = ()> + Send;
-    /// The tenant-wide pause, read from where every replica records it.
-    fn tenant_gate(&mut self) -> impl Future<Output = Result<TenantGate, kube::Error>> + Send;
-    fn set_mail(
-        &mut self,
-        user_id: &str,
-        email: &str,
-    ) -> impl Future<Output = Result<(), Failure>> + Send;
-    fn post_invitation(
-        &mut self,
-        request: &ResetRedemptionRequest,
-    ) -> impl Future<Output = Result<(Posted, RedeemUrl), Failure>> + Send;
-    /// Replaces the status with the object's resourceVersion as precondition; `None` when
-    /// another writer changed the resource first.
-    fn write_status(
-        &mut self,
-        obj: &GuestRedemptionReset,
-    ) -> impl Future<Output = Result<Option<GuestRedemptionReset>, kube::Error>> + Send;
-    /// The resource as it is now; `None` when it is gone.
-    fn read_again(
-        &mut self,
-        obj: &GuestRedemptionReset,
-    ) -> impl Future<Output = Result<Option<GuestRedemptionReset>, kube::Error>> + Send;
-    /// Stores the redeem URL in a Secret this resource owns; the error says why not.
-    fn store_secret(
-        &mut self,
-        obj: &GuestRedemptionReset,
-        name: &str,
-        url: &RedeemUrl,
-    ) -> impl Future<Output = Result<(), String>> + Send;
-    /// Starts the tenant-wide pause; returns its end.
-    fn pause_tenant(&mut self, now: Timestamp) -> impl Future<Output = Timestamp> + Send;
-    fn clear_tenant(&mut self) -> impl Future<Output = ()> + Send;
-    fn publish(
-        &mut self,
-        obj: &GuestRedemptionReset,
-        reason: Reason,
-        message: &str,
-    ) -> impl Future<Output = ()> + Send;
-    /// The POST was marked as sending: the process waits for its outcome before it exits.
-    fn sending(&mut self);
-    /// The intent was recorded (a test failpoint may stop the pass here).
-    fn intent_recorded(&mut self) -> impl Future<Output = ()> + Send;
-}
 
 /// How a pass ended.
 #[derive(Clone, Debug, PartialEq)]
