@@ -1,6 +1,6 @@
 //! The controller: watches `GuestRedemptionReset` resources and reconciles each one.
 //!
-//! The files are the flow of a pass: [`run`] wires the watch and starts passes; [`pass`] is the
+//! The files are the flow of a pass: [`run`](mod@run) wires the watch and starts passes; [`pass`] is the
 //! step executor; [`decide`] names the next step, in stages: the entry and the issue in
 //! `decide`, the [`preflight`], the recovery of an interrupted attempt in [`recover`], with
 //! [`step`] the vocabulary they share and [`report`] what a pass ends with; [`io`] is the trait
