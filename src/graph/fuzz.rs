@@ -4,12 +4,12 @@
 //! above the cap, error text never above its bounds, and a success whose body could
 //! not be read is never anything but `Ambiguous`.
 
-use super::client::{BodyRead, decode, interpret};
 use super::error::{
     ErrorClass, FailureKind, GraphCall, GraphError, MAX_CODE_CHARS, MAX_DETAIL_CHARS,
     MAX_ERROR_TEXT_CHARS, MAX_ID_CHARS, MAX_MESSAGE_CHARS, parse_retry_after,
 };
 use super::model::{DirectoryUser, InvitationWire, UserPage, parse_graph_timestamp};
+use super::response::{BodyRead, decode, interpret};
 use proptest::prelude::*;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
@@ -307,7 +307,7 @@ proptest! {
 /// Decodes `answer` as each answer type; a decoding failure is a bounded error.
 fn decode_every_way(
     call: GraphCall,
-    answer: &super::client::Answer,
+    answer: &super::response::Answer,
     cap: Duration,
 ) -> Result<(), TestCaseError> {
     let errors = [

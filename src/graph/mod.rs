@@ -24,13 +24,13 @@ mod fuzz;
 pub mod http;
 mod limiter;
 mod model;
+mod observer;
 pub mod query;
+mod response;
 mod retry;
+mod settings;
 
-pub use client::{
-    DEFAULT_GRAPH_ENDPOINT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RETRY_AFTER, DEFAULT_TIMEOUT,
-    GraphClient, GraphObserver, GraphSettings,
-};
+pub use client::GraphClient;
 pub use credential::{CredentialError, CredentialKind};
 pub use error::{
     ErrorClass, FailureKind, GraphCall, GraphError, GraphErrorDetails, MAX_CODE_CHARS,
@@ -40,4 +40,9 @@ pub use limiter::{TokenBucket, WriteLimiter, WriteSlot};
 pub use model::{
     DirectoryUser, Invitation, InvitationMessage, RedeemUrl, ResetRedemptionRequest, USER_SELECT,
 };
+pub use observer::GraphObserver;
 pub use retry::{Idempotency, Retry, RetryPolicy};
+pub use settings::{
+    DEFAULT_GRAPH_ENDPOINT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RETRY_AFTER, DEFAULT_TIMEOUT,
+    GraphSettings,
+};
