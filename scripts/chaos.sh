@@ -10,7 +10,8 @@
 #
 # Prints one line of figures per seed (resources, generations, effective POSTs, kills, faults
 # injected, invariant violations), then every violation with its seed; exits 1 if there was
-# any. Rerun one seed alone with CHAOS_SEEDS=S CHAOS_RESOURCES=M cargo test --test chaos.
+# any. Rerun one seed alone with CHAOS_SEEDS=S CHAOS_RESOURCES=M cargo test --test chaos
+# (CHAOS_SECONDS=N shortens the chaos phase, default 50).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -20,7 +21,7 @@ seeds=5
 resources=12
 first=1
 usage() {
-  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
   exit "${1:-0}"
 }
 while (($#)); do
