@@ -535,6 +535,69 @@ impl Chaos {
     }
 
     async fn create(&mut self, i: usize) {
+        // Half the resources keyed by mail meet a crash right after a write took effect,
+        // likely their own mail PATCH: afterwards the spec's mail no longer finds the guest.
+        let crash = self.targets[i].key == Key::Mail && self.chance(0.5);
+        let before = if crash {
+            Some(self.delay_next(Call::PatchUser).await)
+        } else {
+            None
+        };
+        self.create_resource(i).await;
+        if let Some(before) = before {
+            self.kill_when_delayed(Call::PatchUser, before).await;
+        }
+    }
+
+    /// Delays the next `call`'s answer by 3 s after it took effect; returns how many delayed
+    /// answers of that call the journal held before.
+    async fn delay_next(&mut self, call: Call) -> usize {
+        let before = self.delayed(call).await;
+        self.add_fault(FaultRule::once(
+            call,
+            FaultAction::DelayAfter { millis: 3000 },
+        ))
+        .await;
+        before
+    }
+
+    async fn delayed(&self, call: Call) -> usize {
+        self.w
+            .admin
+            .journal()
+            .await
+            .map(|j| {
+                j.iter()
+                    .filter(|e| e.call == call && e.fault.as_deref() == Some("DelayAfter"))
+                    .count()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Once a delayed answer of `call` (beyond `before`) is in the journal, SIGKILLs every
+    /// running controller: a crash after the write took effect, before its answer arrived.
+    /// Gives up after 6 s (the fault then waits for a later call).
+    async fn kill_when_delayed(&mut self, call: Call, before: usize) {
+        let wait = wait_until("a delayed write", Duration::from_secs(7), || async {
+            (self.delayed(call).await > before).then_some(())
+        });
+        if tokio::time::timeout(Duration::from_secs(6), wait)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        for slot in 0..2 {
+            if let Some(index) = self.slots[slot].take() {
+                self.w.operators[index].kill();
+                self.figures.kills += 1;
+                let back = Instant::now() + self.millis(300, 2000);
+                self.later.push((back, Later::Restart(slot)));
+            }
+        }
+    }
+
+    async fn create_resource(&mut self, i: usize) {
         let email = self.next_email(i);
         let t = &self.targets[i];
         let user = match t.key {
@@ -753,6 +816,16 @@ impl Chaos {
             }
             79..84 => {
                 let _ = self.w.admin.release_held().await;
+            }
+            // Both controllers die right after a POST or a PATCH took effect.
+            84..89 => {
+                let call = if self.chance(0.6) {
+                    Call::PostInvitation
+                } else {
+                    Call::PatchUser
+                };
+                let before = self.delay_next(call).await;
+                self.kill_when_delayed(call, before).await;
             }
             _ => {}
         }
