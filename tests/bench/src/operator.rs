@@ -76,7 +76,8 @@ pub struct Operator {
     http: reqwest::Client,
 }
 
-/// Everything `guestreset run` needs, as in tests/controller.rs.
+/// Everything `guestreset run` needs; the command line and environment are the end-to-end
+/// tests' own (`guestreset_testsupport::operator::guestreset_command`).
 pub struct Launch<'a> {
     pub binary: &'a Binary,
     pub kubeconfig: &'a Path,
