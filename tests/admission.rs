@@ -6,7 +6,7 @@
 //! The offline CEL tests in `src/resource.rs` are the fast, exhaustive half; these tests
 //! prove that the API server reads the schema the same way.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use futures::StreamExt;
 use guestreset::resource::{
     DEFAULT_REDIRECT_URL, GuestRedemptionReset, GuestRedemptionResetStatus, Phase, crd, crd_yaml,
 };
-use guestreset_testsupport::{ControlPlane, repo_root, wait_until};
+use guestreset_testsupport::{ControlPlane, describe, path_str as path_arg, repo_root, wait_until};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -127,19 +127,6 @@ fn kubectl_command(cp: &ControlPlane) -> std::process::Command {
         cp.dir().join("kubectl-cache").display()
     ));
     command
-}
-
-fn path_arg(path: &Path) -> &str {
-    path.to_str().expect("repository paths are UTF-8")
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "{}; stdout: {}; stderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout).trim(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    )
 }
 
 /// kubectl wraps long text; compare with all white space runs squashed to one space.

@@ -13,7 +13,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures::future::join_all;
-use guestreset_testsupport::{ControlPlane, pinned_kubernetes_version, repo_root, wait_until};
+use guestreset_testsupport::{
+    ControlPlane, describe, path_str, pinned_kubernetes_version, repo_root, wait_until,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
@@ -444,19 +446,6 @@ fn service_account_user(namespace: &str, name: &str) -> String {
 }
 
 // ------------------------------------------------------------------ misc
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("paths are UTF-8")
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "{}; stdout: {}; stderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout).trim(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    )
-}
 
 fn chart_yaml() -> Value {
     let text = std::fs::read_to_string(chart_dir().join("Chart.yaml")).expect("read Chart.yaml");

@@ -5,17 +5,13 @@
 use std::process::Command;
 use std::time::Duration;
 
-use graph_sim::{
-    AdminClient, Call, FaultAction, FaultRule, JournalEntry, SeedUser, SimConfig, Simulator,
-};
+use graph_sim::{Call, FaultAction, FaultRule, JournalEntry, SeedUser};
 use guestreset::resource::{GuestRedemptionReset, GuestRedemptionResetStatus};
-use guestreset_testsupport::{ChildProcess, ControlPlane, wait_until};
+use guestreset_testsupport::{ChildProcess, wait_until};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::events::v1::Event;
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
-use tokio::sync::OnceCell;
 
 const ALICE: &str = "3f0a6c1e-8d2b-4c55-9b0e-2f6a1d9c7e41";
 const BOB: &str = "5b7e2a10-4c3d-4e5f-8a9b-0c1d2e3f4a5b";
@@ -59,19 +55,9 @@ fn directory_with_guests(tag: &str, first_digit: char, n: usize) -> (Vec<SeedUse
     (users, ids)
 }
 
-static CRD: OnceCell<()> = OnceCell::const_new();
-
-/// One test's world: a namespace, a simulator, and the operators it starts.
-struct World {
-    cp: &'static ControlPlane,
-    ns: String,
-    sim: Simulator,
-    admin: AdminClient,
-    api: Api<GuestRedemptionReset>,
-    client: kube::Client,
-    operators: Vec<ChildProcess>,
-    _state: tempfile::TempDir,
-}
+/// One test's world: a namespace, a simulator, and the operators it starts (the harness in
+/// `guestreset_testsupport::operator`, for this crate's resource and binary).
+struct World(guestreset_testsupport::operator::World<GuestRedemptionReset>);
 
 impl World {
     async fn new(prefix: &str) -> World {
@@ -79,208 +65,27 @@ impl World {
     }
 
     async fn with_users(prefix: &str, users: Vec<SeedUser>) -> World {
-        let cp = ControlPlane::shared().await;
-        CRD.get_or_init(|| async { cp.install_guestreset_crd().unwrap() })
-            .await;
-        let ns = cp.namespace(prefix).await;
-        let state = tempfile::tempdir().unwrap();
-        let sim = graph_sim::start(SimConfig::new(state.path()).with_users(users))
-            .await
-            .unwrap();
-        let admin = sim.admin();
-        let client = cp.client().await;
-        World {
-            cp,
-            api: Api::namespaced(client.clone(), &ns),
-            client,
-            ns,
-            sim,
-            admin,
-            operators: vec![],
-            _state: state,
-        }
-    }
-
-    /// A `guestreset run` command for this world, watching only its namespace.
-    fn operator_command(&self, extra: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_guestreset"));
-        cmd.args(["run", "--namespace", &self.ns, "--log-format", "json"])
-            .args([
-                "--max-writes-per-minute",
-                "600",
-                "--write-burst",
-                "20",
-                "--replication-window",
-                "6s",
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ])
-            .args(extra)
-            .env("KUBECONFIG", self.cp.kubeconfig_path())
-            .env("GRAPH_ENDPOINT", self.sim.base_url())
-            .env("AZURE_AUTHORITY_HOST", self.sim.base_url())
-            .env("AZURE_TENANT_ID", self.sim.tenant_id())
-            .env("AZURE_CLIENT_ID", self.sim.client_id())
-            .env("AZURE_CLIENT_SECRET", self.sim.client_secret())
-            .env("SSL_CERT_FILE", self.sim.ca_pem_path())
-            .env("RUST_LOG", "info,guestreset=debug")
-            .env_remove("GUESTRESET_FAILPOINT")
-            .env_remove("WATCH_NAMESPACE")
-            .env_remove("ALLOWED_EMAIL_DOMAINS")
-            .env_remove("LEADER_ELECT")
-            .env_remove("POD_NAME")
-            // The tenant pause is persisted in this namespace: tests must not share it.
-            .env("POD_NAMESPACE", &self.ns);
-        cmd
-    }
-
-    fn start_operator(&mut self, extra: &[&str]) -> usize {
-        let child = ChildProcess::spawn(self.operator_command(extra)).unwrap();
-        self.operators.push(child);
-        self.operators.len() - 1
-    }
-
-    fn start_operator_with(&mut self, cmd: Command) -> usize {
-        self.operators.push(ChildProcess::spawn(cmd).unwrap());
-        self.operators.len() - 1
-    }
-
-    async fn create(&self, name: &str, spec: Value) {
-        self.create_annotated(name, spec, json!({})).await;
-    }
-
-    async fn create_annotated(&self, name: &str, spec: Value, annotations: Value) {
-        let obj: GuestRedemptionReset = serde_json::from_value(json!({
-            "apiVersion": "guestreset.io/v1alpha1",
-            "kind": "GuestRedemptionReset",
-            "metadata": {"name": name, "annotations": annotations},
-            "spec": spec,
-        }))
-        .unwrap();
-        self.api.create(&PostParams::default(), &obj).await.unwrap();
-    }
-
-    async fn patch_spec(&self, name: &str, spec: Value) {
-        self.api
-            .patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": spec})),
+        World(
+            guestreset_testsupport::operator::World::start(
+                prefix,
+                users,
+                env!("CARGO_BIN_EXE_guestreset"),
             )
-            .await
-            .unwrap();
-    }
-
-    async fn annotate_retry(&self, name: &str, value: &str) {
-        let patch = json!({"metadata": {"annotations": {"guestreset.io/retry": value}}});
-        self.api
-            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-            .unwrap();
-    }
-
-    async fn get(&self, name: &str) -> GuestRedemptionReset {
-        self.api.get(name).await.unwrap()
-    }
-
-    /// Waits until Ready has `reason` for the current generation; returns the resource.
-    async fn wait_reason(&self, name: &str, reason: &str) -> GuestRedemptionReset {
-        self.wait_reason_for(name, reason, WAIT).await
-    }
-
-    async fn wait_reason_for(
-        &self,
-        name: &str,
-        reason: &str,
-        timeout: Duration,
-    ) -> GuestRedemptionReset {
-        let api = self.api.clone();
-        wait_until(&format!("{name} to be {reason}"), timeout, || {
-            let api = api.clone();
-            async move {
-                let obj = api.get(name).await.map_err(|e| e.to_string())?;
-                let generation = obj.metadata.generation;
-                let ready = obj
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned());
-                match &ready {
-                    Some(c) if c.reason == reason && c.observed_generation == generation => {
-                        Ok(Some(obj))
-                    }
-                    _ => Err(format!(
-                        "Ready = {:?}",
-                        ready.map(|c| (c.status, c.reason, c.message, c.observed_generation))
-                    )),
-                }
-            }
-        })
-        .await
-    }
-
-    async fn journal(&self) -> Vec<JournalEntry> {
-        self.admin.journal().await.unwrap()
-    }
-
-    async fn posts(&self) -> Vec<JournalEntry> {
-        self.admin.invitation_posts().await.unwrap()
-    }
-
-    async fn events(&self, name: &str) -> Vec<Event> {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
-        events
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-            .collect()
-    }
-
-    fn logs(&self) -> String {
-        self.operators
-            .iter()
-            .map(|o| o.read_log())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// Every operator log line, checked for credentials: no access token, no redeem URL.
-    async fn assert_no_secrets_in_logs(&self) {
-        let secrets = self.admin.issued_tokens_and_redeem_urls().await.unwrap();
-        let logs = self.logs();
-        assert!(!logs.is_empty());
-        for token in &secrets.access_tokens {
-            assert!(
-                !logs.contains(token.as_str()),
-                "an access token is in the operator's logs"
-            );
-        }
-        for url in &secrets.redeem_urls {
-            assert!(
-                !logs.contains(url.as_str()),
-                "a redeem URL is in the operator's logs"
-            );
-        }
+            .await,
+        )
     }
 }
 
-impl Drop for World {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for (i, op) in self.operators.iter().enumerate() {
-                let log = op.read_log();
-                let tail: Vec<&str> = log.lines().rev().take(60).collect();
-                eprintln!(
-                    "---- operator {i} log (last {} lines, newest last)",
-                    tail.len()
-                );
-                for line in tail.iter().rev() {
-                    eprintln!("{line}");
-                }
-            }
-        }
+impl std::ops::Deref for World {
+    type Target = guestreset_testsupport::operator::World<GuestRedemptionReset>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for World {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
     }
 }
 
@@ -1390,7 +1195,8 @@ async fn sigterm_while_a_post_is_held_keeps_the_lease_until_the_outcome_is_writt
         .await
         .unwrap();
     let graph_timeout = Duration::from_secs(10);
-    let op = w.start_operator_with(leader_command(&w, "op-held", &["--graph-timeout", "10s"]));
+    let cmd = leader_command(&w, "op-held", &["--graph-timeout", "10s"]);
+    let op = w.start_operator_with(cmd);
     let (client, ns) = (w.client.clone(), w.ns.clone());
     wait_until("the operator to hold the Lease", WAIT, || {
         let (client, ns) = (client.clone(), ns.clone());
@@ -1464,7 +1270,8 @@ async fn a_lost_lease_begins_the_stop_and_exits_with_an_error() {
     use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
     let mut w = World::new("stop-lost").await;
-    let op = w.start_operator_with(leader_command(&w, "op-lost", &[]));
+    let cmd = leader_command(&w, "op-lost", &[]);
+    let op = w.start_operator_with(cmd);
     let (client, ns) = (w.client.clone(), w.ns.clone());
     wait_until("the operator to hold the Lease", WAIT, || {
         let (client, ns) = (client.clone(), ns.clone());

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use graph_sim::Simulator;
 use guestreset_testsupport::ChildProcess;
+use guestreset_testsupport::operator::guestreset_command;
 
 use crate::machine::{Memory, settle};
 
@@ -75,7 +76,8 @@ pub struct Operator {
     http: reqwest::Client,
 }
 
-/// Everything `guestreset run` needs, as in tests/controller.rs.
+/// Everything `guestreset run` needs; the command line and environment are the end-to-end
+/// tests' own (`guestreset_testsupport::operator::guestreset_command`).
 pub struct Launch<'a> {
     pub binary: &'a Binary,
     pub kubeconfig: &'a Path,
@@ -96,34 +98,16 @@ impl Operator {
         } else {
             None
         };
-        let mut cmd = Command::new(&launch.binary.path);
-        cmd.args([
-            "run",
-            "--namespace",
+        let mut cmd = guestreset_command(
+            &launch.binary.path,
+            launch.kubeconfig,
             launch.namespace,
-            "--log-format",
-            "json",
-        ])
-        .args(&launch.extra_args)
-        .env("KUBECONFIG", launch.kubeconfig)
-        .env("GRAPH_ENDPOINT", launch.sim.base_url())
-        .env("AZURE_AUTHORITY_HOST", launch.sim.base_url())
-        .env("AZURE_TENANT_ID", launch.sim.tenant_id())
-        .env("AZURE_CLIENT_ID", launch.sim.client_id())
-        .env("AZURE_CLIENT_SECRET", launch.sim.client_secret())
-        .env("SSL_CERT_FILE", launch.sim.ca_pem_path())
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        // kube-runtime says at debug level when its cache has synced: the readiness signal
-        // of builds without /readyz. Nothing else of it is per-resource.
-        .env("RUST_LOG", "info,kube_runtime::controller=debug")
-        .env_remove("GUESTRESET_FAILPOINT")
-        .env_remove("WATCH_NAMESPACE")
-        .env_remove("ALLOWED_EMAIL_DOMAINS")
-        .env_remove("MAX_WRITES_PER_MINUTE")
-        .env_remove("WRITE_BURST")
-        .env_remove("CONCURRENCY")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("https_proxy");
+            launch.sim,
+        );
+        cmd.args(&launch.extra_args)
+            // kube-runtime says at debug level when its cache has synced: the readiness signal
+            // of builds without /readyz. Nothing else of it is per-resource.
+            .env("RUST_LOG", "info,kube_runtime::controller=debug");
         if let Some(addr) = metrics_addr {
             cmd.args(["--metrics-addr", &addr.to_string()]);
         }

@@ -123,6 +123,37 @@ impl AdminClient {
         Ok(Some(Self::check(response).await?.json().await?))
     }
 
+    /// Changes the user as someone other than the client under test would (not journaled):
+    /// `change` is `redeem`, `reset` or `member`; returns the user afterwards.
+    async fn change_user(&self, id: &str, change: &str) -> Result<SeedUser> {
+        let encoded = percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC);
+        let value = self
+            .send(
+                reqwest::Method::POST,
+                &format!("users/{encoded}/{change}"),
+                None,
+            )
+            .await?;
+        Ok(serde_json::from_value(value)?)
+    }
+
+    /// The guest redeems: `externalUserState` becomes `Accepted`, its change time now.
+    pub async fn redeem(&self, id: &str) -> Result<SeedUser> {
+        self.change_user(id, "redeem").await
+    }
+
+    /// A redemption reset by someone else: `externalUserState` becomes `PendingAcceptance`, its
+    /// change time now; no journal entry and no invitation record.
+    pub async fn foreign_reset(&self, id: &str) -> Result<SeedUser> {
+        self.change_user(id, "reset").await
+    }
+
+    /// Someone converts the user into an internal member (`userType: Member`); nothing else
+    /// about the user changes.
+    pub async fn convert_to_member(&self, id: &str) -> Result<SeedUser> {
+        self.change_user(id, "member").await
+    }
+
     pub async fn users(&self) -> Result<Vec<SeedUser>> {
         self.get("users").await
     }

@@ -537,6 +537,7 @@ pub(crate) fn post_invitation(
         reset_redemption: reset,
         send_invitation_message: send_message,
         invited_user_message_info: message_info.clone(),
+        client_request_id: Some(ctx.client_request_id.clone()),
     });
 
     let info = message_info.as_object();

@@ -101,6 +101,12 @@ pub struct JournalEntry {
     pub effect: Option<String>,
     /// Name of the injected fault action, e.g. "ServerErrorAfter".
     pub fault: Option<String>,
+    /// For `POST /invitations`: `invitedUser.id` as sent (whatever the outcome).
+    #[serde(default)]
+    pub invited_user_id: Option<String>,
+    /// For `POST /invitations`: `invitedUserEmailAddress` as sent (whatever the outcome).
+    #[serde(default)]
+    pub invited_email: Option<String>,
 }
 
 /// A fault injected into matching calls, in rule order; `times: None` lasts until cleared.
@@ -233,6 +239,10 @@ pub struct InvitationRecord {
     pub send_invitation_message: bool,
     /// `invitedUserMessageInfo` as sent (null when absent).
     pub invited_user_message_info: serde_json::Value,
+    /// The `client-request-id` of the POST (the journal entry's), or Graph's request id when
+    /// none was sent.
+    #[serde(default)]
+    pub client_request_id: Option<String>,
 }
 
 /// The claims of a client assertion presented to the token endpoint (the JWT itself is not kept).

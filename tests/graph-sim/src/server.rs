@@ -3,7 +3,7 @@
 use crate::graph::{self, Query};
 use crate::model::{Call, FaultAction, FaultRule, JournalEntry, Secrets, SeedUser, Settings};
 use crate::reply::{Ctx, Reply, server_error};
-use crate::state::{Shared, TokenCheck, now_rfc3339};
+use crate::state::{Shared, TokenCheck, now_graph_datetime, now_rfc3339};
 use crate::token;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -158,6 +158,13 @@ async fn handle(
     let is_graph = path == "/v1.0" || path.starts_with("/v1.0/");
     let identity = &shared.identity;
 
+    // What a POST /invitations asked for, so the journal can name its target even when the
+    // request had no effect.
+    let (invited_user_id, invited_email) = if call == Call::PostInvitation {
+        invitation_target(&body)
+    } else {
+        (None, None)
+    };
     let journal = |status: u16, effect: Option<String>, fault: Option<&FaultAction>| {
         let entry = JournalEntry {
             seq: 0,
@@ -170,6 +177,8 @@ async fn handle(
             status,
             effect,
             fault: fault.map(|f| f.name().to_string()),
+            invited_user_id: invited_user_id.clone(),
+            invited_email: invited_email.clone(),
         };
         shared.lock().journal_append(entry);
     };
@@ -276,6 +285,19 @@ async fn handle(
         tokio::time::sleep(latency).await;
     }
     Ok(to_response(reply, &ctx, is_graph || call == Call::Token))
+}
+
+/// `invitedUser.id` and `invitedUserEmailAddress` of an invitation request body, as far as
+/// they are there.
+fn invitation_target(body: &[u8]) -> (Option<String>, Option<String>) {
+    let Ok(request) = serde_json::from_slice::<Value>(body) else {
+        return (None, None);
+    };
+    let text = |v: &Value| v.as_str().map(str::to_string);
+    (
+        text(&request["invitedUser"]["id"]),
+        text(&request["invitedUserEmailAddress"]),
+    )
 }
 
 /// A response held by `HangAfter` until the next `POST /_sim/release`. If the client goes away
@@ -535,6 +557,29 @@ fn admin(shared: &Shared, method: &hyper::Method, path: &str, body: &[u8]) -> Ht
             }
             Err(e) => admin_error(400, &e.to_string()),
         },
+        (&Method::POST, ["users", id, change]) => {
+            let Some(i) = state.user_by_key(id) else {
+                return admin_error(404, "no such user");
+            };
+            let user = &mut state.users[i].user;
+            match *change {
+                // The guest redeemed their invitation.
+                "redeem" => {
+                    user.external_user_state = Some("Accepted".to_string());
+                    user.external_user_state_change_date_time = Some(now_graph_datetime());
+                }
+                // Someone else (another admin, a script) reset the redemption: the same
+                // change of state a POST /invitations makes, without our journal or invitations.
+                "reset" => {
+                    user.external_user_state = Some("PendingAcceptance".to_string());
+                    user.external_user_state_change_date_time = Some(now_graph_datetime());
+                }
+                // Someone converted the guest into an internal member.
+                "member" => user.user_type = "Member".to_string(),
+                _ => return admin_error(404, "unknown user change"),
+            }
+            admin_json(200, &to_value(&state.users[i].user))
+        }
         (&Method::GET, ["faults"]) => admin_json(200, &to_value(&state.faults)),
         (&Method::POST, ["faults"]) => match serde_json::from_slice::<FaultRule>(body) {
             Ok(rule) => {

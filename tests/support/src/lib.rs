@@ -6,6 +6,9 @@
 //! * [`wait_until`] is the one waiting primitive: poll a condition with a deadline.
 //! * [`ChildProcess`] runs a program (the operator, a simulator) with its output
 //!   in a log file, and makes sure it dies with the test process.
+//! * [`describe`] and [`path_str`]: small helpers for messages about commands.
+//! * `operator` (feature `operator`): the world of an end-to-end test, a namespace,
+//!   the Graph simulator and `guestreset run` processes.
 //!
 //! Every process started here is spawned from one long-lived thread with
 //! `PR_SET_PDEATHSIG`, so it is signalled when the test process ends for any
@@ -20,7 +23,7 @@ use std::future::Future;
 use std::io::{self, BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
@@ -28,6 +31,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+
+#[cfg(feature = "operator")]
+pub mod operator;
 
 /// How long `controlplane.sh run` may take to print READY once the binaries
 /// are built (the build itself has no deadline: cold, it takes minutes).
@@ -621,4 +627,21 @@ where
         }
         tokio::time::sleep_until(next).await;
     }
+}
+
+// ------------------------------------------------------------------ messages
+
+/// A finished command for a failure message: exit status, stdout and stderr.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "{}; stdout: {}; stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )
+}
+
+/// A path as a command argument; the repository's and the scratch paths are UTF-8.
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().expect("paths are UTF-8")
 }
