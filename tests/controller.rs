@@ -1299,3 +1299,221 @@ async fn a_lost_lease_begins_the_stop_and_exits_with_an_error() {
     assert!(log.contains("lost the leader lease; stopping"), "{log}");
     assert_eq!(lease_holder(&client, &ns).await.as_deref(), Some("thief"));
 }
+
+// ------------------------------------------------- the Secret, the persisted pause, failed steps
+
+/// Defect: the controller force-applied the redeem URL into any Secret the spec named and made
+/// the reset its owner. A Secret it does not own is refused before any Graph write and left
+/// exactly as it was; one it created is updated for the next generation.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreign_secret_is_refused_before_any_graph_write_and_left_alone() {
+    use k8s_openapi::ByteString;
+    let mut w = World::new("secret-owner").await;
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &w.ns);
+    let foreign: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "app-creds"},
+        "data": {"password": "aHVudGVyMg=="},
+    }))
+    .unwrap();
+    let foreign = secrets.create(&Default::default(), &foreign).await.unwrap();
+    w.start_operator(&[]);
+    w.create(
+        "alice",
+        json!({"user": {"id": ALICE}, "email": "alice@newco.example", "redeemUrlSecret": {"name": "app-creds"}}),
+    )
+    .await;
+    let denied = w.wait_reason("alice", "PolicyDenied").await;
+    assert!(ready(&denied).message.contains("app-creds"));
+    let writes: Vec<_> = w
+        .journal()
+        .await
+        .into_iter()
+        .filter(|e| matches!(e.call, Call::PatchUser | Call::PostInvitation))
+        .collect();
+    assert!(writes.is_empty(), "nothing written to Graph: {writes:#?}");
+    let after = secrets.get("app-creds").await.unwrap();
+    assert_eq!(
+        after.data, foreign.data,
+        "the foreign Secret's data is untouched"
+    );
+    assert_eq!(
+        after.metadata.owner_references, None,
+        "and it was not adopted"
+    );
+    assert_eq!(
+        after.metadata.resource_version,
+        foreign.metadata.resource_version
+    );
+
+    // A Secret the reset creates is its own: the next generation's URL replaces the first.
+    w.create(
+        "bob",
+        json!({"user": {"id": BOB}, "email": "bob@newco.example", "redeemUrlSecret": {"name": "bob-url"}}),
+    )
+    .await;
+    w.wait_reason("bob", "Issued").await;
+    let first: Option<ByteString> = secrets
+        .get("bob-url")
+        .await
+        .unwrap()
+        .data
+        .unwrap()
+        .remove("redeemUrl");
+    w.patch_spec("bob", json!({"email": "bob@other.example"}))
+        .await;
+    w.wait_reason("bob", "Issued").await;
+    let owned = secrets.get("bob-url").await.unwrap();
+    let second = owned.data.clone().unwrap().remove("redeemUrl");
+    assert_ne!(
+        first, second,
+        "the owned Secret carries the new invitation's URL"
+    );
+    let urls = w
+        .admin
+        .issued_tokens_and_redeem_urls()
+        .await
+        .unwrap()
+        .redeem_urls;
+    let second = String::from_utf8(second.unwrap().0).unwrap();
+    assert_eq!(urls.last(), Some(&second));
+    let owner = &owned.metadata.owner_references.unwrap()[0];
+    assert_eq!(owner.uid, w.get("bob").await.metadata.uid.unwrap());
+}
+
+/// Defect: the tenant pause lived in memory and was re-armed from a resource's condition. Now
+/// its time is persisted: a restarted controller, and a second one, write nothing to Graph
+/// before the cool-down ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_block_survives_a_restart_and_holds_for_every_replica() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let mut w = World::new("pause-restart").await;
+    w.admin
+        .add_fault(FaultRule::times(
+            Call::PostInvitation,
+            1,
+            FaultAction::AbuseBlock,
+        ))
+        .await
+        .unwrap();
+    let first = w.start_operator(&["--tenant-block-cooldown", "1h"]);
+    w.create("alice", by_id(ALICE, "alice@newco.example")).await;
+    w.wait_reason("alice", "TenantBlocked").await;
+    let maps: Api<ConfigMap> = Api::namespaced(w.client.clone(), &w.ns);
+    let record = maps.get("guestreset-tenant").await.unwrap();
+    assert!(record.data.unwrap().contains_key("blockedAt"));
+    w.operators[first].kill();
+    let before_restart = w.journal().await.last().map_or(0, |e| e.seq);
+
+    // A fresh process (and a second replica beside it) with nothing in memory.
+    w.start_operator(&["--tenant-block-cooldown", "1h"]);
+    w.start_operator(&["--tenant-block-cooldown", "1h"]);
+    w.create("bob", by_id(BOB, "bob@newco.example")).await;
+    w.create(
+        "carol",
+        json!({"user": {"mail": "carol@supplier.example"}, "email": "dave@supplier.example"}),
+    )
+    .await;
+    w.wait_reason("bob", "TenantBlocked").await;
+    w.wait_reason("carol", "TenantBlocked").await;
+    let writes: Vec<_> = w
+        .journal()
+        .await
+        .into_iter()
+        .filter(|e| e.seq > before_restart)
+        .filter(|e| matches!(e.call, Call::PatchUser | Call::PostInvitation))
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "no Graph write after the restart: {writes:#?}"
+    );
+
+    // An operator with a short cool-down reads the same record as over; asked to try now (each
+    // resource keeps its own wait, written when it was blocked), it probes and the tenant opens.
+    for op in w.operators.iter_mut() {
+        op.kill();
+    }
+    w.start_operator(&["--tenant-block-cooldown", "1s"]);
+    w.annotate_retry("alice", "probe").await;
+    w.wait_reason("alice", "Issued").await;
+    assert!(
+        maps.get_opt("guestreset-tenant").await.unwrap().is_none(),
+        "a successful probe clears the record"
+    );
+}
+
+/// A failed effect names its step in the log line, the metric and a Warning Event. Provoked by
+/// running the controller as a user that may read resources but not write their status.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_step_is_named_in_the_log_the_metric_and_an_event() {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let mut w = World::new("step-error").await;
+    let user = "guestreset-without-status";
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "no-status"},
+        "rules": [
+            {"apiGroups": ["guestreset.io"], "resources": ["guestredemptionresets"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "update", "delete"]},
+        ],
+    }))
+    .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "no-status"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "no-status"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }))
+    .unwrap();
+    Api::<Role>::namespaced(w.client.clone(), &w.ns)
+        .create(&Default::default(), &role)
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(w.client.clone(), &w.ns)
+        .create(&Default::default(), &binding)
+        .await
+        .unwrap();
+    // The test's admin kubeconfig, impersonating the limited user.
+    let mut kubeconfig: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(w.cp.kubeconfig_path()).unwrap()).unwrap();
+    for entry in kubeconfig["users"].as_sequence_mut().unwrap() {
+        entry["user"]["as"] = user.into();
+    }
+    let path = w._state.path().join("limited.kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
+    let mut cmd = w.operator_command(&[]);
+    cmd.env("KUBECONFIG", &path);
+    let op = w.start_operator_with(cmd);
+    w.create("alice", by_id(ALICE, "alice@newco.example")).await;
+
+    let events = wait_until("a Warning Event naming the failed step", WAIT, || async {
+        let found: Vec<_> = w
+            .events("alice")
+            .await
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("ReconcileFailed"))
+            .collect();
+        (!found.is_empty()).then_some(found)
+    })
+    .await;
+    let note = events[0].note.clone().unwrap_or_default();
+    assert!(note.contains("MarkPending"), "{note}");
+    assert_eq!(events[0].type_.as_deref(), Some("Warning"));
+    let addr = admin_addr(&w.operators[op]).await;
+    wait_until("the metric to count the failed step", WAIT, || {
+        let url = format!("http://{addr}/metrics");
+        async move {
+            let (_, text) = http_get(&url).await?;
+            text.contains(r#"guestreset_reconciles_total{result="error",step="MarkPending"}"#)
+                .then_some(())
+        }
+    })
+    .await;
+    let logged = w.operators[op].read_log().lines().any(|line| {
+        serde_json::from_str::<Value>(line)
+            .is_ok_and(|v| v["fields"]["step"] == "MarkPending" && v["level"] == "WARN")
+    });
+    assert!(logged, "a log line with step=MarkPending");
+    assert!(
+        w.posts().await.is_empty(),
+        "nothing was posted without a recorded intent"
+    );
+}
