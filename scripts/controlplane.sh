@@ -34,17 +34,9 @@ usage() {
   exit 2
 }
 
-find_go() {
-  if [[ -n ${GO:-} ]]; then
-    echo "$GO"
-  elif command -v go >/dev/null 2>&1; then
-    command -v go
-  elif [[ -x /usr/local/go/bin/go ]]; then
-    echo /usr/local/go/bin/go
-  else
-    die "no Go toolchain found (set GO or put go on PATH)"
-  fi
-}
+# find_go
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # The whole recipe for the binaries. Its text is part of the cache key, so
 # editing it invalidates old builds just as editing go.mod does.

@@ -23,17 +23,9 @@ die() {
   exit 1
 }
 
-find_go() {
-  if [[ -n ${GO:-} ]]; then
-    echo "$GO"
-  elif command -v go >/dev/null 2>&1; then
-    command -v go
-  elif [[ -x /usr/local/go/bin/go ]]; then
-    echo /usr/local/go/bin/go
-  else
-    die "no Go toolchain found (set GO or put go on PATH)"
-  fi
-}
+# find_go
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # Static and stamped the way Helm's own Makefile builds a release, so that
 # `helm version` names the release and `helm template` assumes the Kubernetes

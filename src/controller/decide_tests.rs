@@ -16,40 +16,10 @@ const ID: &str = "3f0a6c1e-8d2b-4c55-9b0e-2f6a1d9c7e41";
 const OTHER: &str = "11111111-2222-4333-8444-555555555555";
 const NEW: &str = "alice@newco.example";
 
-fn t(secs: i64) -> Timestamp {
-    Timestamp::from_second(1_800_000_000 + secs).unwrap()
-}
-
-fn guest(id: &str, mail: &str) -> DirectoryUser {
-    DirectoryUser {
-        id: id.into(),
-        user_type: Some("Guest".into()),
-        user_principal_name: Some(format!(
-            "{}#EXT#@fabrikam.onmicrosoft.com",
-            mail.replace('@', "_")
-        )),
-        mail: Some(mail.into()),
-        other_mails: vec![],
-        external_user_state: Some("Accepted".into()),
-        external_user_state_change_date_time: Some(t(-86_400)),
-    }
-}
+use crate::controller::fixtures::{at as t, guest};
 
 fn spec() -> GuestRedemptionResetSpec {
-    GuestRedemptionResetSpec {
-        user: UserRef {
-            id: Some(ID.into()),
-            ..Default::default()
-        },
-        email: NEW.into(),
-        redirect_url: "https://myapps.microsoft.com".into(),
-        send_invitation_message: true,
-        message: None,
-        update_mail: true,
-        redeem_url_secret: None,
-        change_ref: None,
-        dry_run: false,
-    }
+    crate::controller::fixtures::spec(ID, NEW)
 }
 
 /// Where a pass dies.

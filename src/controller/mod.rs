@@ -39,6 +39,8 @@ use failures::FailureCounts;
 use tenant::TenantGuard;
 
 #[cfg(test)]
+mod fixtures;
+#[cfg(test)]
 mod model_tests;
 
 pub use error::Error;

@@ -27,14 +27,12 @@ use super::pass::{End, Io, Outcome, PassRunner};
 use super::reason::Reason;
 use super::status;
 use crate::graph::{DirectoryUser, RedeemUrl, ResetRedemptionRequest};
-use crate::resource::{GuestRedemptionReset, GuestRedemptionResetSpec, UserRef};
+use crate::resource::GuestRedemptionReset;
 
 const USER: &str = "3f0a6c1e-8d2b-4c55-9b0e-2f6a1d9c7e41";
 const ALLOWED: &str = "newco.example";
 
-fn at(secs: i64) -> Timestamp {
-    Timestamp::from_second(1_800_000_000 + secs).unwrap()
-}
+use super::fixtures::{self, at};
 
 /// What Graph answers to the call a step makes (a step makes at most one).
 #[derive(Clone, Copy, Debug)]
@@ -127,20 +125,7 @@ struct World {
 
 impl World {
     fn new() -> Self {
-        let spec = GuestRedemptionResetSpec {
-            user: UserRef {
-                id: Some(USER.into()),
-                ..Default::default()
-            },
-            email: format!("alice1@{ALLOWED}"),
-            redirect_url: "https://myapps.microsoft.com".into(),
-            send_invitation_message: true,
-            message: None,
-            update_mail: true,
-            redeem_url_secret: None,
-            change_ref: None,
-            dry_run: false,
-        };
+        let spec = fixtures::spec(USER, &format!("alice1@{ALLOWED}"));
         let mut obj = GuestRedemptionReset::new("alice", spec);
         obj.metadata.namespace = Some("identity".into());
         obj.metadata.uid = Some("uid-alice".into());
@@ -149,15 +134,7 @@ impl World {
         World {
             obj,
             rv: 1,
-            user: DirectoryUser {
-                id: USER.into(),
-                user_type: Some("Guest".into()),
-                user_principal_name: Some("alice_contoso.com#EXT#@fabrikam.onmicrosoft.com".into()),
-                mail: Some("alice@contoso.com".into()),
-                other_mails: vec![],
-                external_user_state: Some("Accepted".into()),
-                external_user_state_change_date_time: Some(at(-86_400)),
-            },
+            user: fixtures::guest(USER, "alice@contoso.com"),
             now: 0,
             paused_until: None,
             retry_values: 0,

@@ -1,0 +1,46 @@
+//! What the pure tests of the controller share: a guest as Graph returns it and a spec that
+//! names it by id, on one clock of whole seconds.
+
+use jiff::Timestamp;
+
+use crate::graph::DirectoryUser;
+use crate::resource::{GuestRedemptionResetSpec, UserRef};
+
+/// The tests' clock: `secs` after a fixed moment.
+pub fn at(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + secs).unwrap()
+}
+
+/// A guest who redeemed a day ago, with `mail` as its only address.
+pub fn guest(id: &str, mail: &str) -> DirectoryUser {
+    DirectoryUser {
+        id: id.into(),
+        user_type: Some("Guest".into()),
+        user_principal_name: Some(format!(
+            "{}#EXT#@fabrikam.onmicrosoft.com",
+            mail.replace('@', "_")
+        )),
+        mail: Some(mail.into()),
+        other_mails: vec![],
+        external_user_state: Some("Accepted".into()),
+        external_user_state_change_date_time: Some(at(-86_400)),
+    }
+}
+
+/// A spec that resets user `id` to `email`, with the defaults of the CRD.
+pub fn spec(id: &str, email: &str) -> GuestRedemptionResetSpec {
+    GuestRedemptionResetSpec {
+        user: UserRef {
+            id: Some(id.into()),
+            ..Default::default()
+        },
+        email: email.into(),
+        redirect_url: "https://myapps.microsoft.com".into(),
+        send_invitation_message: true,
+        message: None,
+        update_mail: true,
+        redeem_url_secret: None,
+        change_ref: None,
+        dry_run: false,
+    }
+}
