@@ -25,7 +25,7 @@ const CRD_NAME: &str = "guestredemptionresets.guestreset.io";
 const CRD_FILE: &str = "crds/guestredemptionresets.guestreset.io.yaml";
 const GUID: &str = "3f0a6c1e-8d2b-4c55-9b0e-2f6a1d9c7e41";
 const UPN: &str = "alice_contoso.com#EXT#@fabrikam.onmicrosoft.com";
-/// The printer columns of API.md section 2, as `kubectl get` prints their names.
+/// The printer columns of docs/resource.md, as `kubectl get` prints their names.
 const COLUMNS: [&str; 6] = ["NAME", "USER", "EMAIL", "PHASE", "REASON", "AGE"];
 /// Bound on anything the API server does asynchronously (establishing the CRD,
 /// publishing discovery and OpenAPI).
@@ -817,7 +817,7 @@ async fn the_server_agrees_with_the_offline_cel_verdicts() {
     assert!(stored.items.is_empty(), "a dry run stored something");
 }
 
-/// API.md 1 says addresses contain no spaces. In the API server's RE2 `\s` is ASCII
+/// docs/resource.md says addresses contain no spaces. In the API server's RE2 `\s` is ASCII
 /// `[\t\n\f\r ]` only, so the rules name white space as `\p{Z}\p{Cc}`: a no-break space, an
 /// em space, an ideographic space or a vertical tab must be refused too.
 #[tokio::test]

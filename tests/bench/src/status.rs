@@ -1,5 +1,5 @@
-//! The status documents of one issuance, shaped like the ones the controller writes (API.md
-//! section 2), so that the floor writes the same amount and the seeded resources read as done.
+//! The status documents of one issuance, shaped like the ones the controller writes
+//! (docs/resource.md, "status"), so that the floor writes the same amount and the seeded resources read as done.
 
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};

@@ -26,7 +26,8 @@ use crate::{ChildProcess, ControlPlane, wait_until};
 /// How long [`World::wait_reason`] waits.
 pub const WAIT: Duration = Duration::from_secs(60);
 
-/// The annotation that asks for a retry of the current generation (API.md 3.5).
+/// The annotation that asks for a retry of the current generation (docs/resource.md, "Asking
+/// again").
 pub const RETRY_ANNOTATION: &str = "guestreset.io/retry";
 
 /// `guestreset run` for one namespace against one simulator: the connection settings every
