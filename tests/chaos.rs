@@ -221,6 +221,7 @@ struct Figures {
     foreign_resets: usize,
     redeems: usize,
     conversions: usize,
+    hazards: usize,
     excused_races: usize,
     final_reasons: BTreeMap<String, usize>,
     runtime: Duration,
@@ -268,7 +269,8 @@ impl SeedReport {
         format!(
             "chaos seed={} resources={} generations={} effective_posts={} posts_sent={} kills={} \
              faults={} edits={} retries={} foreign_resets={} redeems={} conversions={} \
-             excused_races={} violations={} by_invariant={broken:?} final={} runtime={}s",
+             hazards={} excused_races={} violations={} by_invariant={broken:?} final={} \
+             runtime={}s",
             f.seed,
             f.resources,
             f.generations,
@@ -281,6 +283,7 @@ impl SeedReport {
             f.foreign_resets,
             f.redeems,
             f.conversions,
+            f.hazards,
             f.excused_races,
             self.violations.len(),
             reasons.join(","),
@@ -962,6 +965,7 @@ impl Chaos {
         let f = &mut self.figures;
         f.generations = self.targets.iter().map(|t| t.generations.len()).sum();
         f.effective_posts = invitations.len();
+        f.hazards = hazards.len();
         f.posts_sent = journal
             .iter()
             .filter(|e| e.call == Call::PostInvitation)
