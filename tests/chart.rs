@@ -24,6 +24,11 @@ use tokio::sync::OnceCell;
 const CHART_DIR: &str = "charts/guestreset";
 const CRD_FILE: &str = "crds/guestredemptionresets.guestreset.io.yaml";
 const CRD_NAME: &str = "guestredemptionresets.guestreset.io";
+/// Resources named in RBAC checks.
+const LEASES: &str = "leases.coordination.k8s.io";
+const CRDS: &str = "customresourcedefinitions.apiextensions.k8s.io";
+const CLUSTER_ROLES: &str = "clusterroles.rbac.authorization.k8s.io";
+const ROLES: &str = "roles.rbac.authorization.k8s.io";
 const GITOPS_DIR: &str = "examples/gitops";
 const FIELD_MANAGER: &str = "guestreset-chart-test";
 /// Bound on one helm or kubectl invocation: a hung tool must fail the test.
@@ -903,54 +908,19 @@ async fn default_install_grants_exactly_the_controller_rights() {
         right(false, "create", "configmaps", Scope::Namespace(&other)),
         right(true, "get", &lease, Scope::Namespace(&ns)),
         right(true, "patch", &lease, Scope::Namespace(&ns)),
-        right(
-            true,
-            "create",
-            "leases.coordination.k8s.io",
-            Scope::Namespace(&ns),
-        ),
+        right(true, "create", LEASES, Scope::Namespace(&ns)),
         right(false, "update", &lease, Scope::Namespace(&ns)),
         right(false, "delete", &lease, Scope::Namespace(&ns)),
         right(false, "get", other_lease, Scope::Namespace(&ns)),
         right(false, "patch", other_lease, Scope::Namespace(&ns)),
-        right(
-            false,
-            "list",
-            "leases.coordination.k8s.io",
-            Scope::Namespace(&ns),
-        ),
+        right(false, "list", LEASES, Scope::Namespace(&ns)),
         right(false, "get", &lease, Scope::Namespace(&other)),
-        right(
-            false,
-            "create",
-            "leases.coordination.k8s.io",
-            Scope::Namespace(&other),
-        ),
+        right(false, "create", LEASES, Scope::Namespace(&other)),
         right(false, "patch", &lease, Scope::Namespace(&other)),
-        right(
-            false,
-            "create",
-            "leases.coordination.k8s.io",
-            Scope::AllNamespaces,
-        ),
-        right(
-            false,
-            "get",
-            "customresourcedefinitions.apiextensions.k8s.io",
-            Scope::AllNamespaces,
-        ),
-        right(
-            false,
-            "create",
-            "clusterroles.rbac.authorization.k8s.io",
-            Scope::AllNamespaces,
-        ),
-        right(
-            false,
-            "escalate",
-            "roles.rbac.authorization.k8s.io",
-            Scope::Namespace(&ns),
-        ),
+        right(false, "create", LEASES, Scope::AllNamespaces),
+        right(false, "get", CRDS, Scope::AllNamespaces),
+        right(false, "create", CLUSTER_ROLES, Scope::AllNamespaces),
+        right(false, "escalate", ROLES, Scope::Namespace(&ns)),
         right(
             false,
             "impersonate",
@@ -1018,13 +988,8 @@ async fn single_namespace_install_is_confined_to_its_namespace() {
         right(false, "delete", CRD_NAME, w),
         right(true, "get", &lease, Scope::Namespace(&ns)),
         right(true, "patch", &lease, Scope::Namespace(&ns)),
-        right(
-            true,
-            "create",
-            "leases.coordination.k8s.io",
-            Scope::Namespace(&ns),
-        ),
-        right(false, "create", "leases.coordination.k8s.io", w),
+        right(true, "create", LEASES, Scope::Namespace(&ns)),
+        right(false, "create", LEASES, w),
         right(
             true,
             "get",
@@ -1078,7 +1043,7 @@ async fn leader_election_off_drops_the_lease_rights() {
         cp,
         &user,
         &[
-            right(false, "create", "leases.coordination.k8s.io", s),
+            right(false, "create", LEASES, s),
             right(
                 false,
                 "get",

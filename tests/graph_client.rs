@@ -22,31 +22,15 @@ const MEMBER_ID: &str = "9e4a0c3d-4444-4c55-9b0e-2f6a1d9c7e45";
 fn seed_users() -> Vec<SeedUser> {
     let mut alice = SeedUser::guest(ALICE_ID, ALICE_UPN, ALICE_MAIL);
     alice.other_mails = vec!["alice@newco.example".into()];
-    let mut bob = SeedUser::guest(
-        BOB_ID,
-        "bob_contoso.com#EXT#@fabrikam.onmicrosoft.com",
-        "bob@contoso.com",
-    );
+    let mut bob = SeedUser::external_guest(BOB_ID, "bob@contoso.com");
     bob.other_mails = vec!["shared@partner.example".into()];
-    let mut carol = SeedUser::guest(
-        CAROL_ID,
-        "carol_contoso.com#EXT#@fabrikam.onmicrosoft.com",
-        "carol@contoso.com",
-    );
+    let mut carol = SeedUser::external_guest(CAROL_ID, "carol@contoso.com");
     carol.proxy_addresses = vec![
         "SMTP:carol@contoso.com".into(),
         "smtp:carol.alias@contoso.com".into(),
     ];
-    let oreilly = SeedUser::guest(
-        OREILLY_ID,
-        "o'reilly_contoso.com#EXT#@fabrikam.onmicrosoft.com",
-        "o'reilly@contoso.com",
-    );
-    let member = SeedUser::member(
-        MEMBER_ID,
-        "dave@fabrikam.onmicrosoft.com",
-        "dave@fabrikam.example",
-    );
+    let oreilly = SeedUser::external_guest(OREILLY_ID, "o'reilly@contoso.com");
+    let member = SeedUser::tenant_member(MEMBER_ID, "dave@fabrikam.example");
     vec![alice, bob, carol, oreilly, member]
 }
 

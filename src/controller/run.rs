@@ -14,7 +14,7 @@ use kube::{Resource, ResourceExt};
 use tracing::{Instrument, warn};
 
 use super::Context;
-use super::decide::{Observed, Pass, Step, TenantGate, decide};
+use super::decide::{Observed, Pass, Settings, Step, TenantGate, decide};
 use super::effects::KubeIo;
 use super::error::Error;
 use super::pass::{Outcome, PassRunner, until_from};
@@ -140,7 +140,7 @@ pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action, E
 }
 
 /// What a pass would do without looking further: nothing (settled) or wait (`nextAttemptAt`).
-fn quiet_action(obj: &GuestRedemptionReset, now: Timestamp) -> Option<Action> {
+fn quiet_action(obj: &GuestRedemptionReset, settings: &Settings, now: Timestamp) -> Option<Action> {
     let status = obj.status.clone().unwrap_or_default();
     let observed = Observed {
         spec: &obj.spec,
@@ -174,7 +174,7 @@ async fn fresh_pass(
     namespace: &str,
     name: &str,
 ) -> Result<Action, Error> {
-    if let Some(action) = quiet_action(&cached, Timestamp::now()) {
+    if let Some(action) = quiet_action(&cached, &ctx.settings, Timestamp::now()) {
         return Ok(action);
     }
     let api: Api<GuestRedemptionReset> = Api::namespaced(ctx.client.clone(), namespace);
@@ -182,7 +182,7 @@ async fn fresh_pass(
         ctx.forget(&cached);
         return Ok(Action::await_change());
     };
-    if let Some(action) = quiet_action(&fresh, Timestamp::now()) {
+    if let Some(action) = quiet_action(&fresh, &ctx.settings, Timestamp::now()) {
         return Ok(action);
     }
     fresh.managed_fields_mut().clear();

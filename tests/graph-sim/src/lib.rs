@@ -17,8 +17,8 @@ mod token;
 
 pub use admin::{AdminClient, client_trusting};
 pub use model::{
-    AssertionClaims, Call, FaultAction, FaultRule, Hazard, InvitationRecord, JournalEntry, Secrets,
-    SeedUser, Settings,
+    AssertionClaims, Call, FaultAction, FaultRule, Hazard, InvitationRecord, JournalEntry,
+    SEED_TENANT_DOMAIN, Secrets, SeedUser, Settings,
 };
 
 use anyhow::Context;

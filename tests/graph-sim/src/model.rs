@@ -67,6 +67,24 @@ impl SeedUser {
     }
 }
 
+/// The tenant whose UPNs [`SeedUser::external_guest`] and [`SeedUser::tenant_member`] make.
+pub const SEED_TENANT_DOMAIN: &str = "fabrikam.onmicrosoft.com";
+
+impl SeedUser {
+    /// A redeemed guest whose UPN is derived from `mail` the way Entra derives a B2B guest's:
+    /// `bob@contoso.com` is `bob_contoso.com#EXT#@fabrikam.onmicrosoft.com`.
+    pub fn external_guest(id: &str, mail: &str) -> Self {
+        let upn = format!("{}#EXT#@{SEED_TENANT_DOMAIN}", mail.replace('@', "_"));
+        Self::guest(id, &upn, mail)
+    }
+
+    /// A member whose UPN is `mail`'s local part at the tenant's domain.
+    pub fn tenant_member(id: &str, mail: &str) -> Self {
+        let local = mail.split('@').next().unwrap_or(mail);
+        Self::member(id, &format!("{local}@{SEED_TENANT_DOMAIN}"), mail)
+    }
+}
+
 fn display_name_of(mail: &str) -> String {
     mail.split('@').next().unwrap_or(mail).to_string()
 }
@@ -274,6 +292,22 @@ mod tests {
         assert_eq!(throttle.action.name(), "Throttle");
         assert!(!throttle.action.applies_request());
         assert!(FaultAction::DropConnectionAfter.applies_request());
+    }
+
+    #[test]
+    fn derived_upns_follow_entra() {
+        let guest = SeedUser::external_guest("1", "o'reilly@contoso.com");
+        assert_eq!(
+            guest.user_principal_name,
+            "o'reilly_contoso.com#EXT#@fabrikam.onmicrosoft.com"
+        );
+        assert_eq!(
+            guest,
+            SeedUser::guest("1", &guest.user_principal_name, "o'reilly@contoso.com")
+        );
+        let member = SeedUser::tenant_member("2", "dave@fabrikam.example");
+        assert_eq!(member.user_principal_name, "dave@fabrikam.onmicrosoft.com");
+        assert_eq!(member.user_type, "Member");
     }
 
     #[test]

@@ -28,21 +28,9 @@ pub fn state_dir(name: &str) -> PathBuf {
 pub fn users() -> Vec<SeedUser> {
     let mut alice = SeedUser::guest(ALICE, ALICE_UPN, "alice@contoso.com");
     alice.other_mails = vec!["alice.alt@contoso.example".into()];
-    let bob = SeedUser::guest(
-        BOB,
-        "bob_partner.example#EXT#@fabrikam.onmicrosoft.com",
-        "bob@partner.example",
-    );
-    let dave = SeedUser::member(
-        DAVE_MEMBER,
-        "dave@fabrikam.onmicrosoft.com",
-        "dave@fabrikam.example",
-    );
-    let mut admin = SeedUser::guest(
-        ADMIN_GUEST,
-        "admin_partner.example#EXT#@fabrikam.onmicrosoft.com",
-        "admin@partner.example",
-    );
+    let bob = SeedUser::external_guest(BOB, "bob@partner.example");
+    let dave = SeedUser::tenant_member(DAVE_MEMBER, "dave@fabrikam.example");
+    let mut admin = SeedUser::external_guest(ADMIN_GUEST, "admin@partner.example");
     admin.privileged = true;
     vec![alice, bob, dave, admin]
 }
