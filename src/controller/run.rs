@@ -150,14 +150,7 @@ fn quiet_action(obj: &GuestRedemptionReset, settings: &Settings, now: Timestamp)
         failures: 0,
     };
     // The tenant gate matters only deeper in the flow; Open claims nothing.
-    let settings = super::decide::Settings::default();
-    match decide(
-        &observed,
-        &settings,
-        TenantGate::Open,
-        now,
-        &Pass::default(),
-    ) {
+    match decide(&observed, settings, TenantGate::Open, now, &Pass::default()) {
         Step::Nothing => Some(Action::await_change()),
         Step::Wait { until } => Some(action_of(Outcome::Wait(until_from(now, until)))),
         _ => None,
