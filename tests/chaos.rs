@@ -2,14 +2,15 @@
 //! real API server and the HTTPS Graph simulator, while the test SIGKILLs and restarts them,
 //! injects every simulator fault, edits specs, sets retry annotations and changes the directory
 //! the way other people do. Afterwards the simulator's journal, invitations and hazards, and
-//! every status the test saw, are checked against the contract (API.md 3.1, 3.3, 3.5, 3.7):
+//! every status the test saw, are checked against the contract (docs/design.md: "One pass",
+//! "Interrupted attempts", "Asking again", "The tenant pause"):
 //!
 //! 1. at most one effective POST per (resource, generation), plus one per retry-annotation
 //!    value set for it;
 //! 2. `Issued` (or a history entry) for generation g only if an effective POST for g exists,
 //!    recorded with g's email;
-//! 3. `OutcomeUnknown` for g only if no effective POST for g preceded it (or the directory
-//!    cannot tell);
+//! 3. `OutcomeUnknown` for g only if no effective POST for g preceded it since the last
+//!    retry a human asked for from a settled state (or the directory cannot tell);
 //! 4. no POST for a non-Guest beyond the race no controller can close;
 //! 5. the history never lists a generation twice (beyond what retries asked for);
 //! 6. never `UserNotFound` or `AmbiguousUser` (no user is ever deleted or duplicated);
@@ -1131,9 +1132,30 @@ impl Chaos {
             let Some(g) = t.generation(*generation) else {
                 continue;
             };
+            // A POST that the resource reported settled, and that a human then asked to retry
+            // (the retry annotation from a settled state runs the generation once more),
+            // belongs to an earlier attempt: OutcomeUnknown speaks of the attempt after it.
+            let settled_between = |from: Timestamp, to: Timestamp| {
+                seen.iter().any(|s| {
+                    &s.name == name
+                        && s.at >= from
+                        && s.at <= to
+                        && s.ready.as_ref().is_some_and(|(sg, reason)| {
+                            sg == generation && SETTLED.contains(&reason.as_str())
+                        })
+                })
+            };
+            let superseded = |posted: Timestamp| {
+                t.retries
+                    .iter()
+                    .any(|r| *r > posted && *r < *at && settled_between(posted, *r))
+            };
             let before: Vec<&InvitationRecord> = effective(t, &g.email)
                 .into_iter()
-                .filter(|i| i.at.parse::<Timestamp>().is_ok_and(|p| p < *at))
+                .filter(|i| {
+                    i.at.parse::<Timestamp>()
+                        .is_ok_and(|p| p < *at && !superseded(p))
+                })
                 .collect();
             if before.is_empty() {
                 continue;
