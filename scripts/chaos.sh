@@ -44,7 +44,8 @@ log=$(mktemp "${TMPDIR:-/tmp}/guestreset-chaos.XXXXXX")
 echo "==> chaos: seeds $list, $resources resources each (full output: $log)"
 status=0
 CHAOS_SEEDS=$list CHAOS_RESOURCES=$resources \
-  cargo test -p guestreset --test chaos -- --nocapture >"$log" 2>&1 || status=$?
+  cargo test -p guestreset --features guestreset/failpoints --test chaos -- --nocapture \
+  >"$log" 2>&1 || status=$?
 
 echo
 grep -E '^chaos seed=' "$log" | sed -E 's/^chaos //' || true
