@@ -50,6 +50,7 @@ const EMAIL_MESSAGE: &str = "must be an e-mail address: one '@', a dotted domain
     printcolumn = r#"{"name": "Email", "type": "string", "description": "The new sign-in e-mail", "jsonPath": ".spec.email"}"#,
     printcolumn = r#"{"name": "Phase", "type": "string", "description": "Pending, InProgress, Succeeded or Failed", "jsonPath": ".status.phase"}"#,
     printcolumn = r#"{"name": "Reason", "type": "string", "description": "Reason of the Ready condition", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name": "Redeemed", "type": "string", "description": "Reason of the Redeemed condition: PendingAcceptance, Accepted or NotRedeemed", "jsonPath": ".status.conditions[?(@.type==\"Redeemed\")].reason"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -212,6 +213,61 @@ pub struct GuestRedemptionResetStatus {
     /// The value of the guestreset.io/retry annotation that was last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_token: Option<String>,
+
+    /// The follow-through after `Issued`: has the guest redeemed the new invitation?
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redemption: Option<Redemption>,
+}
+
+/// The follow-through of one issued generation (docs/resource.md, "Following through").
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Redemption {
+    /// The generation whose invitation is followed; a new generation starts afresh.
+    pub generation: i64,
+    pub state: RedemptionState,
+    /// When the issuance began (the attempt's start): the watch and the age count from here,
+    /// and only a change of the guest's state after it (less the clock-skew allowance) counts.
+    pub since: Time,
+    /// `externalUserStateChangeDateTime` of the redemption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checked_at: Option<Time>,
+    /// No read of the guest before this time; absent once the state is final.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_check_at: Option<Time>,
+}
+
+/// The state of a follow-through; also the reason of the `Redeemed` condition.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedemptionState {
+    PendingAcceptance,
+    Accepted,
+    NotRedeemed,
+}
+
+impl RedemptionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedemptionState::PendingAcceptance => "PendingAcceptance",
+            RedemptionState::Accepted => "Accepted",
+            RedemptionState::NotRedeemed => "NotRedeemed",
+        }
+    }
+
+    /// The `status` of the `Redeemed` condition.
+    pub fn condition_status(self) -> &'static str {
+        match self {
+            RedemptionState::PendingAcceptance => "Unknown",
+            RedemptionState::Accepted => "True",
+            RedemptionState::NotRedeemed => "False",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        self != RedemptionState::PendingAcceptance
+    }
 }
 
 /// The user as Graph described it in the preflight read.

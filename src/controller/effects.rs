@@ -11,13 +11,15 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use tracing::warn;
 
-use super::decide::{Failure, Lookup, Posted, Resolution, SecretOwner, TenantGate};
+use super::decide::{Failure, FollowUp, Lookup, Posted, Resolution, SecretOwner, TenantGate};
 use super::pass::Io;
 use super::reason::Reason;
 use super::tenant::ProbeClaim;
 use super::{Context, MANAGER, failure_of};
-use crate::graph::{DirectoryUser, GraphClient, RedeemUrl, ResetRedemptionRequest, WriteSlot};
-use crate::resource::{GuestRedemptionReset, REDEEM_URL_SECRET_KEY};
+use crate::graph::{
+    Admission, DirectoryUser, GraphClient, RedeemUrl, ResetRedemptionRequest, WriteSlot,
+};
+use crate::resource::{GuestRedemptionReset, REDEEM_URL_SECRET_KEY, RedemptionState};
 use crate::shutdown::PostInFlight;
 
 /// Events notes are cut to this many bytes.
@@ -249,6 +251,36 @@ impl Io for KubeIo<'_> {
         self.in_flight = Some(self.ctx.shutdown.post_in_flight());
     }
 
+    fn spread(&mut self) -> f64 {
+        rand::random::<f64>()
+    }
+
+    async fn read_redemption(
+        &mut self,
+        obj: &GuestRedemptionReset,
+        user_id: &str,
+    ) -> Result<Option<DirectoryUser>, Failure> {
+        let key = obj.uid().unwrap_or_else(|| obj.name_any());
+        if let Admission::After(wait) = self.ctx.read_budget.admit(&key) {
+            self.ctx.metrics.record_redemption_check("deferred");
+            return Err(Failure::Throttled {
+                retry_after: Some(wait),
+            });
+        }
+        self.ctx.metrics.record_redemption_check("read");
+        self.graph()
+            .get_user_once(user_id)
+            .await
+            .map_err(|e| failure_of(&e))
+    }
+
+    async fn redemption_changed(&mut self, obj: &GuestRedemptionReset, follow_up: &FollowUp) {
+        let state = follow_up.redemption.state;
+        self.ctx.metrics.record_redemption(state);
+        let warning = state == RedemptionState::NotRedeemed;
+        publish_event(self.ctx, obj, state.as_str(), warning, &follow_up.message).await;
+    }
+
     async fn intent_recorded(&mut self) {
         if self.ctx.failpoint == Some(Failpoint::HangAfterIntent) {
             warn!("failpoint hang-after-intent reached");
@@ -392,17 +424,27 @@ async fn store_redeem_url(
 
 /// Emits an Event on the resource; its note carries `changeRef` when set.
 pub async fn publish(ctx: &Context, obj: &GuestRedemptionReset, reason: Reason, message: &str) {
+    publish_event(ctx, obj, reason.as_str(), reason.is_warning(), message).await;
+}
+
+async fn publish_event(
+    ctx: &Context,
+    obj: &GuestRedemptionReset,
+    reason: &str,
+    warning: bool,
+    message: &str,
+) {
     let note = match obj.spec.change_ref.as_deref() {
         Some(change) => format!("[{change}] {message}"),
         None => message.to_owned(),
     };
     let event = Event {
-        type_: if reason.is_warning() {
+        type_: if warning {
             EventType::Warning
         } else {
             EventType::Normal
         },
-        reason: reason.as_str().to_owned(),
+        reason: reason.to_owned(),
         note: Some(truncate(&note, EVENT_NOTE_LIMIT)),
         action: "Reconcile".to_owned(),
         secondary: None,

@@ -61,7 +61,8 @@ pub async fn run(
     // The controller waits for its cache to sync before it reconciles; a stop before that must
     // end the watch, or the graceful shutdown would wait for a sync that never comes.
     let resources = crate::shutdown::end_on_stop(resources, ctx.shutdown.clone());
-    let controller = Controller::for_stream(resources, reader).with_config(config);
+    let controller = Controller::for_stream(resources, reader.clone()).with_config(config);
+    let gauges = tokio::spawn(count_pending_redemptions(reader.clone(), ctx.clone()));
     // Ready once the watch cache has synced. Store::wait_until_ready cannot be awaited here:
     // its one-shot keeps a single waker and the controller awaits it too. The controller starts
     // reconciling only once its store is ready, so the first reconcile marks readiness; with no
@@ -82,6 +83,24 @@ pub async fn run(
             }
         })
         .await;
+    gauges.abort();
+}
+
+/// How often the gauges of pending redemptions are counted over the watch cache.
+const GAUGE_PERIOD: Duration = Duration::from_secs(10);
+
+/// Keeps the gauges of pending redemptions (count, oldest age) current: counted over the
+/// watch cache, so they cost no API call and agree with what every replica sees.
+async fn count_pending_redemptions(reader: reflector::Store<Watched>, ctx: Arc<Context>) {
+    let mut tick = tokio::time::interval(GAUGE_PERIOD);
+    loop {
+        tick.tick().await;
+        let objects = reader.state();
+        let valid = objects.iter().filter_map(|o| o.0.as_ref().ok());
+        let (count, oldest) = super::follow::pending_summary(valid, Timestamp::now());
+        let oldest = Duration::try_from(oldest).unwrap_or_default();
+        ctx.metrics.set_pending_redemptions(count, oldest);
+    }
 }
 
 /// A failed effect: logged, counted by its step, and told on the resource as a Warning Event.
@@ -139,8 +158,13 @@ pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action, E
     result
 }
 
-/// What a pass would do without looking further: nothing (settled) or wait (`nextAttemptAt`).
-fn quiet_action(obj: &GuestRedemptionReset, now: Timestamp) -> Option<Action> {
+/// What a pass would do without looking further: nothing (settled) or wait (`nextAttemptAt`,
+/// or the follow-through's `nextCheckAt`).
+fn quiet_action(
+    obj: &GuestRedemptionReset,
+    settings: &super::decide::Settings,
+    now: Timestamp,
+) -> Option<Action> {
     let status = obj.status.clone().unwrap_or_default();
     let observed = Observed {
         spec: &obj.spec,
@@ -150,14 +174,7 @@ fn quiet_action(obj: &GuestRedemptionReset, now: Timestamp) -> Option<Action> {
         failures: 0,
     };
     // The tenant gate matters only deeper in the flow; Open claims nothing.
-    let settings = super::decide::Settings::default();
-    match decide(
-        &observed,
-        &settings,
-        TenantGate::Open,
-        now,
-        &Pass::default(),
-    ) {
+    match decide(&observed, settings, TenantGate::Open, now, &Pass::default()) {
         Step::Nothing => Some(Action::await_change()),
         Step::Wait { until } => Some(action_of(Outcome::Wait(until_from(now, until)))),
         _ => None,
@@ -174,7 +191,7 @@ async fn fresh_pass(
     namespace: &str,
     name: &str,
 ) -> Result<Action, Error> {
-    if let Some(action) = quiet_action(&cached, Timestamp::now()) {
+    if let Some(action) = quiet_action(&cached, &ctx.settings, Timestamp::now()) {
         return Ok(action);
     }
     let api: Api<GuestRedemptionReset> = Api::namespaced(ctx.client.clone(), namespace);
@@ -182,7 +199,7 @@ async fn fresh_pass(
         ctx.forget(&cached);
         return Ok(Action::await_change());
     };
-    if let Some(action) = quiet_action(&fresh, Timestamp::now()) {
+    if let Some(action) = quiet_action(&fresh, &ctx.settings, Timestamp::now()) {
         return Ok(action);
     }
     fresh.managed_fields_mut().clear();

@@ -119,6 +119,22 @@ impl GraphClient {
         }
     }
 
+    /// `GET /users/{id}` in exactly **one** HTTP attempt, for the follow-through: the read
+    /// budget pays for one request, and a failed check simply comes again later.
+    pub async fn get_user_once(&self, id: &str) -> Result<Option<DirectoryUser>, GraphError> {
+        const CALL: GraphCall = GraphCall::GetUser;
+        let url = format!(
+            "{}/users/{}?$select={USER_SELECT}",
+            self.inner.base,
+            encode_path_segment(id)
+        );
+        match self.attempt(CALL, Method::GET, &url, None, 1).await {
+            Ok(answer) => decode::<DirectoryUser>(CALL, &answer).map(Some),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Users whose `mail` equals `mail` (Graph compares case-insensitively).
     pub async fn find_users_by_mail(&self, mail: &str) -> Result<Vec<DirectoryUser>, GraphError> {
         self.list_users(&mail_filter(mail)).await
