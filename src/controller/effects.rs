@@ -7,11 +7,11 @@ use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use tracing::warn;
 
 use super::decide::{Failure, FollowUp, Lookup, Posted, Resolution, SecretOwner, TenantGate};
+use super::events;
 use super::pass::Io;
 use super::reason::Reason;
 use super::tenant::ProbeClaim;
@@ -21,9 +21,6 @@ use crate::graph::{
 };
 use crate::resource::{GuestRedemptionReset, REDEEM_URL_SECRET_KEY, RedemptionState};
 use crate::shutdown::PostInFlight;
-
-/// Events notes are cut to this many bytes.
-const EVENT_NOTE_LIMIT: usize = 1000;
 
 /// One pass's view of the world.
 pub struct KubeIo<'a> {
@@ -68,17 +65,6 @@ fn is_conflict(err: &kube::Error) -> bool {
 
 fn is_not_found(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(status) if status.code == 404)
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }
 
 impl Io for KubeIo<'_> {
@@ -244,7 +230,7 @@ impl Io for KubeIo<'_> {
     }
 
     async fn publish(&mut self, obj: &GuestRedemptionReset, reason: Reason, message: &str) {
-        publish(self.ctx, obj, reason, message).await;
+        events::publish(self.ctx, obj, reason, message).await;
     }
 
     fn sending(&mut self) {
@@ -278,7 +264,7 @@ impl Io for KubeIo<'_> {
         let state = follow_up.redemption.state;
         self.ctx.metrics.record_redemption(state);
         let warning = state == RedemptionState::NotRedeemed;
-        publish_event(self.ctx, obj, state.as_str(), warning, &follow_up.message).await;
+        events::publish_event(self.ctx, obj, state.as_str(), warning, &follow_up.message).await;
     }
 
     async fn intent_recorded(&mut self) {
@@ -420,36 +406,4 @@ async fn store_redeem_url(
         }
     }
     Err(SecretError::Foreign(name.to_owned()))
-}
-
-/// Emits an Event on the resource; its note carries `changeRef` when set.
-pub async fn publish(ctx: &Context, obj: &GuestRedemptionReset, reason: Reason, message: &str) {
-    publish_event(ctx, obj, reason.as_str(), reason.is_warning(), message).await;
-}
-
-async fn publish_event(
-    ctx: &Context,
-    obj: &GuestRedemptionReset,
-    reason: &str,
-    warning: bool,
-    message: &str,
-) {
-    let note = match obj.spec.change_ref.as_deref() {
-        Some(change) => format!("[{change}] {message}"),
-        None => message.to_owned(),
-    };
-    let event = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.to_owned(),
-        note: Some(truncate(&note, EVENT_NOTE_LIMIT)),
-        action: "Reconcile".to_owned(),
-        secondary: None,
-    };
-    if let Err(err) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
-        warn!(error = %err, "could not publish an event");
-    }
 }

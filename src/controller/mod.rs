@@ -11,6 +11,7 @@
 pub mod decide;
 pub mod effects;
 pub mod error;
+pub mod events;
 pub mod failures;
 pub mod follow;
 pub mod io;

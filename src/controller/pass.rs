@@ -207,15 +207,8 @@ impl PassRunner {
                 Ok(())
             }
             Step::Report(report) => self.finish(io, *report, now).await,
-            Step::CheckRedemption { user_id } => {
-                let current = self.current.clone();
-                let result = self
-                    .unless_stopping(io, |io| io.read_redemption(&current, &user_id))
-                    .await?;
-                self.pass.redemption_read = Some(Read { result, at: now });
-                Ok(())
-            }
-            Step::RecordRedemption(follow_up) => self.record_redemption(io, &follow_up, now).await,
+            Step::CheckRedemption { user_id } => self.check_redemption(io, &user_id, now).await,
+            Step::RecordRedemption(up) => self.record_redemption(io, &up, now).await,
         }
     }
 
@@ -310,6 +303,16 @@ impl PassRunner {
         self.pass.marked_sending = true;
         self.pass.marked_at = Some(now);
         io.sending();
+        Ok(())
+    }
+
+    /// The follow-through's read of the guest, within the read budget.
+    async fn check_redemption<I: Io>(&mut self, io: &mut I, user_id: &str, now: Timestamp) -> Flow {
+        let current = self.current.clone();
+        let result = self
+            .unless_stopping(io, |io| io.read_redemption(&current, user_id))
+            .await?;
+        self.pass.redemption_read = Some(Read { result, at: now });
         Ok(())
     }
 
