@@ -363,7 +363,10 @@ impl PassRunner {
             io.publish(&self.current, report.reason, &report.message)
                 .await;
         }
-        if let Some(follow_up) = &report.redemption {
+        // Only when it was written: a newer generation acknowledged meanwhile keeps none.
+        if let Some(follow_up) = &report.redemption
+            && self.status().redemption.as_ref() == Some(&follow_up.redemption)
+        {
             io.redemption_changed(&self.current, follow_up).await;
         }
         Err(End::Done(Outcome::Reported(Box::new(report))))
