@@ -5,8 +5,10 @@
 //! `decide`, the [`preflight`], the recovery of an interrupted attempt in [`recover`], with
 //! [`step`] the vocabulary they share and [`report`] what a pass ends with; [`io`] is the trait
 //! of the effects and [`effects`] performs them against the API server and Graph; [`status`]
-//! holds the pure status transitions. [`tenant`], [`failures`] and [`error`] are the tenant
-//! pause, the backoff counts and the errors of the effects.
+//! holds the pure status transitions. [`follow`] is the follow-through after `Issued` (did the
+//! guest redeem?) on the schedule of [`schedule`]; [`events`] the Events on the resource.
+//! [`tenant`], [`failures`] and [`error`] are the tenant pause, the backoff counts and the
+//! errors of the effects.
 
 pub mod decide;
 pub mod effects;
