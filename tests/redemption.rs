@@ -202,9 +202,9 @@ async fn a_redemption_flips_redeemed_to_true_within_one_scheduled_check() {
         table.contains("REDEEMED") && table.contains("Accepted"),
         "{table}"
     );
-    // An Event for each change, with the changeRef.
+    // An Event for each change, with the changeRef: the Issued one tells the start.
     let events = w.events("alice").await;
-    for reason in ["PendingAcceptance", "Accepted"] {
+    for reason in ["Issued", "Accepted"] {
         let event = events
             .iter()
             .find(|e| e.reason.as_deref() == Some(reason))
