@@ -291,5 +291,9 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
+        assert!(
+            !text.contains(r#"state="PendingAcceptance""#),
+            "only ended follow-throughs are counted"
+        );
     }
 }
