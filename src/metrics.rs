@@ -50,7 +50,7 @@ pub struct Metrics {
     pub tenant_paused: Gauge,
     pub leader: Gauge,
     pub redemptions_pending: Gauge,
-    pub redemption_oldest_pending: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub redemption_oldest_pending: AgeGauge,
     pub redemption_outcomes: Family<StateLabel, Counter>,
     pub redemption_checks: Family<ResultOnlyLabel, Counter>,
 }
@@ -130,37 +130,13 @@ impl Metrics {
             "1 while this process holds the leader lease (or runs without leader election)",
             leader.clone(),
         );
-        let redemptions_pending = Gauge::default();
-        registry.register(
-            "redemptions_pending",
-            "Issued resets whose guest has not redeemed the new invitation yet (Redeemed=Unknown)",
-            redemptions_pending.clone(),
-        );
-        let redemption_oldest_pending = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-        registry.register_with_unit(
-            "redemption_oldest_pending_age",
-            "Age of the oldest pending redemption, counted from its issuance",
-            prometheus_client::registry::Unit::Seconds,
-            redemption_oldest_pending.clone(),
-        );
-        let redemption_outcomes = Family::<StateLabel, Counter>::default();
-        registry.register(
-            "redemption_outcomes",
-            "Follow-throughs that ended, by state: Accepted (redeemed) or NotRedeemed",
-            redemption_outcomes.clone(),
-        );
-        let redemption_checks = Family::<ResultOnlyLabel, Counter>::default();
-        registry.register(
-            "redemption_checks",
-            "Follow-through checks: read (one Graph read) or deferred by the read budget",
-            redemption_checks.clone(),
-        );
+        let follow = register_follow_through(&mut registry);
         Metrics {
             registry,
-            redemptions_pending,
-            redemption_oldest_pending,
-            redemption_outcomes,
-            redemption_checks,
+            redemptions_pending: follow.pending,
+            redemption_oldest_pending: follow.oldest,
+            redemption_outcomes: follow.outcomes,
+            redemption_checks: follow.checks,
             reconciles,
             reconcile_duration,
             outcomes,
@@ -225,6 +201,52 @@ impl Metrics {
         };
         self.reconciles.get_or_create(&label).inc();
         self.reconcile_duration.observe(took.as_secs_f64());
+    }
+}
+
+/// The age of the oldest pending redemption, in seconds.
+type AgeGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+struct FollowThrough {
+    pending: Gauge,
+    oldest: AgeGauge,
+    outcomes: Family<StateLabel, Counter>,
+    checks: Family<ResultOnlyLabel, Counter>,
+}
+
+/// The follow-through's metrics: pending redemptions, the oldest one's age, how they ended,
+/// and the checks the read budget let through or deferred.
+fn register_follow_through(registry: &mut Registry) -> FollowThrough {
+    let redemptions_pending = Gauge::default();
+    registry.register(
+        "redemptions_pending",
+        "Issued resets whose guest has not redeemed the new invitation yet (Redeemed=Unknown)",
+        redemptions_pending.clone(),
+    );
+    let redemption_oldest_pending = AgeGauge::default();
+    registry.register_with_unit(
+        "redemption_oldest_pending_age",
+        "Age of the oldest pending redemption, counted from its issuance",
+        prometheus_client::registry::Unit::Seconds,
+        redemption_oldest_pending.clone(),
+    );
+    let redemption_outcomes = Family::<StateLabel, Counter>::default();
+    registry.register(
+        "redemption_outcomes",
+        "Follow-throughs that ended, by state: Accepted (redeemed) or NotRedeemed",
+        redemption_outcomes.clone(),
+    );
+    let redemption_checks = Family::<ResultOnlyLabel, Counter>::default();
+    registry.register(
+        "redemption_checks",
+        "Follow-through checks: read (one Graph read) or deferred by the read budget",
+        redemption_checks.clone(),
+    );
+    FollowThrough {
+        pending: redemptions_pending,
+        oldest: redemption_oldest_pending,
+        outcomes: redemption_outcomes,
+        checks: redemption_checks,
     }
 }
 

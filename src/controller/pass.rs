@@ -363,9 +363,7 @@ impl PassRunner {
             io.publish(&self.current, report.reason, &report.message)
                 .await;
         }
-        // The start of the follow-through gets no Event of its own: the Issued Event already
-        // says the invitation is PendingAcceptance, and a second Event per issuance cost a
-        // burst 15 % of its throughput (docs/performance.md, B1 with B7).
+        // A follow-through's start has no Event: Issued's says PendingAcceptance (resource.md).
         Err(End::Done(Outcome::Reported(Box::new(report))))
     }
 

@@ -23,6 +23,9 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+/// The follow-through's single-attempt read.
+mod once;
+
 /// A guard against a server that keeps handing out next links.
 const MAX_PAGES: usize = 50;
 
@@ -113,22 +116,6 @@ impl GraphClient {
             encode_path_segment(id_or_upn)
         );
         match self.execute(CALL, Method::GET, &url, None).await {
-            Ok(answer) => decode::<DirectoryUser>(CALL, &answer).map(Some),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// `GET /users/{id}` in exactly **one** HTTP attempt, for the follow-through: the read
-    /// budget pays for one request, and a failed check simply comes again later.
-    pub async fn get_user_once(&self, id: &str) -> Result<Option<DirectoryUser>, GraphError> {
-        const CALL: GraphCall = GraphCall::GetUser;
-        let url = format!(
-            "{}/users/{}?$select={USER_SELECT}",
-            self.inner.base,
-            encode_path_segment(id)
-        );
-        match self.attempt(CALL, Method::GET, &url, None, 1).await {
             Ok(answer) => decode::<DirectoryUser>(CALL, &answer).map(Some),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),

@@ -84,6 +84,19 @@ pub async fn b7(ctx: &Ctx, n: usize, window: Duration, table: &mut Table) -> Res
 
     eprintln!("B7: a restart over them for {}", secs(window));
     let again = observe(ctx, &sim, &api, &namespace, "b7-restart", window).await?;
+    restart_rows(&again, &read_first, &due, &names, table);
+    Ok(())
+}
+
+/// After a restart: no read or write of a resource checked before it or not due.
+fn restart_rows(
+    again: &Run,
+    read_first: &HashSet<&str>,
+    due: &HashSet<&str>,
+    names: &HashMap<&str, &str>,
+    table: &mut Table,
+) {
+    let due_names: HashSet<&str> = due.iter().map(|id| names[id]).collect();
     let repeated = again
         .reads
         .iter()
@@ -100,14 +113,13 @@ pub async fn b7(ctx: &Ctx, n: usize, window: Duration, table: &mut Table) -> Res
         format!(
             "after a restart: reads | status writes of resources not due (checked before, or due in a day); {} reads of the {} still due",
             again.reads.len() - repeated,
-            due_n - read_first.len()
+            due.len() - read_first.len()
         ),
         format!("{repeated} | {rewritten}"),
         "0 | 0",
         repeated == 0 && rewritten == 0,
     );
     table.info(B, "memory after the restart", memory_value(again.memory));
-    Ok(())
 }
 
 /// What one operator run did: the follow-through reads (time, user id), the resources whose
