@@ -1124,9 +1124,17 @@ impl Chaos {
             let Some(g) = t.generation(*generation) else {
                 continue;
             };
+            // A retry value set after an effective POST runs the generation again (3.5): the
+            // OutcomeUnknown may be that later attempt's, correct when its own POST took no
+            // effect. Only effective POSTs after the last such retry can contradict it.
+            let last_retry = t.retries.iter().filter(|r| **r < *at).max();
             let before: Vec<&InvitationRecord> = effective(t, &g.email)
                 .into_iter()
                 .filter(|i| i.at.parse::<Timestamp>().is_ok_and(|p| p < *at))
+                .filter(|i| {
+                    let posted = i.at.parse::<Timestamp>().ok();
+                    last_retry.is_none_or(|r| posted.is_some_and(|p| p > *r))
+                })
                 .collect();
             if before.is_empty() {
                 continue;
