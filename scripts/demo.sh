@@ -2,7 +2,9 @@
 # guestreset end to end on this machine, in one command: a local Kubernetes control
 # plane, the Graph simulator seeded with scripts/demo-directory.yaml, the controller,
 # and the manifests of examples/ applied to namespace `identity`. Prints the resources,
-# the Graph calls the controller made and the redeem-URL Secret, then stops everything.
+# the Graph calls the controller made and the redeem-URL Secret, then follows through:
+# one guest redeems its new invitation (Redeemed=True), the others stay pending. Then it
+# stops everything.
 #
 #   scripts/demo.sh           run the demo, then stop what it started
 #   scripts/demo.sh --keep    leave it running to explore; prints how to use and stop it
@@ -30,6 +32,11 @@ SIM_CLIENT_ID=00000000-0000-0000-0000-0000000000bb
 SIM_CLIENT_SECRET=sim-secret
 # Seconds a stopping process gets before SIGKILL.
 STOP_GRACE=20
+# The follow-through's first interval; 5 minutes in production, seconds for a demo (the
+# later intervals scale with it: docs/resource.md, "Following through").
+FIRST_CHECK=5s
+# The guest of examples/reset-by-id.yaml, who redeems in the demo.
+ALICE_ID=3f0a6c1e-8d2b-4c55-9b0e-2f6a1d9c7e41
 
 START=$SECONDS
 say() { printf '\n==> [%3ds] %s\n' $((SECONDS - START)) "$*"; }
@@ -188,7 +195,8 @@ start_daemon "$STATE/guestreset.pid" "$STATE/guestreset.log" \
   AZURE_TENANT_ID=$SIM_TENANT_ID AZURE_CLIENT_ID=$SIM_CLIENT_ID AZURE_CLIENT_SECRET=$SIM_CLIENT_SECRET \
   AZURE_AUTHORITY_HOST="$SIM_URL" GRAPH_ENDPOINT="$SIM_URL" SSL_CERT_FILE="$SIM_CA" \
   KUBECONFIG="$KUBECONFIG" NO_COLOR=1 \
-  "$GUESTRESET" run --log-format text --metrics-addr 127.0.0.1:0
+  "$GUESTRESET" run --log-format text --metrics-addr 127.0.0.1:0 \
+  --redemption-first-check "$FIRST_CHECK"
 deadline=$((SECONDS + 30))
 METRICS_ADDR=""
 until [[ -n $METRICS_ADDR ]] && curl -sf --max-time 2 "http://$METRICS_ADDR/readyz" >/dev/null; do
@@ -299,6 +307,27 @@ say "The controller's own count (http://$METRICS_ADDR/metrics)"
 curl -sf --max-time 5 "http://$METRICS_ADDR/metrics" |
   grep -E '^guestreset_(outcomes_total|graph_requests_total|tenant_paused|leader)[{ ]' | sed 's/^/    /' || true
 
+say "Following through: has each guest redeemed the new invitation? (Redeemed condition)"
+note "alice redeems hers now (the simulator plays the guest: externalUserState Accepted);"
+note "the controller reads each guest on a schedule (here every ${FIRST_CHECK} at first) within its read budget."
+curl -sS --fail --max-time 10 --cacert "$SIM_CA" -X POST "$SIM_URL/_sim/users/$ALICE_ID/redeem" >/dev/null
+kubectl wait -n "$NAMESPACE" grr/alice-to-newco --for=condition=Redeemed --timeout=120s
+# The others are issued and pending: their Redeemed condition is Unknown/PendingAcceptance.
+deadline=$((SECONDS + 60))
+until kubectl get grr -n "$NAMESPACE" bob-recreated-account -o json |
+  jq -e '.status.conditions[]? | select(.type == "Redeemed" and .reason == "PendingAcceptance")' >/dev/null; do
+  ((SECONDS < deadline)) || die "bob-recreated-account has no pending Redeemed condition"
+  sleep 1
+done
+kubectl get grr -n "$NAMESPACE"
+kubectl get grr -n "$NAMESPACE" -o json | jq -r '.items[] | "    \(.metadata.name): "
+  + (((.status.conditions // []) | map(select(.type == "Redeemed"))[0]) as $c
+     | if $c == null then "no follow-through (dry run)" else "\($c.reason): \($c.message)" end)'
+curl -sf --max-time 5 "http://$METRICS_ADDR/metrics" |
+  grep -E '^guestreset_(redemptions_pending|redemption_oldest_pending_age_seconds|redemption_outcomes_total|redemption_checks_total)[{ ]' |
+  sed 's/^/    /' || true
+note "(the pending gauges are counted every 10 s; alert on the oldest age: docs/operations.md)"
+
 say "Events in $NAMESPACE by reason"
 kubectl get events -n "$NAMESPACE" -o json | jq -r '.items | group_by(.reason)
   | map("\(.[0].reason) \(map(.count // 1) | add)") | "    " + join(", ")'
@@ -314,6 +343,9 @@ if [[ $MODE == keep ]]; then
     # a spec edit is a new generation: issued once more
     kubectl patch grr -n $NAMESPACE alice-to-newco --type merge -p '{"spec":{"email":"alice@newco2.example"}}'
     kubectl wait grr -n $NAMESPACE alice-to-newco --for=condition=Ready --timeout=2m
+    # the guest redeems the new invitation; the follow-through sees it at its next check
+    curl -s --cacert $SIM_CA -X POST $SIM_URL/_sim/users/$ALICE_ID/redeem | jq .externalUserState
+    kubectl wait grr -n $NAMESPACE alice-to-newco --for=condition=Redeemed --timeout=2m
     # what Graph saw, and the controller's metrics
     curl -s --cacert $SIM_CA $SIM_URL/_sim/journal | jq
     curl -s http://$METRICS_ADDR/metrics

@@ -8,8 +8,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use jiff::SignedDuration;
 
 use crate::controller::decide::Settings;
+use crate::controller::schedule::Schedule;
 use crate::controller::tenant::TenantGuard;
-use crate::graph::{self, GraphClient, GraphSettings, WriteLimiter};
+use crate::graph::{self, GraphClient, GraphSettings, ReadBudget, WriteLimiter};
 
 /// Resets Microsoft Entra B2B guest redemptions declaratively, once per generation.
 #[derive(Parser)]
@@ -57,6 +58,19 @@ pub struct RunArgs {
     /// interrupted reset.
     #[arg(long, env = "REPLICATION_WINDOW", default_value = "2m", value_parser = parse_duration)]
     pub replication_window: SignedDuration,
+    /// The follow-through after an issuance reads the guest until it redeemed or this long
+    /// has passed (then `Redeemed=False`, `NotRedeemed`). Days as `30d`.
+    #[arg(long, env = "REDEMPTION_WATCH", default_value = "30d", value_parser = parse_duration)]
+    pub redemption_watch: SignedDuration,
+    /// The first interval of the follow-through's schedule; the later ones scale with it
+    /// (×3 from a quarter hour of age, ×12 from an hour, ×72 from 6 hours, ×288 from a day:
+    /// 5m, 15m, 1h, 6h, daily by default). Shorter only for tests and demos.
+    #[arg(long, env = "REDEMPTION_FIRST_CHECK", default_value = "5m", value_parser = parse_duration)]
+    pub redemption_first_check: SignedDuration,
+    /// The budget of the follow-through's Graph reads, apart from the write limit: a read
+    /// never waits for it, a deferred check simply moves.
+    #[arg(long, env = "MAX_READS_PER_MINUTE", default_value_t = 60)]
+    pub max_reads_per_minute: u32,
     /// Resources reconciled at once.
     #[arg(long, env = "CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
@@ -120,6 +134,7 @@ impl RunArgs {
             namespace = self.watch_namespace().as_deref().unwrap_or("(all)"),
             max_writes_per_minute = limiter.per_minute(),
             write_burst = limiter.burst(),
+            max_reads_per_minute = self.max_reads_per_minute,
             "starting guestreset"
         );
         Ok(GraphClient::new(settings, http, credential, limiter))
@@ -158,6 +173,10 @@ impl RunArgs {
         WriteLimiter::new(self.max_writes_per_minute, self.write_burst)
     }
 
+    pub fn read_budget(&self) -> ReadBudget {
+        ReadBudget::new(self.max_reads_per_minute)
+    }
+
     /// The tenant pause, persisted in ConfigMap `<lease name>-tenant` of the controller's
     /// namespace (the Lease's), so that every replica and every restart honours it.
     pub fn tenant_guard(&self, client: &kube::Client) -> TenantGuard {
@@ -184,12 +203,25 @@ impl RunArgs {
             replication_window: self.replication_window,
             post_timeout: SignedDuration::try_from(self.graph_timeout)
                 .unwrap_or(SignedDuration::MAX),
+            schedule: Schedule {
+                first: self
+                    .redemption_first_check
+                    .max(SignedDuration::from_secs(1)),
+                watch: self.redemption_watch,
+            },
             ..Settings::default()
         }
     }
 }
 
 pub fn parse_duration(text: &str) -> Result<SignedDuration, String> {
+    // Whole days, as `30d`: a day here is 24 hours (the watch is not calendar arithmetic).
+    if let Some(days) = text.strip_suffix('d')
+        && let Ok(days) = days.parse::<i64>()
+        && (0..=3650).contains(&days)
+    {
+        return Ok(SignedDuration::from_hours(days * 24));
+    }
     let duration: SignedDuration = text
         .parse()
         .map_err(|e| format!("{text:?} is not a duration like 30s, 2m or 1h: {e}"))?;
@@ -227,6 +259,10 @@ mod tests {
             parse_duration("30s").unwrap(),
             SignedDuration::from_secs(30)
         );
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            SignedDuration::from_hours(720)
+        );
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-5s").is_err());
     }
@@ -240,6 +276,11 @@ mod tests {
         assert_eq!(args.graph_timeout, Duration::from_secs(30));
         assert!(args.allowed_email_domains.is_empty());
         assert!(!args.leader_elect);
+        assert_eq!(args.max_reads_per_minute, 60);
+        assert_eq!(args.redemption_watch, SignedDuration::from_hours(30 * 24));
+        let schedule = args.decide_settings().schedule;
+        assert_eq!(schedule.first, SignedDuration::from_mins(5));
+        assert_eq!(schedule.watch, SignedDuration::from_hours(720));
     }
 
     #[test]

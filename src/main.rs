@@ -58,7 +58,8 @@ async fn start(args: &RunArgs, stop: &Shutdown) -> Result<(Arc<Context>, TcpList
     let kube = kube::Client::try_default().await?;
     let (settings, tenant) = (args.decide_settings(), args.tenant_guard(&kube));
     let ready = Readiness::default();
-    let ctx = Context::new(kube, graph, settings, tenant, metrics, ready, stop.clone());
+    let ctx = Context::new(kube, graph, settings, tenant, metrics, ready, stop.clone())
+        .with_read_budget(args.read_budget());
     Ok((Arc::new(ctx), TcpListener::bind(args.metrics_addr).await?))
 }
 

@@ -11,6 +11,7 @@ use prometheus_client::registry::Registry;
 
 use crate::controller::reason::Reason;
 use crate::graph::{GraphCall, GraphObserver};
+use crate::resource::RedemptionState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -48,6 +49,21 @@ pub struct Metrics {
     pub limiter_wait: Histogram,
     pub tenant_paused: Gauge,
     pub leader: Gauge,
+    pub redemptions_pending: Gauge,
+    pub redemption_oldest_pending: AgeGauge,
+    pub redemption_outcomes: Family<StateLabel, Counter>,
+    pub redemption_checks: Family<ResultOnlyLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultOnlyLabel {
+    /// `read` (a Graph read was made) or `deferred` (the read budget moved the check).
+    pub result: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -114,8 +130,13 @@ impl Metrics {
             "1 while this process holds the leader lease (or runs without leader election)",
             leader.clone(),
         );
+        let follow = register_follow_through(&mut registry);
         Metrics {
             registry,
+            redemptions_pending: follow.pending,
+            redemption_oldest_pending: follow.oldest,
+            redemption_outcomes: follow.outcomes,
+            redemption_checks: follow.checks,
             reconciles,
             reconcile_duration,
             outcomes,
@@ -143,6 +164,29 @@ impl Metrics {
             .inc();
     }
 
+    /// A follow-through changed state; the final ones are counted.
+    pub fn record_redemption(&self, state: RedemptionState) {
+        if state.is_final() {
+            self.redemption_outcomes
+                .get_or_create(&StateLabel {
+                    state: state.as_str(),
+                })
+                .inc();
+        }
+    }
+
+    pub fn record_redemption_check(&self, result: &'static str) {
+        self.redemption_checks
+            .get_or_create(&ResultOnlyLabel { result })
+            .inc();
+    }
+
+    /// The pending follow-throughs, as counted over the watch cache.
+    pub fn set_pending_redemptions(&self, count: i64, oldest: Duration) {
+        self.redemptions_pending.set(count);
+        self.redemption_oldest_pending.set(oldest.as_secs_f64());
+    }
+
     /// A finished reconcile: `failed_step` names the step whose effect failed, if one did.
     pub fn record_reconcile(&self, failed_step: Option<&'static str>, took: Duration) {
         let label = match failed_step {
@@ -157,6 +201,52 @@ impl Metrics {
         };
         self.reconciles.get_or_create(&label).inc();
         self.reconcile_duration.observe(took.as_secs_f64());
+    }
+}
+
+/// The age of the oldest pending redemption, in seconds.
+type AgeGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+struct FollowThrough {
+    pending: Gauge,
+    oldest: AgeGauge,
+    outcomes: Family<StateLabel, Counter>,
+    checks: Family<ResultOnlyLabel, Counter>,
+}
+
+/// The follow-through's metrics: pending redemptions, the oldest one's age, how they ended,
+/// and the checks the read budget let through or deferred.
+fn register_follow_through(registry: &mut Registry) -> FollowThrough {
+    let redemptions_pending = Gauge::default();
+    registry.register(
+        "redemptions_pending",
+        "Issued resets whose guest has not redeemed the new invitation yet (Redeemed=Unknown)",
+        redemptions_pending.clone(),
+    );
+    let redemption_oldest_pending = AgeGauge::default();
+    registry.register_with_unit(
+        "redemption_oldest_pending_age",
+        "Age of the oldest pending redemption, counted from its issuance",
+        prometheus_client::registry::Unit::Seconds,
+        redemption_oldest_pending.clone(),
+    );
+    let redemption_outcomes = Family::<StateLabel, Counter>::default();
+    registry.register(
+        "redemption_outcomes",
+        "Follow-throughs that ended, by state: Accepted (redeemed) or NotRedeemed",
+        redemption_outcomes.clone(),
+    );
+    let redemption_checks = Family::<ResultOnlyLabel, Counter>::default();
+    registry.register(
+        "redemption_checks",
+        "Follow-through checks: read (one Graph read) or deferred by the read budget",
+        redemption_checks.clone(),
+    );
+    FollowThrough {
+        pending: redemptions_pending,
+        oldest: redemption_oldest_pending,
+        outcomes: redemption_outcomes,
+        checks: redemption_checks,
     }
 }
 
@@ -199,6 +289,11 @@ mod tests {
         metrics.request(GraphCall::GetUser, None, Duration::from_millis(30));
         metrics.limiter_wait(Duration::from_secs(2));
         metrics.tenant_paused.set(1);
+        metrics.record_redemption(RedemptionState::PendingAcceptance);
+        metrics.record_redemption(RedemptionState::Accepted);
+        metrics.record_redemption(RedemptionState::NotRedeemed);
+        metrics.record_redemption_check("deferred");
+        metrics.set_pending_redemptions(3, Duration::from_secs(7200));
         let text = metrics.encode();
         for needle in [
             r#"guestreset_outcomes_total{reason="Issued"} 1"#,
@@ -210,8 +305,17 @@ mod tests {
             "guestreset_write_limiter_wait_seconds_sum 2.0",
             "guestreset_tenant_paused 1",
             "guestreset_reconcile_duration_seconds_count 2",
+            r#"guestreset_redemption_outcomes_total{state="Accepted"} 1"#,
+            r#"guestreset_redemption_outcomes_total{state="NotRedeemed"} 1"#,
+            r#"guestreset_redemption_checks_total{result="deferred"} 1"#,
+            "guestreset_redemptions_pending 3",
+            "guestreset_redemption_oldest_pending_age_seconds 7200.0",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
+        assert!(
+            !text.contains(r#"state="PendingAcceptance""#),
+            "only ended follow-throughs are counted"
+        );
     }
 }

@@ -10,6 +10,9 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 /// API group of the resource.
+mod redemption;
+pub use redemption::{Redemption, RedemptionState};
+
 pub const GROUP: &str = "guestreset.io";
 /// Annotation whose new value asks for one more try of the current generation (docs/resource.md,
 /// "Asking again").
@@ -50,6 +53,7 @@ const EMAIL_MESSAGE: &str = "must be an e-mail address: one '@', a dotted domain
     printcolumn = r#"{"name": "Email", "type": "string", "description": "The new sign-in e-mail", "jsonPath": ".spec.email"}"#,
     printcolumn = r#"{"name": "Phase", "type": "string", "description": "Pending, InProgress, Succeeded or Failed", "jsonPath": ".status.phase"}"#,
     printcolumn = r#"{"name": "Reason", "type": "string", "description": "Reason of the Ready condition", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name": "Redeemed", "type": "string", "description": "Reason of the Redeemed condition: PendingAcceptance, Accepted or NotRedeemed", "jsonPath": ".status.conditions[?(@.type==\"Redeemed\")].reason"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -212,6 +216,10 @@ pub struct GuestRedemptionResetStatus {
     /// The value of the guestreset.io/retry annotation that was last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_token: Option<String>,
+
+    /// The follow-through after `Issued`: has the guest redeemed the new invitation?
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redemption: Option<Redemption>,
 }
 
 /// The user as Graph described it in the preflight read.

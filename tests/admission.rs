@@ -26,7 +26,9 @@ const CRD_FILE: &str = "crds/guestredemptionresets.guestreset.io.yaml";
 const GUID: &str = "3f0a6c1e-8d2b-4c55-9b0e-2f6a1d9c7e41";
 const UPN: &str = "alice_contoso.com#EXT#@fabrikam.onmicrosoft.com";
 /// The printer columns of docs/resource.md, as `kubectl get` prints their names.
-const COLUMNS: [&str; 6] = ["NAME", "USER", "EMAIL", "PHASE", "REASON", "AGE"];
+const COLUMNS: [&str; 7] = [
+    "NAME", "USER", "EMAIL", "PHASE", "REASON", "REDEEMED", "AGE",
+];
 /// Bound on anything the API server does asynchronously (establishing the CRD,
 /// publishing discovery and OpenAPI).
 const SETTLE: Duration = Duration::from_secs(90);
@@ -475,7 +477,16 @@ async fn kubectl_get_shows_the_printer_columns() {
     )
     .await
     .expect("create");
-    write_status(&api, name, issued_status(1, UPN)).await;
+    let mut status = issued_status(1, UPN);
+    status.conditions.push(Condition {
+        type_: "Redeemed".into(),
+        status: "Unknown".into(),
+        reason: "PendingAcceptance".into(),
+        message: "issued 1m ago; the guest has not redeemed the invitation yet".into(),
+        observed_generation: Some(1),
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+    });
+    write_status(&api, name, status).await;
 
     for args in [
         vec!["get", "grr", "-n", &ns],
@@ -506,11 +517,11 @@ async fn kubectl_get_shows_the_printer_columns() {
             .split_whitespace()
             .collect();
         assert_eq!(
-            row[..5],
-            [name, UPN, email, "Succeeded", "Issued"],
+            row[..6],
+            [name, UPN, email, "Succeeded", "Issued", "PendingAcceptance"],
             "kubectl {args:?} row:\n{stdout}"
         );
-        assert_eq!(row.len(), 6, "kubectl {args:?} row:\n{stdout}");
+        assert_eq!(row.len(), 7, "kubectl {args:?} row:\n{stdout}");
     }
 }
 

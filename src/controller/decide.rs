@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
+use super::follow;
 use super::preflight::{Stage, Target, preflight};
 use super::reason::Reason;
 use super::recover::recover;
@@ -21,8 +22,8 @@ use crate::graph::DirectoryUser;
 
 pub use super::preflight::policy_denial;
 pub use super::step::{
-    Failure, Lookup, Observed, Pass, Posted, Read, Resolution, SecretOwner, Settings, Step,
-    TenantGate, Write, WritePrep,
+    Failure, FollowUp, Lookup, Observed, Pass, Posted, Read, Resolution, SecretOwner, Settings,
+    Step, TenantGate, Write, WritePrep,
 };
 
 /// How often the directory is re-read while waiting for replication.
@@ -54,7 +55,7 @@ pub fn decide(
         .and_then(|target| issue(o, tenant, now, pass, &target));
     match staged {
         Ok(never) => match never {},
-        Err(step) => step,
+        Err(step) => follow::with_start(step, o, settings, now, pass),
     }
 }
 
@@ -64,11 +65,13 @@ fn entry(o: &Observed<'_>, settings: &Settings, now: Timestamp, pass: &Pass) -> 
     let retry_pending = o
         .retry_annotation
         .filter(|token| Some(*token) != status.retry_token.as_deref());
-    if settled_reason(o).is_some() {
+    if let Some(reason) = settled_reason(o) {
         return Err(match retry_pending {
             Some(token) => Step::AcceptRetry {
                 token: token.to_owned(),
             },
+            // Settled for issuance; the follow-through is a separate, later concern.
+            None if reason == Reason::Issued => follow::follow_through(o, settings, now, pass),
             None => Step::Nothing,
         });
     }

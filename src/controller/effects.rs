@@ -7,21 +7,20 @@ use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use tracing::warn;
 
-use super::decide::{Failure, Lookup, Posted, Resolution, SecretOwner, TenantGate};
+use super::decide::{Failure, FollowUp, Lookup, Posted, Resolution, SecretOwner, TenantGate};
+use super::events;
 use super::pass::Io;
 use super::reason::Reason;
 use super::tenant::ProbeClaim;
 use super::{Context, MANAGER, failure_of};
-use crate::graph::{DirectoryUser, GraphClient, RedeemUrl, ResetRedemptionRequest, WriteSlot};
-use crate::resource::{GuestRedemptionReset, REDEEM_URL_SECRET_KEY};
+use crate::graph::{
+    Admission, DirectoryUser, GraphClient, RedeemUrl, ResetRedemptionRequest, WriteSlot,
+};
+use crate::resource::{GuestRedemptionReset, REDEEM_URL_SECRET_KEY, RedemptionState};
 use crate::shutdown::PostInFlight;
-
-/// Events notes are cut to this many bytes.
-const EVENT_NOTE_LIMIT: usize = 1000;
 
 /// One pass's view of the world.
 pub struct KubeIo<'a> {
@@ -66,17 +65,6 @@ fn is_conflict(err: &kube::Error) -> bool {
 
 fn is_not_found(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(status) if status.code == 404)
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }
 
 impl Io for KubeIo<'_> {
@@ -242,11 +230,41 @@ impl Io for KubeIo<'_> {
     }
 
     async fn publish(&mut self, obj: &GuestRedemptionReset, reason: Reason, message: &str) {
-        publish(self.ctx, obj, reason, message).await;
+        events::publish(self.ctx, obj, reason, message).await;
     }
 
     fn sending(&mut self) {
         self.in_flight = Some(self.ctx.shutdown.post_in_flight());
+    }
+
+    fn spread(&mut self) -> f64 {
+        rand::random::<f64>()
+    }
+
+    async fn read_redemption(
+        &mut self,
+        obj: &GuestRedemptionReset,
+        user_id: &str,
+    ) -> Result<Option<DirectoryUser>, Failure> {
+        let key = obj.uid().unwrap_or_else(|| obj.name_any());
+        if let Admission::After(wait) = self.ctx.read_budget.admit(&key) {
+            self.ctx.metrics.record_redemption_check("deferred");
+            return Err(Failure::Throttled {
+                retry_after: Some(wait),
+            });
+        }
+        self.ctx.metrics.record_redemption_check("read");
+        self.graph()
+            .get_user_once(user_id)
+            .await
+            .map_err(|e| failure_of(&e))
+    }
+
+    async fn redemption_changed(&mut self, obj: &GuestRedemptionReset, follow_up: &FollowUp) {
+        let state = follow_up.redemption.state;
+        self.ctx.metrics.record_redemption(state);
+        let warning = state == RedemptionState::NotRedeemed;
+        events::publish_event(self.ctx, obj, state.as_str(), warning, &follow_up.message).await;
     }
 
     async fn intent_recorded(&mut self) {
@@ -388,26 +406,4 @@ async fn store_redeem_url(
         }
     }
     Err(SecretError::Foreign(name.to_owned()))
-}
-
-/// Emits an Event on the resource; its note carries `changeRef` when set.
-pub async fn publish(ctx: &Context, obj: &GuestRedemptionReset, reason: Reason, message: &str) {
-    let note = match obj.spec.change_ref.as_deref() {
-        Some(change) => format!("[{change}] {message}"),
-        None => message.to_owned(),
-    };
-    let event = Event {
-        type_: if reason.is_warning() {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.as_str().to_owned(),
-        note: Some(truncate(&note, EVENT_NOTE_LIMIT)),
-        action: "Reconcile".to_owned(),
-        secondary: None,
-    };
-    if let Err(err) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
-        warn!(error = %err, "could not publish an event");
-    }
 }

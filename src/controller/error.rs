@@ -28,6 +28,8 @@ pub enum Error {
     MarkSending(#[source] kube::Error),
     #[error("writing the outcome to status failed: {0}")]
     WriteReport(#[source] kube::Error),
+    #[error("recording the follow-through (status.redemption) failed: {0}")]
+    RecordRedemption(#[source] kube::Error),
 }
 
 impl Error {

@@ -6,7 +6,7 @@ use std::future::Future;
 use jiff::Timestamp;
 
 use super::reason::Reason;
-use super::step::{Failure, Lookup, Posted, Resolution, SecretOwner, TenantGate};
+use super::step::{Failure, FollowUp, Lookup, Posted, Resolution, SecretOwner, TenantGate};
 use crate::graph::{DirectoryUser, RedeemUrl, ResetRedemptionRequest};
 use crate::resource::GuestRedemptionReset;
 
@@ -82,4 +82,20 @@ pub trait Io {
     fn sending(&mut self);
     /// The intent was recorded (a test failpoint may stop the pass here).
     fn intent_recorded(&mut self) -> impl Future<Output = ()> + Send;
+    /// A random draw from 0 to 1, spreading the follow-through's checks over time.
+    fn spread(&mut self) -> f64;
+    /// The follow-through's read of the guest: one Graph read within the read budget, never
+    /// waiting for it (nor for the write limiter). A read the budget defers comes back as
+    /// `Failure::Throttled` with the time its turn comes.
+    fn read_redemption(
+        &mut self,
+        obj: &GuestRedemptionReset,
+        user_id: &str,
+    ) -> impl Future<Output = Result<Option<DirectoryUser>, Failure>> + Send;
+    /// The follow-through's state changed (written): an Event, and the counters.
+    fn redemption_changed(
+        &mut self,
+        obj: &GuestRedemptionReset,
+        follow_up: &FollowUp,
+    ) -> impl Future<Output = ()> + Send;
 }

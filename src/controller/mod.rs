@@ -5,13 +5,17 @@
 //! `decide`, the [`preflight`], the recovery of an interrupted attempt in [`recover`], with
 //! [`step`] the vocabulary they share and [`report`] what a pass ends with; [`io`] is the trait
 //! of the effects and [`effects`] performs them against the API server and Graph; [`status`]
-//! holds the pure status transitions. [`tenant`], [`failures`] and [`error`] are the tenant
-//! pause, the backoff counts and the errors of the effects.
+//! holds the pure status transitions. [`follow`] is the follow-through after `Issued` (did the
+//! guest redeem?) on the schedule of [`schedule`]; [`events`] the Events on the resource.
+//! [`tenant`], [`failures`] and [`error`] are the tenant pause, the backoff counts and the
+//! errors of the effects.
 
 pub mod decide;
 pub mod effects;
 pub mod error;
+pub mod events;
 pub mod failures;
+pub mod follow;
 pub mod io;
 pub mod pass;
 pub mod preflight;
@@ -19,6 +23,7 @@ pub mod reason;
 pub mod recover;
 pub mod report;
 pub mod run;
+pub mod schedule;
 pub mod status;
 pub mod step;
 pub mod tenant;
@@ -30,7 +35,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
 
 use crate::admin::Readiness;
-use crate::graph::{ErrorClass, FailureKind, GraphClient, GraphError};
+use crate::graph::{ErrorClass, FailureKind, GraphClient, GraphError, ReadBudget};
 use crate::metrics::Metrics;
 use crate::resource::GuestRedemptionReset;
 use crate::shutdown::Shutdown;
@@ -61,6 +66,8 @@ pub struct Context {
     pub readiness: Readiness,
     pub shutdown: Shutdown,
     pub failpoint: Option<effects::Failpoint>,
+    /// The follow-through's read budget (`--max-reads-per-minute`), apart from the writes'.
+    pub read_budget: ReadBudget,
     /// Consecutive failed passes per resource, for the backoff.
     failures: Mutex<FailureCounts>,
     /// The watch cache, to prune failure counts of deleted resources.
@@ -91,9 +98,16 @@ impl Context {
             readiness,
             shutdown,
             failpoint: effects::Failpoint::from_env(),
+            read_budget: ReadBudget::new(60),
             failures: Mutex::default(),
             store: OnceLock::new(),
         }
+    }
+
+    /// The read budget of the follow-through (default 60 reads a minute).
+    pub fn with_read_budget(mut self, budget: ReadBudget) -> Self {
+        self.read_budget = budget;
+        self
     }
 
     fn set_store(&self, store: Store<run::Watched>) {

@@ -22,7 +22,9 @@ use std::future::Future;
 use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
 
-use super::decide::{Failure, Lookup, Posted, Resolution, SecretOwner, Settings, TenantGate};
+use super::decide::{
+    Failure, FollowUp, Lookup, Posted, Resolution, SecretOwner, Settings, TenantGate,
+};
 use super::pass::{End, Io, Outcome, PassRunner};
 use super::reason::Reason;
 use super::status;
@@ -150,6 +152,12 @@ impl World {
                 replication_window: SignedDuration::from_mins(2),
                 clock_skew: SignedDuration::from_secs(60),
                 post_timeout: SignedDuration::from_secs(30),
+                // A short follow-through, so that its reads and writes interleave with the
+                // issuance of the two writers within a case.
+                schedule: super::schedule::Schedule {
+                    first: SignedDuration::from_secs(10),
+                    watch: SignedDuration::from_mins(2),
+                },
             },
             next_id: 0,
         }
@@ -510,6 +518,25 @@ impl Io for ModelIo<'_> {
     fn sending(&mut self) {}
 
     async fn intent_recorded(&mut self) {}
+
+    fn spread(&mut self) -> f64 {
+        0.5
+    }
+
+    /// The follow-through's read: the directory as it is, or the step's failure. It does not
+    /// count as a read before a POST (`last_read`), which only the issuance's reads may be.
+    async fn read_redemption(
+        &mut self,
+        _obj: &GuestRedemptionReset,
+        _user_id: &str,
+    ) -> Result<Option<DirectoryUser>, Failure> {
+        match self.read_failure() {
+            Some(failure) => Err(failure),
+            None => Ok(Some(self.w.user.clone())),
+        }
+    }
+
+    async fn redemption_changed(&mut self, _obj: &GuestRedemptionReset, _follow_up: &FollowUp) {}
 }
 
 /// Each generation issues for its own address, `alice{generation}@...`.

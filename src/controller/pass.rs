@@ -11,8 +11,9 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 use tracing::{info, warn};
 
-use super::decide::{Observed, Pass, Read, Resolution, Settings, Step, decide};
+use super::decide::{FollowUp, Observed, Pass, Read, Resolution, Settings, Step, decide};
 use super::error::Error;
+use super::follow;
 pub use super::io::Io;
 use super::reason::Reason;
 use super::report::Report;
@@ -84,6 +85,7 @@ impl PassRunner {
 
     /// Runs the pass to its end.
     pub async fn run<I: Io>(mut self, io: &mut I, settings: &Settings) -> Result<Outcome, Error> {
+        self.pass.spread = io.spread();
         for _ in 0..MAX_STEPS {
             match self.step(io, settings).await {
                 Ok(()) => {}
@@ -205,6 +207,8 @@ impl PassRunner {
                 Ok(())
             }
             Step::Report(report) => self.finish(io, *report, now).await,
+            Step::CheckRedemption { user_id } => self.check_redemption(io, &user_id, now).await,
+            Step::RecordRedemption(up) => self.record_redemption(io, &up, now).await,
         }
     }
 
@@ -302,6 +306,35 @@ impl PassRunner {
         Ok(())
     }
 
+    /// The follow-through's read of the guest, within the read budget.
+    async fn check_redemption<I: Io>(&mut self, io: &mut I, user_id: &str, now: Timestamp) -> Flow {
+        let current = self.current.clone();
+        let result = self
+            .unless_stopping(io, |io| io.read_redemption(&current, user_id))
+            .await?;
+        self.pass.redemption_read = Some(Read { result, at: now });
+        Ok(())
+    }
+
+    /// Writes the follow-through record (guarded, like every status write); an Event and the
+    /// counters when its state changed.
+    async fn record_redemption<I: Io>(
+        &mut self,
+        io: &mut I,
+        follow_up: &FollowUp,
+        now: Timestamp,
+    ) -> Flow {
+        let mut next = self.status();
+        follow::set_redemption(&mut next, follow_up, now);
+        self.guarded(io, next, Error::RecordRedemption).await?;
+        self.pass.redemption_recorded = true;
+        if follow_up.changed {
+            info!(state = follow_up.redemption.state.as_str(), message = %follow_up.message, "follow-through");
+            io.redemption_changed(&self.current, follow_up).await;
+        }
+        Ok(())
+    }
+
     /// Writes the report, with what the pass leaves behind: the tenant pause, the Secret, the
     /// Event.
     async fn finish<I: Io>(&mut self, io: &mut I, mut report: Report, now: Timestamp) -> Flow {
@@ -330,6 +363,7 @@ impl PassRunner {
             io.publish(&self.current, report.reason, &report.message)
                 .await;
         }
+        // A follow-through's start has no Event: Issued's says PendingAcceptance (resource.md).
         Err(End::Done(Outcome::Reported(Box::new(report))))
     }
 

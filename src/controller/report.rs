@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::decide::{Failure, Observed};
 use super::reason::Reason;
+use super::step::FollowUp;
 use crate::backoff::Backoff;
 use crate::graph::DirectoryUser;
 
@@ -33,6 +34,8 @@ pub struct Report {
     pub user_missing_since: Option<Option<jiff::Timestamp>>,
     /// Whether the tenant-wide pause should start (Graph's abuse answer).
     pub pause_tenant: bool,
+    /// The follow-through an `Issued` report starts (docs/resource.md, "Following through").
+    pub redemption: Option<FollowUp>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +68,7 @@ impl Report {
             issued: None,
             user_missing_since: None,
             pause_tenant: false,
+            redemption: None,
         }
     }
 

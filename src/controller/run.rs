@@ -61,7 +61,8 @@ pub async fn run(
     // The controller waits for its cache to sync before it reconciles; a stop before that must
     // end the watch, or the graceful shutdown would wait for a sync that never comes.
     let resources = crate::shutdown::end_on_stop(resources, ctx.shutdown.clone());
-    let controller = Controller::for_stream(resources, reader).with_config(config);
+    let controller = Controller::for_stream(resources, reader.clone()).with_config(config);
+    let gauges = tokio::spawn(count_pending_redemptions(reader.clone(), ctx.clone()));
     // Ready once the watch cache has synced. Store::wait_until_ready cannot be awaited here:
     // its one-shot keeps a single waker and the controller awaits it too. The controller starts
     // reconciling only once its store is ready, so the first reconcile marks readiness; with no
@@ -82,6 +83,24 @@ pub async fn run(
             }
         })
         .await;
+    gauges.abort();
+}
+
+/// How often the gauges of pending redemptions are counted over the watch cache.
+const GAUGE_PERIOD: Duration = Duration::from_secs(10);
+
+/// Keeps the gauges of pending redemptions (count, oldest age) current: counted over the
+/// watch cache, so they cost no API call and agree with what every replica sees.
+async fn count_pending_redemptions(reader: reflector::Store<Watched>, ctx: Arc<Context>) {
+    let mut tick = tokio::time::interval(GAUGE_PERIOD);
+    loop {
+        tick.tick().await;
+        let objects = reader.state();
+        let valid = objects.iter().filter_map(|o| o.0.as_ref().ok());
+        let (count, oldest) = super::follow::pending_summary(valid, Timestamp::now());
+        let oldest = Duration::try_from(oldest).unwrap_or_default();
+        ctx.metrics.set_pending_redemptions(count, oldest);
+    }
 }
 
 /// A failed effect: logged, counted by its step, and told on the resource as a Warning Event.
@@ -139,7 +158,8 @@ pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action, E
     result
 }
 
-/// What a pass would do without looking further: nothing (settled) or wait (`nextAttemptAt`).
+/// What a pass would do without looking further: nothing (settled) or wait (`nextAttemptAt`,
+/// or the follow-through's `nextCheckAt`).
 fn quiet_action(obj: &GuestRedemptionReset, settings: &Settings, now: Timestamp) -> Option<Action> {
     let status = obj.status.clone().unwrap_or_default();
     let observed = Observed {

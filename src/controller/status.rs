@@ -158,6 +158,9 @@ pub fn apply_report(
         .and_then(|after| jiff::SignedDuration::try_from(after).ok())
         .map(|after| ceil_to_second(stamp.now + after));
     set_ready(&mut next, stamp, report.reason, &report.message);
+    if let Some(follow_up) = &report.redemption {
+        super::follow::set_redemption(&mut next, follow_up, stamp.now);
+    }
     Some(next)
 }
 
@@ -229,6 +232,8 @@ pub fn with_retry_accepted(
     next.attempt = None;
     next.user_missing_since = None;
     next.next_attempt_at = None;
+    // The invitation issued again supersedes the one followed so far.
+    super::follow::clear_redemption(&mut next);
     set_ready(
         &mut next,
         Stamp {
@@ -252,6 +257,8 @@ pub fn pending(
     let mut next = status.clone();
     next.user_missing_since = None;
     next.next_attempt_at = None;
+    // A new generation asks for a new reset: the follow-through of the old one ends here.
+    super::follow::clear_redemption(&mut next);
     set_ready(
         &mut next,
         stamp,

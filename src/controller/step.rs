@@ -6,8 +6,11 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 
 use super::report::Report;
+use super::schedule::Schedule;
 use crate::graph::DirectoryUser;
-use crate::resource::{Attempt, GuestRedemptionResetSpec, GuestRedemptionResetStatus, UserKey};
+use crate::resource::{
+    Attempt, GuestRedemptionResetSpec, GuestRedemptionResetStatus, Redemption, UserKey,
+};
 
 /// The resource as the controller sees it now (after this pass's own writes).
 #[derive(Clone, Copy, Debug)]
@@ -32,6 +35,8 @@ pub struct Settings {
     pub clock_skew: SignedDuration,
     /// How long a POST may still take effect after it was sent (the Graph request timeout).
     pub post_timeout: SignedDuration,
+    /// When the follow-through reads the guest after `Issued`, and for how long.
+    pub schedule: Schedule,
 }
 
 impl Default for Settings {
@@ -41,6 +46,7 @@ impl Default for Settings {
             replication_window: SignedDuration::from_mins(2),
             clock_skew: SignedDuration::from_secs(60),
             post_timeout: SignedDuration::from_secs(30),
+            schedule: Schedule::default(),
         }
     }
 }
@@ -159,6 +165,13 @@ pub struct Pass {
     pub marked_sending: bool,
     pub marked_at: Option<Timestamp>,
     pub posted: Option<Result<Posted, Failure>>,
+    /// A random draw (0 to 1) for this pass, which spreads the follow-through's checks.
+    pub spread: f64,
+    /// The follow-through's read of the guest in this pass.
+    pub redemption_read: Option<Read<Option<DirectoryUser>>>,
+    /// The follow-through record was written in this pass: nothing more to do until its
+    /// next check.
+    pub redemption_recorded: bool,
 }
 
 impl Pass {
@@ -205,6 +218,18 @@ pub enum Step {
     PostInvitation { user_id: String },
     /// Write the outcome to status and stop this pass.
     Report(Box<Report>),
+    /// Read the guest's redemption state for the follow-through (within the read budget).
+    CheckRedemption { user_id: String },
+    /// Write the follow-through record (and the `Redeemed` condition).
+    RecordRedemption(Box<FollowUp>),
+}
+
+/// A new follow-through record; `changed` when its state changed (an Event says so).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FollowUp {
+    pub redemption: Redemption,
+    pub message: String,
+    pub changed: bool,
 }
 
 impl From<Report> for Step {

@@ -23,6 +23,9 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+/// The follow-through's single-attempt read.
+mod once;
+
 /// A guard against a server that keeps handing out next links.
 const MAX_PAGES: usize = 50;
 

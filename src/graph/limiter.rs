@@ -129,9 +129,114 @@ impl WriteLimiter {
     }
 }
 
+/// The read budget of the follow-through (docs/graph.md, "Read budget"): a token bucket of
+/// its own, separate from the write limiter, that **never waits**. A read it cannot admit now
+/// is given the next free turn of the bucket and told when that is; the caller moves its check
+/// there and comes back, and its turn is kept for it under its key. So a backlog of due checks
+/// is served in turn at the budget's pace, without a pass ever sleeping on the budget (which
+/// would hold a worker that issuance needs) and without a refused read spending a token.
+#[derive(Debug, Clone)]
+pub struct ReadBudget {
+    inner: Arc<Mutex<ReadTurns>>,
+    per_minute: u32,
+}
+
+#[derive(Debug)]
+struct ReadTurns {
+    bucket: TokenBucket,
+    /// Turns handed out, by the key of whoever will come back for them.
+    turns: std::collections::HashMap<String, Instant>,
+}
+
+/// Turns older than this that nobody came back for are dropped (the resource went away).
+const TURN_EXPIRY: Duration = Duration::from_secs(300);
+
+/// What the budget says to a read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    Now,
+    /// Come back after this long: the turn is kept until then.
+    After(Duration),
+}
+
+impl ReadBudget {
+    /// `per_minute` reads per minute, one at a time (burst 1), so that no minute holds more
+    /// reads than the budget plus one.
+    pub fn new(per_minute: u32) -> Self {
+        ReadBudget {
+            inner: Arc::new(Mutex::new(ReadTurns {
+                bucket: TokenBucket::new(per_minute, 1, Instant::now()),
+                turns: Default::default(),
+            })),
+            per_minute: per_minute.max(1),
+        }
+    }
+
+    pub fn per_minute(&self) -> u32 {
+        self.per_minute
+    }
+
+    /// Admits the read of `key` now, or tells it when its turn comes.
+    pub fn admit(&self, key: &str) -> Admission {
+        self.admit_at(key, Instant::now())
+    }
+
+    fn admit_at(&self, key: &str, now: Instant) -> Admission {
+        let mut state = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&turn) = state.turns.get(key) {
+            if turn <= now {
+                state.turns.remove(key);
+                return Admission::Now;
+            }
+            return Admission::After(turn - now);
+        }
+        let wait = state.bucket.reserve(now);
+        if wait.is_zero() {
+            return Admission::Now;
+        }
+        if state.turns.len() % 1024 == 1023 {
+            state.turns.retain(|_, turn| *turn + TURN_EXPIRY > now);
+        }
+        state.turns.insert(key.to_owned(), now + wait);
+        Admission::After(wait)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_beyond_the_budget_get_turns_in_order_and_keep_them() {
+        let budget = ReadBudget::new(60);
+        let t0 = Instant::now();
+        assert_eq!(budget.admit_at("a", t0), Admission::Now);
+        assert_eq!(budget.admit_at("b", t0), Admission::After(secs(1.0)));
+        assert_eq!(budget.admit_at("c", t0), Admission::After(secs(2.0)));
+        // Asking again early does not lose or move the turn.
+        assert_eq!(
+            budget.admit_at("c", t0 + secs(0.5)),
+            Admission::After(secs(1.5))
+        );
+        // At its turn each one reads, without taking a second token.
+        assert_eq!(budget.admit_at("b", t0 + secs(1.0)), Admission::Now);
+        assert_eq!(budget.admit_at("c", t0 + secs(2.0)), Admission::Now);
+        // A newcomer queues behind the turns already handed out.
+        assert_eq!(
+            budget.admit_at("d", t0 + secs(2.0)),
+            Admission::After(secs(1.0))
+        );
+    }
+
+    #[test]
+    fn the_budget_never_touches_the_write_limiter() {
+        let budget = ReadBudget::new(1);
+        let writes = WriteLimiter::new(6, 3);
+        for i in 0..50 {
+            let _ = budget.admit(&format!("r{i}"));
+        }
+        assert_eq!(writes.current_wait(), Duration::ZERO);
+    }
 
     fn secs(s: f64) -> Duration {
         Duration::from_secs_f64(s)

@@ -1,6 +1,6 @@
 //! guestreset-bench: throughput against the floor of the work, memory, restart cost, the
-//! manual way, and the write limiter's fidelity, on a real kube-apiserver and the Graph
-//! simulator. Prints one Markdown table; `scripts/bench.sh` builds and runs it.
+//! manual way, the write limiter's fidelity, and the follow-through's read budget (B7), on a
+//! real kube-apiserver and the Graph simulator. Prints one Markdown table; `scripts/bench.sh` builds and runs it.
 
 mod benches;
 mod floor;
@@ -21,11 +21,11 @@ use benches::Ctx;
 use machine::{Machine, Processes};
 use table::Table;
 
-const USAGE: &str = "usage: guestreset-bench --operator PATH [--out DIR] [--quick] [--skip-b5] [--sweep] [--only B1,B2,B3,B4,B5]
+const USAGE: &str = "usage: guestreset-bench --operator PATH [--out DIR] [--quick] [--skip-b5] [--sweep] [--only B1,B2,B3,B4,B5,B7]
 
   --operator PATH  the guestreset binary to measure (a release build)
   --out DIR        logs, simulator state and table.md (default: $TMPDIR/guestreset-bench)
-  --quick          B1 with 200 resources, B2/B3 with 2,000 (for development)
+  --quick          B1 with 200 resources, B2/B3/B7 with 2,000 (for development)
   --skip-b5        leave out B5 (it takes about 5 minutes)
   --rounds N       B1 rounds, operator and floor alternating; the best of each counts
                    (default 2, 1 with --quick)
@@ -170,11 +170,17 @@ async fn run(options: Options) -> Result<bool> {
     } else if options.runs("B5") {
         table.info("B5 limiter", "skipped (--skip-b5)", "");
     }
+    if options.runs("B7") {
+        let window = std::time::Duration::from_secs(if options.quick { 60 } else { 120 });
+        if let Err(err) = benches::b7(&ctx, b2_n, window, &mut table).await {
+            table.fail("B7 follow-through", format!("{err:#}"));
+        }
+    }
 
     let machine = Machine::describe();
     let header = vec![
         format!(
-            "guestreset benchmark — {} run, {} resources in B1, {} in B2/B3; took {:.0} s",
+            "guestreset benchmark — {} run, {} resources in B1, {} in B2/B3/B7; took {:.0} s",
             if options.quick { "quick" } else { "full" },
             b1_n,
             b2_n,
