@@ -24,9 +24,23 @@ die() {
   exit 1
 }
 
-for tool in cargo openssl flock timeout buildah podman runc jq; do
-  command -v "$tool" >/dev/null 2>&1 || die "$tool is needed (see README.md, 'What you need')"
+# Debian's packages for what a fresh machine may lack, installed when this runs as root (as
+# on CI and the developers' machines); elsewhere the message names what to install.
+missing=()
+for tool in openssl:openssl flock:util-linux timeout:coreutils buildah:buildah podman:podman \
+  runc:runc jq:jq update-ca-certificates:ca-certificates; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
 done
+if ((${#missing[@]} > 0)); then
+  if ((EUID == 0)) && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing ${missing[*]} (Debian packages)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  else
+    die "needed: ${missing[*]} (Debian packages; see README.md, 'What they need')"
+  fi
+fi
+command -v cargo >/dev/null 2>&1 || die "cargo is needed (Rust, stable)"
 
 # Every endpoint the tests use is on loopback.
 export NO_PROXY=127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}
