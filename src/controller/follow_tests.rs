@@ -8,7 +8,7 @@ use crate::controller::report::Issued;
 use crate::controller::schedule::Schedule;
 use crate::controller::status::{Stamp, apply_report, pending};
 use crate::controller::step::TenantGate;
-use crate::resource::{Attempt, GuestRedemptionResetSpec, ResolvedUser, UserRef};
+use crate::resource::{Attempt, GuestRedemptionResetSpec, ResolvedUser};
 use std::time::Duration;
 
 const ID: &str = "3f0a6c1e-8d2b-4c55-9b0e-2f6a1d9c7e41";
@@ -19,18 +19,8 @@ fn t(secs: i64) -> Timestamp {
 
 fn spec(dry_run: bool) -> GuestRedemptionResetSpec {
     GuestRedemptionResetSpec {
-        user: UserRef {
-            id: Some(ID.into()),
-            ..Default::default()
-        },
-        email: "alice@newco.example".into(),
-        redirect_url: "https://myapps.microsoft.com".into(),
-        send_invitation_message: true,
-        message: None,
-        update_mail: true,
-        redeem_url_secret: None,
-        change_ref: None,
         dry_run,
+        ..crate::controller::fixtures::spec(ID, "alice@newco.example")
     }
 }
 
