@@ -2,9 +2,12 @@
 //! HTTPS Graph simulator, tokens through azure_identity, the simulator's journal as the ground
 //! truth of what reached the directory.
 
+mod common;
+
 use std::process::Command;
 use std::time::Duration;
 
+use common::World;
 use graph_sim::{Call, FaultAction, FaultRule, JournalEntry, SeedUser};
 use guestreset::resource::{GuestRedemptionReset, GuestRedemptionResetStatus};
 use guestreset_testsupport::{ChildProcess, wait_until};
@@ -44,48 +47,15 @@ fn directory() -> Vec<SeedUser> {
 /// The standard directory plus `n` guests `{tag}{i}@x.example` whose ids start with
 /// `first_digit`; returns the users and the new guests' ids.
 fn directory_with_guests(tag: &str, first_digit: char, n: usize) -> (Vec<SeedUser>, Vec<String>) {
+    let (guests, ids) = common::guests(tag, first_digit, n);
     let mut users = directory();
-    let ids: Vec<String> = (0..n)
-        .map(|i| format!("{first_digit}000000{i}-aaaa-4bbb-8ccc-dddddddddddd"))
-        .collect();
-    for (i, id) in ids.iter().enumerate() {
-        let upn = format!("{tag}{i}_x.example#EXT#@fabrikam.onmicrosoft.com");
-        users.push(SeedUser::guest(id, &upn, &format!("{tag}{i}@x.example")));
-    }
+    users.extend(guests);
     (users, ids)
 }
-
-/// One test's world: a namespace, a simulator, and the operators it starts (the harness in
-/// `guestreset_testsupport::operator`, for this crate's resource and binary).
-struct World(guestreset_testsupport::operator::World<GuestRedemptionReset>);
 
 impl World {
     async fn new(prefix: &str) -> World {
         Self::with_users(prefix, directory()).await
-    }
-
-    async fn with_users(prefix: &str, users: Vec<SeedUser>) -> World {
-        World(
-            guestreset_testsupport::operator::World::start(
-                prefix,
-                users,
-                env!("CARGO_BIN_EXE_guestreset"),
-            )
-            .await,
-        )
-    }
-}
-
-impl std::ops::Deref for World {
-    type Target = guestreset_testsupport::operator::World<GuestRedemptionReset>;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for World {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
     }
 }
 
@@ -887,6 +857,15 @@ async fn health_readiness_and_metrics() {
     .await;
 }
 
+/// The Lease has no holder: `when` says at which moment it should have been released.
+async fn assert_lease_released(client: &kube::Client, ns: &str, when: &str) {
+    let holder = lease_holder(client, ns).await;
+    assert!(
+        holder.as_deref().is_none_or(str::is_empty),
+        "{when}, holder {holder:?}"
+    );
+}
+
 async fn lease_holder(client: &kube::Client, ns: &str) -> Option<String> {
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(client.clone(), ns);
@@ -968,11 +947,7 @@ async fn leader_election_one_leads_and_the_other_takes_over() {
     // A graceful stop releases the lease at once.
     let status = w.operators[standby_idx].terminate();
     assert!(status.success(), "{status:?}");
-    let holder = lease_holder(&client, &ns).await;
-    assert!(
-        holder.as_deref().is_none_or(str::is_empty),
-        "released on SIGTERM, holder {holder:?}"
-    );
+    assert_lease_released(&client, &ns, "released on SIGTERM").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1225,11 +1200,7 @@ async fn sigterm_while_a_post_is_held_keeps_the_lease_until_the_outcome_is_writt
     assert_eq!(reason_of(&alice), "Issued", "{:?}", ready(&alice));
     assert_eq!(status(&alice).attempt, None);
     assert_eq!(w.posts().await.len(), 1);
-    let holder = lease_holder(&client, &ns).await;
-    assert!(
-        holder.as_deref().is_none_or(str::is_empty),
-        "released once the outcome was written, holder {holder:?}"
-    );
+    assert_lease_released(&client, &ns, "released once the outcome was written").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

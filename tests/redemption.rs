@@ -3,10 +3,13 @@
 //! action `redeem` plays the guest and whose journal counts the reads. The schedule is
 //! shortened with `--redemption-first-check` (the later intervals scale with it).
 
+mod common;
+
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use graph_sim::{Call, JournalEntry, SeedUser};
+use common::{World, guests};
+use graph_sim::{Call, JournalEntry};
 use guestreset::resource::{GuestRedemptionReset, RedemptionState};
 use guestreset_testsupport::{ChildProcess, wait_until};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -15,36 +18,7 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// `n` guests `{tag}{i}@x.example` with ids starting with `first_digit`.
-fn guests(tag: &str, first_digit: char, n: usize) -> (Vec<SeedUser>, Vec<String>) {
-    let ids: Vec<String> = (0..n)
-        .map(|i| format!("{first_digit}{i:07}-aaaa-4bbb-8ccc-dddddddddddd"))
-        .collect();
-    let users = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            let upn = format!("{tag}{i}_x.example#EXT#@fabrikam.onmicrosoft.com");
-            SeedUser::guest(id, &upn, &format!("{tag}{i}@x.example"))
-        })
-        .collect();
-    (users, ids)
-}
-
-struct World(guestreset_testsupport::operator::World<GuestRedemptionReset>);
-
 impl World {
-    async fn new(prefix: &str, users: Vec<SeedUser>) -> World {
-        World(
-            guestreset_testsupport::operator::World::start(
-                prefix,
-                users,
-                env!("CARGO_BIN_EXE_guestreset"),
-            )
-            .await,
-        )
-    }
-
     async fn create_for(&self, name: &str, id: &str, email: &str) {
         self.create(name, json!({"user": {"id": id}, "email": email}))
             .await;
@@ -82,19 +56,6 @@ impl World {
             .unwrap()
             .status
             .success()
-    }
-}
-
-impl std::ops::Deref for World {
-    type Target = guestreset_testsupport::operator::World<GuestRedemptionReset>;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for World {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
     }
 }
 
@@ -157,7 +118,7 @@ async fn metrics_of(op: &ChildProcess) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redemption_flips_redeemed_to_true_within_one_scheduled_check() {
     let (users, ids) = guests("a", '1', 2);
-    let mut w = World::new("redeem", users).await;
+    let mut w = World::with_users("redeem", users).await;
     let op = w.start_operator(&["--redemption-first-check", "2s"]);
     w.create(
         "alice",
@@ -238,7 +199,7 @@ async fn a_redemption_flips_redeemed_to_true_within_one_scheduled_check() {
 #[tokio::test(flavor = "multi_thread")]
 async fn no_redemption_is_not_redeemed_after_the_watch() {
     let (users, ids) = guests("n", '2', 1);
-    let mut w = World::new("notredeemed", users).await;
+    let mut w = World::with_users("notredeemed", users).await;
     // A watch of 20 s: long enough for the gauges (counted every 10 s) to see it pending.
     let op = w.start_operator(&[
         "--redemption-first-check",
@@ -295,7 +256,7 @@ async fn no_redemption_is_not_redeemed_after_the_watch() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_spec_edit_restarts_the_follow_through() {
     let (users, ids) = guests("e", '3', 1);
-    let mut w = World::new("refollow", users).await;
+    let mut w = World::with_users("refollow", users).await;
     w.start_operator(&["--redemption-first-check", "1s"]);
     w.create_for("eve", &ids[0], "e0@new.example").await;
     w.wait_reason("eve", "Issued").await;
@@ -324,7 +285,7 @@ async fn a_restart_over_issued_resources_reads_only_what_is_due() {
     const N: usize = 10;
     const DUE: usize = 4;
     let (users, ids) = guests("r", '4', N + 1);
-    let mut w = World::new("restart", users).await;
+    let mut w = World::with_users("restart", users).await;
     // The first check 2 minutes after issuance: none is due while the test runs, unless made so.
     let args = ["--redemption-first-check", "120s"];
     let op = w.start_operator(&args);
@@ -417,7 +378,7 @@ async fn burst(w: &World, names: &[(String, String)]) -> Duration {
 async fn reads_stay_within_the_budget_while_a_burst_issues() {
     const N: usize = 20;
     let (users, ids) = guests("b", '5', 2 * N);
-    let mut w = World::new("budget", users).await;
+    let mut w = World::with_users("budget", users).await;
     let named = |tag: &str, ids: &[String]| -> Vec<(String, String)> {
         ids.iter()
             .enumerate()

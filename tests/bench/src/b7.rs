@@ -6,15 +6,13 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use futures::{StreamExt, TryStreamExt};
+use anyhow::Result;
 use graph_sim::{Call, JournalEntry, Simulator};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{DynamicObject, Patch, PatchParams};
+use kube::api::DynamicObject;
 
-use super::{Ctx, READY_TIMEOUT, memory_value, secs};
+use super::{Ctx, READY_TIMEOUT, create_issued_with, memory_value, secs};
 use crate::machine::Memory;
-use crate::status;
 use crate::table::Table;
 use crate::world::{self, Target};
 
@@ -192,42 +190,21 @@ async fn create_following(
     targets: &[Target],
     due_n: usize,
 ) -> Result<()> {
-    let api = ctx.cluster.grr(namespace);
-    let objects = targets
-        .iter()
-        .map(|t| world::new_resource(&ctx.cluster.resource, t))
-        .collect();
-    world::create_all(&api, objects, 64, None).await?;
     let now = Timestamp::now();
-    futures::stream::iter(targets.iter().enumerate())
-        .map(|(i, t)| {
-            let api = api.clone();
-            let next = if i < due_n {
-                now - SignedDuration::from_mins(1)
-            } else {
-                now + SignedDuration::from_hours(24)
-            };
-            async move {
-                let mut status = status::issued(t, 1, &uuid::Uuid::new_v4().to_string());
-                status["redemption"] = serde_json::json!({
-                    "generation": 1,
-                    "state": "PendingAcceptance",
-                    "since": second(now - SignedDuration::from_hours(1)),
-                    "nextCheckAt": second(next),
-                });
-                api.patch_status(
-                    &t.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(serde_json::json!({"status": status})),
-                )
-                .await
-                .with_context(|| format!("status of {}", t.name))
-            }
-        })
-        .buffer_unordered(64)
-        .try_collect::<Vec<_>>()
-        .await?;
-    world::verify_all_issued(&api, targets.len()).await
+    create_issued_with(ctx, namespace, targets, |i, status| {
+        let next = if i < due_n {
+            now - SignedDuration::from_mins(1)
+        } else {
+            now + SignedDuration::from_hours(24)
+        };
+        status["redemption"] = serde_json::json!({
+            "generation": 1,
+            "state": "PendingAcceptance",
+            "since": second(now - SignedDuration::from_hours(1)),
+            "nextCheckAt": second(next),
+        });
+    })
+    .await
 }
 
 fn second(t: Timestamp) -> String {

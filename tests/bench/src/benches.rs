@@ -424,17 +424,30 @@ pub async fn b1_sweep(ctx: &Ctx, n: usize, concurrencies: &[u16], table: &mut Ta
 
 /// Creates `targets`' resources with their status already Succeeded for generation 1.
 async fn create_succeeded(ctx: &Ctx, namespace: &str, targets: &[world::Target]) -> Result<()> {
+    create_issued_with(ctx, namespace, targets, |_, _| {}).await
+}
+
+/// Creates `targets`' resources with their status already Issued for generation 1, each status
+/// first handed to `decorate` with the target's index (B7 adds a follow-through record).
+async fn create_issued_with(
+    ctx: &Ctx,
+    namespace: &str,
+    targets: &[world::Target],
+    decorate: impl Fn(usize, &mut serde_json::Value) + Sync,
+) -> Result<()> {
     let api = ctx.cluster.grr(namespace);
     let objects = targets
         .iter()
         .map(|t| world::new_resource(&ctx.cluster.resource, t))
         .collect();
     world::create_all(&api, objects, 64, None).await?;
-    futures::stream::iter(targets)
-        .map(|t| {
+    let decorate = &decorate;
+    futures::stream::iter(targets.iter().enumerate())
+        .map(|(i, t)| {
             let api = api.clone();
             async move {
-                let status = status::issued(t, 1, &uuid::Uuid::new_v4().to_string());
+                let mut status = status::issued(t, 1, &uuid::Uuid::new_v4().to_string());
+                decorate(i, &mut status);
                 api.patch_status(
                     &t.name,
                     &PatchParams::default(),
