@@ -10,7 +10,9 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 /// API group of the resource.
+mod approval;
 mod redemption;
+pub use approval::{Approval, Decision, REQUESTED_BY_ANNOTATION};
 pub use redemption::{Redemption, RedemptionState};
 
 pub const GROUP: &str = "guestreset.io";
@@ -54,6 +56,8 @@ const EMAIL_MESSAGE: &str = "must be an e-mail address: one '@', a dotted domain
     printcolumn = r#"{"name": "Phase", "type": "string", "description": "Pending, InProgress, Succeeded or Failed", "jsonPath": ".status.phase"}"#,
     printcolumn = r#"{"name": "Reason", "type": "string", "description": "Reason of the Ready condition", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name": "Redeemed", "type": "string", "description": "Reason of the Redeemed condition: PendingAcceptance, Accepted or NotRedeemed", "jsonPath": ".status.conditions[?(@.type==\"Redeemed\")].reason"}"#,
+    printcolumn = r#"{"name": "Requested-By", "type": "string", "priority": 1, "description": "Who asked for the observed generation (admission's record)", "jsonPath": ".status.requestedBy"}"#,
+    printcolumn = r#"{"name": "Approval", "type": "string", "priority": 1, "description": "The approver's decision, when approval is required", "jsonPath": ".status.approval.decision"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -220,6 +224,20 @@ pub struct GuestRedemptionResetStatus {
     /// The follow-through after `Issued`: has the guest redeemed the new invitation?
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redemption: Option<Redemption>,
+
+    /// Who asked for observedGeneration: the guestreset.io/requested-by annotation, which
+    /// admission holds to the user who created the resource or last changed its spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+
+    /// An approver's decision (with --require-approval). Written by the approver through the
+    /// status subresource, checked by admission; the controller never writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+
+    /// What the controller will do once the generation is approved: the preflight's findings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
 }
 
 /// The user as Graph described it in the preflight read.

@@ -34,6 +34,8 @@ pub enum Reason {
     TenantBlocked,
     OutcomeUnknown,
     GraphRejected,
+    AwaitingApproval,
+    Denied,
 }
 
 /// The `status` of the Ready condition.
@@ -68,9 +70,11 @@ impl Reason {
 
     pub fn readiness(self) -> Readiness {
         match self {
-            Reason::Pending | Reason::InProgress | Reason::Throttled | Reason::TransientError => {
-                Readiness::Unknown
-            }
+            Reason::Pending
+            | Reason::InProgress
+            | Reason::Throttled
+            | Reason::TransientError
+            | Reason::AwaitingApproval => Readiness::Unknown,
             Reason::Issued | Reason::DryRunComplete => Readiness::True,
             _ => Readiness::False,
         }
@@ -79,7 +83,8 @@ impl Reason {
     /// `phase` follows Ready: Unknown → Pending or InProgress, True → Succeeded, False → Failed.
     pub fn phase(self) -> Phase {
         match (self, self.readiness()) {
-            (Reason::Pending, _) => Phase::Pending,
+            // Waiting for a person is not work under way.
+            (Reason::Pending | Reason::AwaitingApproval, _) => Phase::Pending,
             (_, Readiness::Unknown) => Phase::InProgress,
             (_, Readiness::True) => Phase::Succeeded,
             (_, Readiness::False) => Phase::Failed,
@@ -127,6 +132,8 @@ mod tests {
             ("TenantBlocked", False, Phase::Failed, false),
             ("OutcomeUnknown", False, Phase::Failed, true),
             ("GraphRejected", False, Phase::Failed, true),
+            ("AwaitingApproval", Unknown, Phase::Pending, false),
+            ("Denied", False, Phase::Failed, true),
         ];
         assert_eq!(expected.len(), Reason::ALL.len());
         for (name, ready, phase, settled) in expected {
