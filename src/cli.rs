@@ -91,6 +91,14 @@ pub struct RunArgs {
     /// How long a Lease holds without renewal; a standby takes over after it expires.
     #[arg(long, env = "LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     pub leader_election_lease_duration: SignedDuration,
+    /// No Graph write for a generation before a person other than its requester approved it
+    /// (docs/resource.md, "Approval"). The controller is not ready until the admission policy
+    /// named by --admission-policy is installed and bound.
+    #[arg(long, env = "REQUIRE_APPROVAL")]
+    pub require_approval: bool,
+    /// The ValidatingAdmissionPolicy (and binding, of the same name) that enforces approvals.
+    #[arg(long, env = "ADMISSION_POLICY", default_value = "guestreset")]
+    pub admission_policy: String,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -209,8 +217,15 @@ impl RunArgs {
                     .max(SignedDuration::from_secs(1)),
                 watch: self.redemption_watch,
             },
+            require_approval: self.require_approval,
             ..Settings::default()
         }
+    }
+
+    /// The admission policy the controller relies on, when approval is required.
+    pub fn approval_policy(&self) -> Option<&str> {
+        self.require_approval
+            .then_some(self.admission_policy.as_str())
     }
 }
 

@@ -4,10 +4,12 @@
 //! - [`graph`]: the Microsoft Graph client, the only way the controller changes the directory.
 //! - [`controller`]: the pure decision and the thin effects layer around it.
 //! - [`metrics`] and [`admin`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
+//! - [`admission_policy`]: whether the API server enforces the approval rules.
 //! - [`shutdown`]: the stop of the process, shared by the binary and the controller.
 //! - [`cli`], [`leader`] and [`telemetry`]: the binary's flags, Lease choreography and logging.
 
 pub mod admin;
+pub mod admission_policy;
 pub mod backoff;
 pub mod cli;
 pub mod controller;

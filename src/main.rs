@@ -7,6 +7,7 @@ use clap::Parser;
 use tokio::net::TcpListener;
 
 use guestreset::admin::{self, AdminState, Readiness};
+use guestreset::admission_policy;
 use guestreset::cli::{Cli, Command, RunArgs, StartError};
 use guestreset::controller::{self, Context};
 use guestreset::leader::{self, LeaseConfig, Outcome};
@@ -42,6 +43,13 @@ async fn run(args: RunArgs, shutdown: Shutdown) -> Result<(), StartError> {
     let admin_state = AdminState::new(&ctx.metrics, &ctx.readiness, &shutdown);
     // Served until the process exits: /metrics stays readable while passes drain.
     let admin = tokio::spawn(admin::serve(listener, admin_state, std::future::pending()));
+    if let Some(policy) = args.approval_policy() {
+        let installed = admission_policy::wait_until_installed(&ctx.client, policy);
+        if unless_stopped(&shutdown, installed).await.is_none() {
+            admin.abort();
+            return Ok(());
+        }
+    }
     let outcome = reconcile_until_stopped(&args, ctx).await;
     admin.abort();
     tracing::info!(?outcome, "stopped");
@@ -59,7 +67,8 @@ async fn start(args: &RunArgs, stop: &Shutdown) -> Result<(Arc<Context>, TcpList
     let (settings, tenant) = (args.decide_settings(), args.tenant_guard(&kube));
     let ready = Readiness::default();
     let ctx = Context::new(kube, graph, settings, tenant, metrics, ready, stop.clone())
-        .with_read_budget(args.read_budget());
+        .with_read_budget(args.read_budget())
+        .with_approval_policy(args.approval_policy());
     Ok((Arc::new(ctx), TcpListener::bind(args.metrics_addr).await?))
 }
 

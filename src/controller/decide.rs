@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
+use super::approval::{Gate, approval, awaiting};
 use super::follow;
 use super::preflight::{Stage, Target, preflight};
 use super::reason::Reason;
@@ -51,8 +52,14 @@ pub fn decide(
     pass: &Pass,
 ) -> Step {
     let staged = entry(o, settings, now, pass)
-        .and_then(|()| preflight(o, settings, now, pass))
-        .and_then(|target| issue(o, tenant, now, pass, &target));
+        .and_then(|()| approval(o, settings, pass))
+        .and_then(|gate| {
+            let target = preflight(o, settings, now, pass)?;
+            match gate {
+                Gate::Awaiting => Err(awaiting(o, target.plan()).with_user(target.user).into()),
+                Gate::NotRequired | Gate::Approved(_) => issue(o, tenant, now, pass, &target),
+            }
+        });
     match staged {
         Ok(never) => match never {},
         Err(step) => follow::with_start(step, o, settings, now, pass),

@@ -70,6 +70,12 @@ struct World {
     after_post: Option<fn(&mut World)>,
     /// How long the pass stalls right after its sending mark.
     stall_after_mark: SignedDuration,
+    /// The `guestreset.io/requested-by` annotation.
+    requested_by: Option<String>,
+    /// Whether the API server lets the approval's author approve, and the approvals it
+    /// was asked about.
+    approver_may: Result<(), String>,
+    approver_checks: u32,
 }
 
 impl World {
@@ -97,6 +103,9 @@ impl World {
             during_slot_wait: None,
             after_post: None,
             stall_after_mark: SignedDuration::ZERO,
+            requested_by: None,
+            approver_may: Ok(()),
+            approver_checks: 0,
         }
     }
 
@@ -109,9 +118,15 @@ impl World {
         obj.metadata.namespace = Some("identity".into());
         obj.metadata.uid = Some("uid-alice".into());
         obj.metadata.generation = Some(self.generation);
+        let annotations = obj.metadata.annotations.get_or_insert_default();
         if let Some(token) = &self.annotation {
-            obj.metadata.annotations =
-                Some([(crate::resource::RETRY_ANNOTATION.to_owned(), token.clone())].into());
+            annotations.insert(crate::resource::RETRY_ANNOTATION.to_owned(), token.clone());
+        }
+        if let Some(requester) = &self.requested_by {
+            annotations.insert(
+                crate::resource::REQUESTED_BY_ANNOTATION.to_owned(),
+                requester.clone(),
+            );
         }
         obj.status = Some(self.status.clone());
         obj
@@ -937,6 +952,15 @@ impl Io for ModelIo<'_> {
         format!("attempt-{}", self.w.steps.len())
     }
 
+    async fn can_approve(
+        &mut self,
+        _obj: &GuestRedemptionReset,
+        _approval: &crate::resource::Approval,
+    ) -> Result<Result<(), String>, kube::Error> {
+        self.w.approver_checks += 1;
+        Ok(self.w.approver_may.clone())
+    }
+
     async fn resolve(&mut self, lookup: &Lookup) -> Result<Resolution, Failure> {
         match self.w.read_failure.take() {
             Some(f) => Err(f),
@@ -1314,3 +1338,6 @@ fn absence_is_concluded_only_after_the_timeout_and_the_replication_window() {
     assert_eq!(w.pass(None).unwrap().reason, Reason::OutcomeUnknown);
     assert_eq!(w.posts_sent, 0);
 }
+
+#[path = "approval_tests.rs"]
+mod approval;

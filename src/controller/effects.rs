@@ -19,7 +19,7 @@ use super::{Context, MANAGER, failure_of};
 use crate::graph::{
     Admission, DirectoryUser, GraphClient, RedeemUrl, ResetRedemptionRequest, WriteSlot,
 };
-use crate::resource::{GuestRedemptionReset, REDEEM_URL_SECRET_KEY, RedemptionState};
+use crate::resource::{Approval, GuestRedemptionReset, REDEEM_URL_SECRET_KEY, RedemptionState};
 use crate::shutdown::PostInFlight;
 
 /// One pass's view of the world.
@@ -74,6 +74,15 @@ impl Io for KubeIo<'_> {
 
     fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
         crate::shutdown::stopping_owned(self.ctx.shutdown.clone())
+    }
+
+    fn can_approve(
+        &mut self,
+        obj: &GuestRedemptionReset,
+        approval: &Approval,
+    ) -> impl Future<Output = Result<Result<(), String>, kube::Error>> + Send {
+        let policy = self.ctx.approval_policy.clone();
+        super::approver::may_approve(self.ctx.client.clone(), policy, obj, approval)
     }
 
     fn is_stopping(&self) -> bool {

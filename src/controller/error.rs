@@ -18,6 +18,8 @@ pub enum Error {
     AcceptRetry(#[source] kube::Error),
     #[error("marking the new generation Pending failed: {0}")]
     MarkPending(#[source] kube::Error),
+    #[error("asking the API server whether the approver may approve failed: {0}")]
+    CheckApprover(#[source] kube::Error),
     #[error("checking who owns the redeem-URL Secret failed: {0}")]
     CheckSecret(#[source] kube::Error),
     #[error("recording the intent (status.attempt) failed: {0}")]

@@ -44,3 +44,33 @@ pub fn spec(id: &str, email: &str) -> GuestRedemptionResetSpec {
         dry_run: false,
     }
 }
+
+/// A resource `name` in `namespace` with the spec of [`spec`], at generation 1.
+pub fn resource(name: &str, namespace: &str) -> crate::resource::GuestRedemptionReset {
+    let mut obj = crate::resource::GuestRedemptionReset::new(
+        name,
+        spec(
+            "3f0a6c1e-8d2b-4c55-9b0e-2f6a1d9c7e41",
+            "alice@newco.example",
+        ),
+    );
+    obj.metadata.namespace = Some(namespace.into());
+    obj.metadata.generation = Some(1);
+    obj
+}
+
+/// A decision on `generation` by `by`, a member of the group `approvers`.
+pub fn approval(
+    generation: i64,
+    decision: crate::resource::Decision,
+    by: &str,
+) -> crate::resource::Approval {
+    crate::resource::Approval {
+        generation,
+        decision,
+        by: by.into(),
+        groups: vec!["approvers".into()],
+        at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(0)),
+        reason: "reviewed in CHG-1".into(),
+    }
+}

@@ -97,6 +97,7 @@ fn stamp(generation: i64, now: Timestamp) -> Stamp<'static> {
         now,
         retry_annotation: None,
         key: None,
+        requested_by: None,
     }
 }
 
@@ -109,6 +110,7 @@ fn observed<'a>(
         spec,
         generation,
         retry_annotation: None,
+        requested_by: None,
         status,
         failures: 0,
     }

@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use super::reason::Reason;
 use super::step::{Failure, FollowUp, Lookup, Posted, Resolution, SecretOwner, TenantGate};
 use crate::graph::{DirectoryUser, RedeemUrl, ResetRedemptionRequest};
-use crate::resource::GuestRedemptionReset;
+use crate::resource::{Approval, GuestRedemptionReset};
 
 /// The effects a pass needs. Graph failures come back as [`Failure`]s (they become reasons);
 /// Kubernetes failures as `kube::Error` (the executor names the step they failed in).
@@ -21,6 +21,14 @@ pub trait Io {
     /// What this process knows of the tenant pause, without asking anyone.
     fn local_gate(&self, now: Timestamp) -> TenantGate;
     fn new_attempt_id(&mut self) -> String;
+    /// Whether the author of `approval` (with the groups it records) holds the verb `approve`
+    /// on this resource, as the API server's authorizer says now, and the admission policy
+    /// that enforces approvals is still in place; the error says why not.
+    fn can_approve(
+        &mut self,
+        obj: &GuestRedemptionReset,
+        approval: &Approval,
+    ) -> impl Future<Output = Result<Result<(), String>, kube::Error>> + Send;
     fn resolve(
         &mut self,
         lookup: &Lookup,

@@ -5,11 +5,15 @@
 //! `decide`, the [`preflight`], the recovery of an interrupted attempt in [`recover`], with
 //! [`step`] the vocabulary they share and [`report`] what a pass ends with; [`io`] is the trait
 //! of the effects and [`effects`] performs them against the API server and Graph; [`status`]
-//! holds the pure status transitions. [`follow`] is the follow-through after `Issued` (did the
+//! holds the pure status transitions. [`approval`] is the four-eyes stage (with
+//! `--require-approval`), [`approver`] the API server's second look at an approver.
+//! [`follow`] is the follow-through after `Issued` (did the
 //! guest redeem?) on the schedule of [`schedule`]; [`events`] the Events on the resource.
 //! [`tenant`], [`failures`] and [`error`] are the tenant pause, the backoff counts and the
 //! errors of the effects.
 
+pub mod approval;
+pub mod approver;
 pub mod decide;
 pub mod effects;
 pub mod error;
@@ -68,6 +72,9 @@ pub struct Context {
     pub failpoint: Option<effects::Failpoint>,
     /// The follow-through's read budget (`--max-reads-per-minute`), apart from the writes'.
     pub read_budget: ReadBudget,
+    /// The admission policy that enforces approvals (with `--require-approval`): checked
+    /// again before any approval is acted on.
+    pub approval_policy: Option<String>,
     /// Consecutive failed passes per resource, for the backoff.
     failures: Mutex<FailureCounts>,
     /// The watch cache, to prune failure counts of deleted resources.
@@ -99,9 +106,16 @@ impl Context {
             shutdown,
             failpoint: effects::Failpoint::from_env(),
             read_budget: ReadBudget::new(60),
+            approval_policy: None,
             failures: Mutex::default(),
             store: OnceLock::new(),
         }
+    }
+
+    /// The admission policy that must enforce approvals (`--require-approval`).
+    pub fn with_approval_policy(mut self, name: Option<&str>) -> Self {
+        self.approval_policy = name.map(str::to_owned);
+        self
     }
 
     /// The read budget of the follow-through (default 60 reads a minute).

@@ -11,7 +11,12 @@
 //! - `OutcomeUnknown` only when the attempt's POST took no effect;
 //! - never a POST for a non-guest, on a user read older than 10 s, while the tenant is
 //!   paused, or to an address outside the allowed domains;
-//! - observedGeneration never goes down.
+//! - observedGeneration never goes down;
+//! - with approval required (half the cases): never a POST for a generation without an
+//!   approval of that generation by someone other than its requester whose right the API
+//!   server confirmed, and the controller never changes an approval (docs/resource.md,
+//!   "Approval"). The model's approvals include the ones admission would refuse (by the
+//!   requester, by someone without the right), as if the policy had been missing.
 //!
 //! Each step takes a second of the model's clock. `PROPTEST_CASES` sets the number of cases (CI runs the default below); a failure prints
 //! the seed and the shrunk sequence of actions.
@@ -72,7 +77,16 @@ enum Action {
     ConvertToMember,
     /// Another writer changes the object's metadata: the next guarded write conflicts.
     Touch,
+    /// A decision on the current generation: by the approver, or by the requester (which
+    /// admission would refuse); approving or denying.
+    Decide { by_requester: bool, approve: bool },
+    /// The approver's right to approve is withdrawn or granted again.
+    ApproverRight(bool),
 }
+
+/// The requester of every generation, and the one approver, in the model.
+const REQUESTER: &str = "alice";
+const APPROVER: &str = "bob";
 
 fn answer() -> impl Strategy<Value = Answer> {
     prop_oneof![
@@ -97,6 +111,9 @@ fn action() -> impl Strategy<Value = Action> {
         1 => Just(Action::GuestRedeems),
         1 => Just(Action::ConvertToMember),
         2 => Just(Action::Touch),
+        3 => (prop::bool::weighted(0.2), prop::bool::weighted(0.8))
+            .prop_map(|(by_requester, approve)| Action::Decide { by_requester, approve }),
+        1 => any::<bool>().prop_map(Action::ApproverRight),
     ]
 }
 
@@ -123,12 +140,23 @@ struct World {
     paused_since: Option<i64>,
     settings: Settings,
     next_id: u32,
+    /// Whether the API server's authorizer lets the approver approve, now.
+    approver_may: bool,
+    /// Generations whose approval by the approver the API server confirmed to a controller.
+    confirmed: HashSet<i64>,
 }
 
 impl World {
-    fn new() -> Self {
+    fn new(require_approval: bool) -> Self {
         let spec = fixtures::spec(USER, &format!("alice1@{ALLOWED}"));
         let mut obj = GuestRedemptionReset::new("alice", spec);
+        obj.metadata.annotations = Some(
+            [(
+                crate::resource::REQUESTED_BY_ANNOTATION.to_owned(),
+                REQUESTER.to_owned(),
+            )]
+            .into(),
+        );
         obj.metadata.namespace = Some("identity".into());
         obj.metadata.uid = Some("uid-alice".into());
         obj.metadata.generation = Some(1);
@@ -158,8 +186,11 @@ impl World {
                     first: SignedDuration::from_secs(10),
                     watch: SignedDuration::from_mins(2),
                 },
+                require_approval,
             },
             next_id: 0,
+            approver_may: true,
+            confirmed: HashSet::new(),
         }
     }
 
@@ -216,10 +247,38 @@ impl World {
                 self.retry_values += 1;
                 let value = self.retry_values.to_string();
                 *self.retries.entry(self.generation()).or_default() += 1;
-                self.obj.metadata.annotations =
-                    Some([(crate::resource::RETRY_ANNOTATION.to_owned(), value)].into());
+                self.obj
+                    .metadata
+                    .annotations
+                    .get_or_insert_default()
+                    .insert(crate::resource::RETRY_ANNOTATION.to_owned(), value);
                 self.bump();
             }
+            Action::Decide {
+                by_requester,
+                approve,
+            } => {
+                let by = if by_requester { REQUESTER } else { APPROVER };
+                let decision = if approve {
+                    crate::resource::Decision::Approved
+                } else {
+                    crate::resource::Decision::Denied
+                };
+                let approval = fixtures::approval(self.generation(), decision, by);
+                let status = self.obj.status.get_or_insert_default();
+                // A decision is final for its generation: the API server refuses a second one
+                // (the policy's rule this model keeps; the others it lets through).
+                if status
+                    .approval
+                    .as_ref()
+                    .is_some_and(|a| a.generation == approval.generation)
+                {
+                    return;
+                }
+                status.approval = Some(approval);
+                self.bump();
+            }
+            Action::ApproverRight(may) => self.approver_may = may,
             Action::ForeignInvite => self.foreign_change("PendingAcceptance"),
             Action::GuestRedeems => self.foreign_change("Accepted"),
             Action::ConvertToMember => self.user.user_type = Some("Member".into()),
@@ -232,6 +291,9 @@ impl World {
     fn check_write(&self, next: &GuestRedemptionReset) -> Result<(), String> {
         let old = self.obj.status.clone().unwrap_or_default();
         let new = next.status.clone().unwrap_or_default();
+        if new.approval != old.approval {
+            return Err("the controller changed the approval".into());
+        }
         if new.observed_generation < old.observed_generation {
             return Err(format!(
                 "observedGeneration went down: {:?} -> {:?}",
@@ -340,6 +402,15 @@ impl ModelIo<'_> {
                 _ => {}
             }
         }
+        if self.w.settings.require_approval {
+            let generation = generation_of(&request.email);
+            if !self.w.confirmed.contains(&generation) {
+                let approval = self.w.obj.status.as_ref().and_then(|s| s.approval.as_ref());
+                return Err(format!(
+                    "a POST for generation {generation} without a confirmed approval by another person (approval: {approval:?})"
+                ));
+            }
+        }
         if !request.email.ends_with(&format!("@{ALLOWED}")) {
             return Err(format!(
                 "a POST to {} outside the allowed domains",
@@ -371,6 +442,18 @@ impl Io for ModelIo<'_> {
     fn new_attempt_id(&mut self) -> String {
         self.w.next_id += 1;
         format!("attempt-{}", self.w.next_id)
+    }
+
+    async fn can_approve(
+        &mut self,
+        _obj: &GuestRedemptionReset,
+        approval: &crate::resource::Approval,
+    ) -> Result<Result<(), String>, kube::Error> {
+        let may = approval.by == APPROVER && self.w.approver_may;
+        if may && approval.decision == crate::resource::Decision::Approved {
+            self.w.confirmed.insert(approval.generation);
+        }
+        Ok(may.then_some(()).ok_or_else(|| "no right".to_owned()))
     }
 
     async fn resolve(&mut self, _lookup: &Lookup) -> Result<Resolution, Failure> {
@@ -551,7 +634,12 @@ fn generation_of(email: &str) -> i64 {
 
 /// Runs the actions; the first broken invariant is the error.
 fn run(actions: &[Action]) -> Result<(), String> {
-    let mut world = World::new();
+    run_with(false, actions)
+}
+
+/// Runs the actions with or without approval required.
+fn run_with(require_approval: bool, actions: &[Action]) -> Result<(), String> {
+    let mut world = World::new(require_approval);
     let mut passes: [Option<PassRunner>; 2] = [None, None];
     let expanded = actions
         .iter()
@@ -611,10 +699,11 @@ proptest! {
 
     #[test]
     fn once_per_generation_and_honest_outcomes_under_any_interleaving(
+        require_approval in any::<bool>(),
         actions in proptest::collection::vec(action(), 1..120)
     ) {
-        if let Err(violation) = run(&actions) {
-            prop_assert!(false, "{violation}\nactions: {actions:#?}");
+        if let Err(violation) = run_with(require_approval, &actions) {
+            prop_assert!(false, "{violation}\nrequire_approval: {require_approval}\nactions: {actions:#?}");
         }
     }
 }
@@ -627,7 +716,7 @@ fn the_model_reaches_issued_with_one_post() {
     let mut world_actions = actions.clone();
     world_actions.push(Action::Tick(1));
     run(&world_actions).unwrap();
-    let mut world = World::new();
+    let mut world = World::new(false);
     let mut runner = Some(PassRunner::new(world.obj.clone(), 0));
     for _ in 0..20 {
         let Some(r) = runner.as_mut() else { break };

@@ -19,7 +19,9 @@ use super::reason::Reason;
 use super::report::Report;
 use super::status::{self, Stamp};
 use crate::graph::{DirectoryUser, InvitationMessage, RedeemUrl, ResetRedemptionRequest};
-use crate::resource::{GuestRedemptionReset, GuestRedemptionResetStatus, RETRY_ANNOTATION};
+use crate::resource::{
+    GuestRedemptionReset, GuestRedemptionResetStatus, REQUESTED_BY_ANNOTATION, RETRY_ANNOTATION,
+};
 
 /// Steps one pass may take before it is cut short (a guard: a pass takes about a dozen).
 const MAX_STEPS: usize = 64;
@@ -108,12 +110,20 @@ impl PassRunner {
             .map(String::as_str)
     }
 
+    fn requested_by(&self) -> Option<&str> {
+        self.current
+            .annotations()
+            .get(REQUESTED_BY_ANNOTATION)
+            .map(String::as_str)
+    }
+
     fn stamp(&self, now: Timestamp) -> Stamp<'_> {
         Stamp {
             generation: self.generation,
             now,
             retry_annotation: self.retry_annotation(),
             key: self.current.spec.user.key(),
+            requested_by: self.requested_by(),
         }
     }
 
@@ -124,6 +134,7 @@ impl PassRunner {
             spec: &self.current.spec,
             generation: self.generation,
             retry_annotation: self.retry_annotation(),
+            requested_by: self.requested_by(),
             status: &status,
             failures: self.failures,
         };
@@ -142,6 +153,15 @@ impl PassRunner {
             Step::Wait { until } => Err(End::Done(Outcome::Wait(until_from(now, until)))),
             Step::AcceptRetry { token } => self.accept_retry(io, &token, now).await,
             Step::MarkPending => self.mark_pending(io, now).await,
+            Step::CheckApprover { approval } => {
+                let current = self.current.clone();
+                let allowed = self
+                    .unless_stopping(io, |io| io.can_approve(&current, &approval))
+                    .await?
+                    .map_err(Error::CheckApprover)?;
+                self.pass.approver_allowed = Some(allowed);
+                Ok(())
+            }
             Step::ReadEvidence { user_id } => {
                 let result = self.unless_stopping(io, |io| io.get_user(&user_id)).await?;
                 self.pass.evidence = Some(Read { result, at: now });
@@ -353,6 +373,10 @@ impl PassRunner {
                 "the status moved on from this pass's attempt; its report is dropped"
             );
             return Err(End::Done(Outcome::Superseded));
+        }
+        if let Some(issued) = &report.issued {
+            let user_id = self.status().user.map(|u| u.id);
+            super::events::log_issuance(&self.current, issued, user_id.as_deref());
         }
         if previous != (Some(report.reason), Some(self.generation)) {
             if report.reason.is_warning() {

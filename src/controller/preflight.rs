@@ -17,11 +17,19 @@ pub(super) type Stage<T> = Result<T, Step>;
 pub(super) struct Target<'p> {
     pub user: &'p DirectoryUser,
     pub needs_mail: bool,
+    spec: &'p GuestRedemptionResetSpec,
+}
+
+impl Target<'_> {
+    /// What issuing would do, in words: the plan an approver reviews.
+    pub fn plan(&self) -> String {
+        plan(self.spec, self.user, self.needs_mail)
+    }
 }
 
 /// Resolves the user and refuses what must not be done; a dry run ends here.
 pub(super) fn preflight<'p>(
-    o: &Observed<'_>,
+    o: &Observed<'p>,
     settings: &Settings,
     now: Timestamp,
     pass: &'p Pass,
@@ -64,14 +72,18 @@ pub(super) fn preflight<'p>(
         .into());
     }
     check_secret(o, pass, user)?;
+    let target = Target {
+        user,
+        needs_mail,
+        spec: o.spec,
+    };
     if o.spec.dry_run {
-        return Err(
-            Report::new(Reason::DryRunComplete, dry_run_plan(o, user, needs_mail))
-                .with_user(user)
-                .into(),
-        );
+        let plan = format!("dry run, nothing written to Graph. Would {}", target.plan());
+        return Err(Report::new(Reason::DryRunComplete, plan)
+            .with_user(user)
+            .into());
     }
-    Ok(Target { user, needs_mail })
+    Ok(target)
 }
 
 /// The id of the user a mail lookup may fall back to: the status recorded this user with
@@ -229,27 +241,27 @@ pub fn policy_denial(spec: &GuestRedemptionResetSpec, settings: &Settings) -> Op
     })
 }
 
-fn dry_run_plan(o: &Observed<'_>, user: &DirectoryUser, needs_mail: bool) -> String {
+fn plan(spec: &GuestRedemptionResetSpec, user: &DirectoryUser, needs_mail: bool) -> String {
     let name = user.display_name();
-    let mut plan = String::from("dry run, nothing written to Graph. Would ");
+    let mut plan = String::new();
     if needs_mail {
         plan.push_str(&format!(
             "set mail of {name} from {} to {}, then ",
             user.mail.as_deref().unwrap_or("(none)"),
-            o.spec.email
+            spec.email
         ));
     }
     plan.push_str(&format!(
         "reset the redemption of {name} ({}) to {}, {} the invitation e-mail",
         user.id,
-        o.spec.email,
-        if o.spec.send_invitation_message {
+        spec.email,
+        if spec.send_invitation_message {
             "sending"
         } else {
             "without"
         }
     ));
-    if let Some(secret) = &o.spec.redeem_url_secret {
+    if let Some(secret) = &spec.redeem_url_secret {
         plan.push_str(&format!(
             ", and store the redeem URL in Secret {}",
             secret.name

@@ -36,6 +36,8 @@ pub struct Report {
     pub pause_tenant: bool,
     /// The follow-through an `Issued` report starts (docs/resource.md, "Following through").
     pub redemption: Option<FollowUp>,
+    /// What the controller will do once the generation is approved (`status.plan`).
+    pub plan: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +71,7 @@ impl Report {
             user_missing_since: None,
             pause_tenant: false,
             redemption: None,
+            plan: None,
         }
     }
 

@@ -19,7 +19,7 @@ use super::effects::KubeIo;
 use super::error::Error;
 use super::pass::{Outcome, PassRunner, until_from};
 use super::reason::Reason;
-use crate::resource::{GuestRedemptionReset, RETRY_ANNOTATION};
+use crate::resource::{GuestRedemptionReset, REQUESTED_BY_ANNOTATION, RETRY_ANNOTATION};
 
 /// kubectl's copy of the last applied manifest, kept in an annotation.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -166,6 +166,10 @@ fn quiet_action(obj: &GuestRedemptionReset, settings: &Settings, now: Timestamp)
         spec: &obj.spec,
         generation: obj.meta().generation.unwrap_or(0),
         retry_annotation: obj.annotations().get(RETRY_ANNOTATION).map(String::as_str),
+        requested_by: obj
+            .annotations()
+            .get(REQUESTED_BY_ANNOTATION)
+            .map(String::as_str),
         status: &status,
         failures: 0,
     };

@@ -33,6 +33,8 @@ pub struct Stamp<'a> {
     pub retry_annotation: Option<&'a str>,
     /// The spec's key, shown in the `User` column until the user is resolved.
     pub key: Option<UserKey<'a>>,
+    /// The requester of the generation (the `guestreset.io/requested-by` annotation).
+    pub requested_by: Option<&'a str>,
 }
 
 /// Sets Ready (and `phase`, `observedGeneration`) for `reason`.
@@ -158,6 +160,9 @@ pub fn apply_report(
         .and_then(|after| jiff::SignedDuration::try_from(after).ok())
         .map(|after| ceil_to_second(stamp.now + after));
     set_ready(&mut next, stamp, report.reason, &report.message);
+    if report.plan.is_some() {
+        next.plan.clone_from(&report.plan);
+    }
     if let Some(follow_up) = &report.redemption {
         super::follow::set_redemption(&mut next, follow_up, stamp.now);
     }
@@ -259,6 +264,9 @@ pub fn pending(
     next.next_attempt_at = None;
     // A new generation asks for a new reset: the follow-through of the old one ends here.
     super::follow::clear_redemption(&mut next);
+    // Who asked for this generation; the plan of the previous one no longer applies.
+    next.requested_by = stamp.requested_by.map(str::to_owned);
+    next.plan = None;
     set_ready(
         &mut next,
         stamp,

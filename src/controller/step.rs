@@ -9,7 +9,7 @@ use super::report::Report;
 use super::schedule::Schedule;
 use crate::graph::DirectoryUser;
 use crate::resource::{
-    Attempt, GuestRedemptionResetSpec, GuestRedemptionResetStatus, Redemption, UserKey,
+    Approval, Attempt, GuestRedemptionResetSpec, GuestRedemptionResetStatus, Redemption, UserKey,
 };
 
 /// The resource as the controller sees it now (after this pass's own writes).
@@ -19,6 +19,9 @@ pub struct Observed<'a> {
     pub generation: i64,
     /// The value of the `guestreset.io/retry` annotation, if any.
     pub retry_annotation: Option<&'a str>,
+    /// The requester of this generation: the `guestreset.io/requested-by` annotation, which
+    /// admission holds to the user who made the generation.
+    pub requested_by: Option<&'a str>,
     pub status: &'a GuestRedemptionResetStatus,
     /// Consecutive failed passes of this generation that the controller remembers.
     pub failures: u32,
@@ -37,6 +40,9 @@ pub struct Settings {
     pub post_timeout: SignedDuration,
     /// When the follow-through reads the guest after `Issued`, and for how long.
     pub schedule: Schedule,
+    /// No Graph write for a generation before a person other than its requester approved it
+    /// (`--require-approval`).
+    pub require_approval: bool,
 }
 
 impl Default for Settings {
@@ -47,6 +53,7 @@ impl Default for Settings {
             clock_skew: SignedDuration::from_secs(60),
             post_timeout: SignedDuration::from_secs(30),
             schedule: Schedule::default(),
+            require_approval: false,
         }
     }
 }
@@ -150,6 +157,9 @@ pub struct WritePrep {
 /// What this pass learnt so far, in the order the steps happen.
 #[derive(Clone, Debug, Default)]
 pub struct Pass {
+    /// The API server's answer: may the approver of this generation approve it (and is the
+    /// policy that enforces approvals still in place)? The error says why not.
+    pub approver_allowed: Option<Result<(), String>>,
     pub evidence: Option<Read<Option<DirectoryUser>>>,
     pub target: Option<Read<Resolution>>,
     /// The lookup by the spec's mail found nobody and the user's id was tried instead.
@@ -194,6 +204,8 @@ pub enum Step {
     Wait { until: Timestamp },
     /// Say that a new generation was seen (Ready=Unknown, Pending) before working on it.
     MarkPending,
+    /// Ask the API server whether the author of the decision may approve this resource.
+    CheckApprover { approval: Box<Approval> },
     /// Read the user of an interrupted attempt to look for evidence of the reset.
     ReadEvidence { user_id: String },
     /// Resolve the target by the spec's key.

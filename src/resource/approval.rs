@@ -24,6 +24,12 @@ pub struct Approval {
     /// The approver's user name, as the API server authenticated it.
     #[schemars(length(min = 1, max = 512))]
     pub by: String,
+    /// The approver's groups, as the API server authenticated them: the controller asks the
+    /// API server again whether this user, with these groups, may approve, before it acts on
+    /// the approval (an approve right granted to a group would otherwise look missing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub groups: Vec<String>,
     /// When the approver decided.
     pub at: Time,
     /// Why: a review note, a change ticket.
