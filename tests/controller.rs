@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::World;
+use common::{World, admin_addr, http_get};
 use graph_sim::{Call, FaultAction, FaultRule, JournalEntry, SeedUser};
 use guestreset::resource::{GuestRedemptionReset, GuestRedemptionResetStatus};
 use guestreset_testsupport::{ChildProcess, wait_until};
@@ -789,26 +789,6 @@ async fn sigterm_stops_the_operator_cleanly() {
 }
 
 // ---------------------------------------------------------------- operations
-
-/// The address the operator's admin endpoints listen on, from its log.
-async fn admin_addr(op: &ChildProcess) -> String {
-    wait_until("the admin endpoints to listen", WAIT, || async {
-        op.read_log()
-            .lines()
-            .find(|l| l.contains("admin endpoints listening"))
-            .and_then(|l| {
-                let v: Value = serde_json::from_str(l).ok()?;
-                v["fields"]["addr"].as_str().map(str::to_owned)
-            })
-    })
-    .await
-}
-
-async fn http_get(url: &str) -> Option<(u16, String)> {
-    let response = reqwest::get(url).await.ok()?;
-    let status = response.status().as_u16();
-    Some((status, response.text().await.ok()?))
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_readiness_and_metrics() {

@@ -63,6 +63,8 @@ pub fn guestreset_command(
         "REDEMPTION_WATCH",
         "REDEMPTION_FIRST_CHECK",
         "LEADER_ELECT",
+        "REQUIRE_APPROVAL",
+        "ADMISSION_POLICY",
         "POD_NAME",
         "HTTPS_PROXY",
         "https_proxy",
