@@ -6,6 +6,7 @@
 //! - [`metrics`] and [`admin`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
 //! - [`shutdown`]: the stop of the process, shared by the binary and the controller.
 //! - [`cli`], [`leader`] and [`telemetry`]: the binary's flags, Lease choreography and logging.
+//! - [`plugin`]: the kubectl plugin, `kubectl guestreset` (the second binary).
 
 pub mod admin;
 pub mod backoff;
@@ -14,6 +15,7 @@ pub mod controller;
 pub mod graph;
 pub mod leader;
 pub mod metrics;
+pub mod plugin;
 pub mod resource;
 pub mod shutdown;
 pub mod telemetry;
