@@ -7,7 +7,6 @@ use kube::api::ObjectMeta;
 use crate::controller::reason::Reason;
 use crate::resource::{
     Approval, Decision, GuestRedemptionReset, GuestRedemptionResetSpec, GuestRedemptionResetStatus,
-    UserRef,
 };
 
 pub const NOW: &str = "2026-12-02T14:01:10Z";
@@ -22,20 +21,12 @@ pub fn at(text: &str) -> Time {
 
 /// `identity/alice` at `generation`, created ten minutes before [`NOW`], resource version "42".
 pub fn object(generation: i64, status: Option<GuestRedemptionResetStatus>) -> GuestRedemptionReset {
-    let spec = GuestRedemptionResetSpec {
-        user: UserRef {
-            mail: Some("alice@contoso.com".into()),
-            ..UserRef::default()
-        },
-        email: "alice@newco.example".into(),
-        redirect_url: crate::resource::DEFAULT_REDIRECT_URL.into(),
-        send_invitation_message: true,
-        message: None,
-        update_mail: true,
-        redeem_url_secret: None,
-        change_ref: None,
-        dry_run: false,
-    };
+    // Through serde, so that the CRD's defaults fill in the rest.
+    let spec: GuestRedemptionResetSpec = serde_json::from_value(serde_json::json!({
+        "user": {"mail": "alice@contoso.com"},
+        "email": "alice@newco.example",
+    }))
+    .expect("a valid spec");
     let mut obj = GuestRedemptionReset::new("alice", spec);
     obj.metadata = ObjectMeta {
         name: Some("alice".into()),

@@ -2,6 +2,8 @@
 //! (`status.plan`), for which generation, and who asked. Approve and deny show the same view
 //! before they write.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::ResourceExt;
 use serde::Serialize;
 
 use super::error::Error;
@@ -9,8 +11,6 @@ use super::output::{self, Format};
 use super::session::Session;
 use crate::controller::reason::{Readiness, Reason};
 use crate::resource::{Approval, GuestRedemptionReset};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::ResourceExt;
 
 /// The plan of the current generation.
 #[derive(Serialize, Debug, PartialEq)]

@@ -22,9 +22,10 @@ pub async fn run(session: &Session, args: &StatusArgs) -> Result<(), Error> {
         None => list(session, args.all_namespaces).await?,
     };
     if objs.is_empty() && args.output.is_none() {
-        let place = match args.all_namespaces {
-            true => "any namespace".to_owned(),
-            false => format!("namespace {}", session.namespace),
+        let place = if args.all_namespaces {
+            "any namespace".to_owned()
+        } else {
+            format!("namespace {}", session.namespace)
         };
         eprintln!("No GuestRedemptionResets found in {place}.");
         return Ok(());
@@ -40,9 +41,10 @@ pub async fn run(session: &Session, args: &StatusArgs) -> Result<(), Error> {
 }
 
 async fn list(session: &Session, all: bool) -> Result<Vec<GuestRedemptionReset>, Error> {
-    let api: Api<GuestRedemptionReset> = match all {
-        true => Api::all(session.client.clone()),
-        false => session.api(),
+    let api: Api<GuestRedemptionReset> = if all {
+        Api::all(session.client.clone())
+    } else {
+        session.api()
     };
     Ok(api.list(&ListParams::default()).await?.items)
 }

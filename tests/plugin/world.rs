@@ -47,6 +47,11 @@ impl Ns {
         run(self.plugin_command(&all)).await
     }
 
+    /// The plugin in this namespace, which must exit with `code`; its stdout and stderr.
+    pub async fn expect(&self, args: &[&str], code: i32) -> (String, String) {
+        expect_exit(&self.plugin(args).await, code)
+    }
+
     /// The plugin with the admin's kubeconfig and `args` as they are.
     pub fn plugin_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(PLUGIN);
@@ -111,6 +116,11 @@ impl Ns {
             .await
             .unwrap_or_else(|e| panic!("get {name}: {e}"))
     }
+}
+
+/// A command line split as a shell splits words without quotes.
+pub fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
 }
 
 /// The status of a generation waiting for its approval, with a plan and a requester.
