@@ -27,7 +27,7 @@ die() {
 # Debian's packages for what a fresh machine may lack, installed when this runs as root (as
 # on CI and the developers' machines); elsewhere the message names what to install.
 missing=()
-for tool in openssl:openssl flock:util-linux timeout:coreutils buildah:buildah podman:podman \
+for tool in openssl:openssl flock:util-linux script:bsdutils timeout:coreutils buildah:buildah podman:podman \
   runc:runc jq:jq update-ca-certificates:ca-certificates; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
 done

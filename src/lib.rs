@@ -7,6 +7,7 @@
 //! - [`admission_policy`]: whether the API server enforces the approval rules.
 //! - [`shutdown`]: the stop of the process, shared by the binary and the controller.
 //! - [`cli`], [`leader`] and [`telemetry`]: the binary's flags, Lease choreography and logging.
+//! - [`plugin`]: the kubectl plugin, `kubectl guestreset` (the second binary).
 
 pub mod admin;
 pub mod admission_policy;
@@ -16,6 +17,7 @@ pub mod controller;
 pub mod graph;
 pub mod leader;
 pub mod metrics;
+pub mod plugin;
 pub mod resource;
 pub mod shutdown;
 pub mod telemetry;
