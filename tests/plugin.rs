@@ -7,6 +7,7 @@
 #[path = "plugin/world.rs"]
 mod world;
 
+use guestreset::plugin::session::Caller;
 use guestreset::plugin::{Exit, decide, retry, write};
 use guestreset::resource::{
     Approval, Decision, GuestRedemptionReset, REQUESTED_BY_ANNOTATION, RETRY_ANNOTATION,
@@ -231,6 +232,14 @@ async fn approve_shows_the_plan_and_records_the_decision_for_the_current_generat
     let approval = approval_of(&obj).unwrap();
     let expected = (1, Decision::Approved, ADMIN, "CHG-20931 reviewed");
     assert_eq!(record(&approval), expected);
+    // The groups the API server authenticated the approver with, for the controller's check.
+    for group in ["system:masters", "system:authenticated"] {
+        assert!(
+            approval.groups.iter().any(|g| g == group),
+            "{:?}",
+            approval.groups
+        );
+    }
     let status = obj.status.unwrap();
     assert_eq!(
         status.plan.as_deref(),
@@ -296,7 +305,7 @@ async fn a_write_built_on_an_older_version_is_refused() {
     };
 
     let now = jiff::Timestamp::now();
-    let approval = decide::record(&read, Decision::Approved, ADMIN, now, "r");
+    let approval = decide::record(&read, Decision::Approved, &Caller::named(ADMIN), now, "r");
     let patch = Patch::Merge(decide::patch(&read, &approval));
     conflict(
         ns.api

@@ -13,7 +13,7 @@ use super::cli::DecideArgs;
 use super::error::Error;
 use super::output;
 use super::plan;
-use super::session::Session;
+use super::session::{Caller, Session};
 use super::write;
 use crate::resource::{Approval, Decision, GuestRedemptionReset};
 
@@ -31,7 +31,7 @@ pub async fn run(session: &Session, args: &DecideArgs, decision: Decision) -> Re
             )));
         }
     }
-    let by = session.user_name().await?;
+    let by = session.caller().await?;
     let approval = record(&obj, decision, &by, Timestamp::now(), &args.reason);
     let patch = patch(&obj, &approval);
     write::pause_before_write();
@@ -44,14 +44,15 @@ pub async fn run(session: &Session, args: &DecideArgs, decision: Decision) -> Re
 pub fn record(
     obj: &GuestRedemptionReset,
     decision: Decision,
-    by: &str,
+    by: &Caller,
     now: Timestamp,
     reason: &str,
 ) -> Approval {
     Approval {
         generation: plan::generation(obj),
         decision,
-        by: by.to_owned(),
+        by: by.name.clone(),
+        groups: by.groups.clone(),
         at: Time(now),
         reason: reason.to_owned(),
     }
@@ -83,7 +84,13 @@ mod tests {
     #[test]
     fn the_record_is_for_the_generation_that_was_read() {
         let obj = object(3, None);
-        let approval = record(&obj, Decision::Approved, "bob", now(), "CHG-1 reviewed");
+        let approval = record(
+            &obj,
+            Decision::Approved,
+            &Caller::named("bob"),
+            now(),
+            "CHG-1 reviewed",
+        );
         assert_eq!(
             patch(&obj, &approval),
             json!({
@@ -102,7 +109,13 @@ mod tests {
     #[test]
     fn a_denial_is_written_the_same_way() {
         let obj = object(5, None);
-        let approval = record(&obj, Decision::Denied, "carol", now(), "wrong address");
+        let approval = record(
+            &obj,
+            Decision::Denied,
+            &Caller::named("carol"),
+            now(),
+            "wrong address",
+        );
         assert_eq!(approval.generation, 5);
         assert_eq!(
             serde_json::to_value(&approval).unwrap()["decision"],

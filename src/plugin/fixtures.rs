@@ -78,6 +78,7 @@ pub fn approval(generation: i64, decision: Decision, by: &str) -> Approval {
         generation,
         decision,
         by: by.into(),
+        groups: vec![],
         at: at("2026-12-02T13:58:00Z"),
         reason: "CHG-1 reviewed".into(),
     }

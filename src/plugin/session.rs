@@ -38,16 +38,45 @@ impl Session {
     /// The caller's user name as the API server authenticated it: what admission compares
     /// the requester annotation and the approver with.
     pub async fn user_name(&self) -> Result<String, Error> {
+        Ok(self.caller().await?.name)
+    }
+
+    /// The caller as the API server authenticated them: the user name, and the groups an
+    /// approval records so that the controller can ask the API server about the approver's
+    /// right again with them.
+    pub async fn caller(&self) -> Result<Caller, Error> {
         let review = Api::<SelfSubjectReview>::all(self.client.clone())
             .create(&PostParams::default(), &SelfSubjectReview::default())
             .await
             .map_err(|e| Error::WhoAmI(format!("SelfSubjectReview: {e}")))?;
-        review
-            .status
-            .and_then(|s| s.user_info)
-            .and_then(|u| u.username)
+        let user = review.status.and_then(|s| s.user_info).unwrap_or_default();
+        let name = user
+            .username
             .filter(|name| !name.is_empty())
-            .ok_or_else(|| Error::WhoAmI("SelfSubjectReview answered without a user name".into()))
+            .ok_or_else(|| {
+                Error::WhoAmI("SelfSubjectReview answered without a user name".into())
+            })?;
+        Ok(Caller {
+            name,
+            groups: user.groups.unwrap_or_default(),
+        })
+    }
+}
+
+/// Who runs the plugin, as the API server sees them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+impl Caller {
+    /// A caller without groups (tests, and callers the API server names only).
+    pub fn named(name: &str) -> Caller {
+        Caller {
+            name: name.to_owned(),
+            groups: vec![],
+        }
     }
 }
 
