@@ -7,21 +7,18 @@
 //! the binary accepts every argument the chart passes it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Output, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures::future::join_all;
+use guestreset_testsupport::chart::{CHART_DIR, TOOL_DEADLINE, chart_dir, documents, helm};
 use guestreset_testsupport::{
-    ControlPlane, describe, path_str, pinned_kubernetes_version, repo_root, wait_until,
+    ControlPlane, describe, path_str, pinned_kubernetes_version, repo_root, run_bounded, wait_until,
 };
-use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::OnceCell;
 
-const CHART_DIR: &str = "charts/guestreset";
 const CRD_FILE: &str = "crds/guestredemptionresets.guestreset.io.yaml";
 const CRD_NAME: &str = "guestredemptionresets.guestreset.io";
 /// Resources named in RBAC checks.
@@ -31,8 +28,6 @@ const CLUSTER_ROLES: &str = "clusterroles.rbac.authorization.k8s.io";
 const ROLES: &str = "roles.rbac.authorization.k8s.io";
 const GITOPS_DIR: &str = "examples/gitops";
 const FIELD_MANAGER: &str = "guestreset-chart-test";
-/// Bound on one helm or kubectl invocation: a hung tool must fail the test.
-const TOOL_DEADLINE: Duration = Duration::from_secs(120);
 /// Bound on what the API server does asynchronously (establishing the CRD).
 const SETTLE: Duration = Duration::from_secs(90);
 
@@ -40,87 +35,6 @@ const TENANT_ID: &str = "8f1c2d3e-4b5a-4c6d-9e8f-0a1b2c3d4e5f";
 const CLIENT_ID: &str = "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d";
 
 // ------------------------------------------------------------------ helm
-
-struct Helm {
-    bin: PathBuf,
-    /// Helm's config, cache and data homes, and the values files of the tests: nothing
-    /// of the user's Helm setup is read or written.
-    home: tempfile::TempDir,
-}
-
-/// The helm of `scripts/helm.sh build`, built on first use. A failed build fails every
-/// test with the script's reason; nothing is skipped.
-fn helm() -> &'static Helm {
-    static HELM: OnceLock<Result<Helm, String>> = OnceLock::new();
-    let built = HELM.get_or_init(|| {
-        let script = repo_root().join("scripts/helm.sh");
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .arg("build")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("run {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} build failed ({}): {}",
-                script.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if !bin.is_file() {
-            return Err(format!("{} printed {bin:?}, not a file", script.display()));
-        }
-        let home = tempfile::tempdir().map_err(|e| format!("helm home: {e}"))?;
-        Ok(Helm { bin, home })
-    });
-    match built {
-        Ok(helm) => helm,
-        Err(e) => panic!("helm is unavailable: {e}"),
-    }
-}
-
-impl Helm {
-    /// Runs helm without any cluster: rendering and linting must not depend on one.
-    async fn run(&self, args: &[&str]) -> Output {
-        let home = self.home.path();
-        self.run_with_kubeconfig(args, &home.join("no-kubeconfig"))
-            .await
-    }
-
-    /// Runs helm against the cluster of `kubeconfig`.
-    async fn run_with_kubeconfig(&self, args: &[&str], kubeconfig: &Path) -> Output {
-        let home = self.home.path();
-        let mut command = tokio::process::Command::new(&self.bin);
-        command
-            .args(args)
-            .env("HELM_CONFIG_HOME", home.join("config"))
-            .env("HELM_CACHE_HOME", home.join("cache"))
-            .env("HELM_DATA_HOME", home.join("data"))
-            .env_remove("HELM_NAMESPACE")
-            .env_remove("HELM_KUBECONTEXT")
-            .env("KUBECONFIG", kubeconfig)
-            // The test API server is on loopback; never through a proxy.
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .env("no_proxy", "127.0.0.1,localhost")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        run_bounded(command, None, &format!("helm {args:?}")).await
-    }
-
-    /// Writes `values` (YAML) to a fresh file and returns its path.
-    fn values_file(&self, values: &str) -> PathBuf {
-        let file = tempfile::Builder::new()
-            .prefix("values-")
-            .suffix(".yaml")
-            .tempfile_in(self.home.path())
-            .expect("create values file");
-        std::fs::write(file.path(), values).expect("write values file");
-        let (_, path) = file.keep().expect("keep values file");
-        path
-    }
-}
 
 /// `helm template RELEASE charts/guestreset -n NAMESPACE -f <values>` for the pinned
 /// Kubernetes version: the manifests, or helm's error.
@@ -134,28 +48,7 @@ async fn render_with(
     values: &str,
     extra: &[&str],
 ) -> Result<String, String> {
-    let helm = helm();
-    let values_file = helm.values_file(values);
-    let chart = chart_dir();
-    let kube_version = pinned_kubernetes_version();
-    let mut args = vec![
-        "template",
-        release,
-        path_str(&chart),
-        "--namespace",
-        namespace,
-        "--kube-version",
-        &kube_version,
-        "--values",
-        path_str(&values_file),
-    ];
-    args.extend_from_slice(extra);
-    let out = helm.run(&args).await;
-    if out.status.success() {
-        Ok(String::from_utf8(out.stdout).expect("helm prints UTF-8"))
-    } else {
-        Err(describe(&out))
-    }
+    helm().template(release, namespace, values, extra).await
 }
 
 async fn render_ok(release: &str, namespace: &str, values: &str) -> Manifests {
@@ -163,10 +56,6 @@ async fn render_ok(release: &str, namespace: &str, values: &str) -> Manifests {
         .await
         .unwrap_or_else(|e| panic!("helm template with values\n{values}\nfailed: {e}"));
     Manifests::parse(&text)
-}
-
-fn chart_dir() -> PathBuf {
-    repo_root().join(CHART_DIR)
 }
 
 /// The rendered objects, as JSON.
@@ -177,13 +66,9 @@ struct Manifests {
 
 impl Manifests {
     fn parse(text: &str) -> Manifests {
-        let objects = serde_yaml::Deserializer::from_str(text)
-            .map(|doc| Value::deserialize(doc).expect("rendered YAML parses"))
-            .filter(|v| !v.is_null())
-            .collect();
         Manifests {
             text: text.to_owned(),
-            objects,
+            objects: documents(text),
         }
     }
 
@@ -300,36 +185,7 @@ async fn kubectl(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> Outpu
         .arg("--request-timeout=30s")
         .args(args)
         .kill_on_drop(true);
-    run_bounded(command, stdin, &format!("kubectl {args:?}")).await
-}
-
-async fn run_bounded(
-    mut command: tokio::process::Command,
-    stdin: Option<&str>,
-    what: &str,
-) -> Output {
-    command
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let run = async {
-        let mut child = command.spawn()?;
-        if let Some(input) = stdin {
-            let mut pipe = child.stdin.take().expect("piped stdin");
-            pipe.write_all(input.as_bytes()).await?;
-            drop(pipe);
-        }
-        child.wait_with_output().await
-    };
-    match tokio::time::timeout(TOOL_DEADLINE, run).await {
-        Ok(Ok(out)) => out,
-        Ok(Err(e)) => panic!("run {what}: {e}"),
-        Err(_) => panic!("{what} did not finish within {TOOL_DEADLINE:?}"),
-    }
+    run_bounded(command, stdin, &format!("kubectl {args:?}"), TOOL_DEADLINE).await
 }
 
 /// Server-side apply of `yaml`; panics with the server's answer on failure.
