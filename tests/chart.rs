@@ -799,11 +799,26 @@ async fn single_namespace_install_is_confined_to_its_namespace() {
     let release = ns.clone();
     let values = format!("watchNamespace: {watched}\n");
     let m = render_ok(&release, &ns, &values).await;
-    let kinds = m.kinds();
+    // The only ClusterRoles are the people's (bound by nobody yet): the controller is given
+    // nothing cluster-wide.
     assert!(
-        !kinds.contains("ClusterRole") && !kinds.contains("ClusterRoleBinding"),
-        "a single-namespace install needs nothing cluster-wide: {kinds:?}"
+        !m.kinds().contains("ClusterRoleBinding"),
+        "a single-namespace install binds nothing cluster-wide: {:?}",
+        m.kinds()
     );
+    let release_full_name = format!("{release}-guestreset");
+    for role in m.of_kind("ClusterRole") {
+        let name = role["metadata"]["name"].as_str().unwrap_or_default();
+        assert!(
+            [
+                format!("{release_full_name}-requester"),
+                format!("{release_full_name}-approver")
+            ]
+            .iter()
+            .any(|n| n == name),
+            "ClusterRole {name} in a single-namespace install"
+        );
+    }
     assert!(
         m.args().contains(&format!("--namespace={watched}")),
         "the controller must be told its namespace: {:?}",
