@@ -847,8 +847,8 @@ async fn default_install_grants_exactly_the_controller_rights() {
 }
 
 /// With `watchNamespace`, every right but the Lease and the tenant-pause ConfigMap is confined
-/// to that namespace: no ClusterRole, nothing else in the release namespace or a third one,
-/// nothing cluster-wide.
+/// to that namespace: no ClusterRole for the controller, nothing else in the release namespace
+/// or a third one, nothing cluster-wide.
 #[tokio::test]
 async fn single_namespace_install_is_confined_to_its_namespace() {
     let cp = control_plane().await;

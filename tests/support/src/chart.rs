@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::{describe, path_str, pinned_kubernetes_version, repo_root, run_bounded};
+use crate::{describe, path_str, pinned_kubernetes_version, repo_root, run_bounded, yaml_files};
 
 /// Where the chart lives, relative to the repository root.
 pub const CHART_DIR: &str = "charts/guestreset";
@@ -154,15 +154,8 @@ pub fn documents(yaml: &str) -> Vec<Value> {
 /// `identity` to `namespace`, with the references to the ClusterRoles of a release named
 /// `guestreset` turned into references to those of the release whose full name is `fullname`.
 pub fn example_rbac(namespace: &str, fullname: &str) -> Vec<Value> {
-    let dir = repo_root().join(EXAMPLE_RBAC_DIR);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-        .map(|entry| entry.expect("directory entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
     let prefix = format!("{EXAMPLE_FULLNAME}-");
-    files
+    yaml_files(EXAMPLE_RBAC_DIR)
         .iter()
         .flat_map(|file| {
             let text = std::fs::read_to_string(file)

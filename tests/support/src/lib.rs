@@ -65,6 +65,18 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The `.yaml` files directly in `dir` (relative to the repository root), in name order.
+pub fn yaml_files(dir: &str) -> Vec<PathBuf> {
+    let dir = repo_root().join(dir);
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
 /// The `k8s.io/kubernetes` release pinned in `scripts/controlplane/go.mod`,
 /// e.g. `v1.34.10`: the version the control plane's binaries report.
 pub fn pinned_kubernetes_version() -> String {
