@@ -58,7 +58,7 @@ pub struct Person {
 pub struct Fixture {
     pub cp: &'static ControlPlane,
     pub ns: String,
-    /// The policy's (and binding's) name: the release's full name.
+    /// The release's full name, which the policy and its binding are named after.
     pub policy: String,
     /// What `helm template` rendered.
     pub rendered: Vec<Value>,
@@ -97,7 +97,12 @@ impl Fixture {
         .await;
         let ns = cp.namespace(prefix).await;
         let rendered = render(&ns, chart).await;
-        let policy = format!("{ns}-guestreset");
+        let policy = rendered
+            .iter()
+            .find(|o| o["kind"] == "Deployment")
+            .and_then(|d| d["metadata"]["name"].as_str())
+            .expect("a Deployment named after the release")
+            .to_owned();
 
         for object in installed_objects(&rendered) {
             apply(&admin, object, Some(&ns)).await;
