@@ -6,7 +6,6 @@
 //! The offline CEL tests in `src/resource.rs` are the fast, exhaustive half; these tests
 //! prove that the API server reads the schema the same way.
 
-use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
@@ -14,7 +13,9 @@ use futures::StreamExt;
 use guestreset::resource::{
     DEFAULT_REDIRECT_URL, GuestRedemptionReset, GuestRedemptionResetStatus, Phase, crd, crd_yaml,
 };
-use guestreset_testsupport::{ControlPlane, describe, path_str as path_arg, repo_root, wait_until};
+use guestreset_testsupport::{
+    ControlPlane, describe, path_str as path_arg, repo_root, wait_until, yaml_files,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -159,17 +160,6 @@ fn not_met(out: &Output) -> bool {
     // The first wording is that of --timeout=0s, the second that of a real timeout.
     !out.status.success()
         && (stderr.contains("condition not met") || stderr.contains("timed out waiting"))
-}
-
-fn yaml_files(dir: &str) -> Vec<PathBuf> {
-    let dir = repo_root().join(dir);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-        .map(|entry| entry.expect("directory entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    files
 }
 
 fn api_resource() -> ApiResource {

@@ -7,21 +7,20 @@
 //! the binary accepts every argument the chart passes it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Output, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures::future::join_all;
-use guestreset_testsupport::{
-    ControlPlane, describe, path_str, pinned_kubernetes_version, repo_root, wait_until,
+use guestreset_testsupport::chart::{
+    CHART_DIR, TOOL_DEADLINE, chart_dir, documents, example_rbac, helm,
 };
-use serde::Deserialize;
+use guestreset_testsupport::{
+    ControlPlane, describe, path_str, pinned_kubernetes_version, repo_root, run_bounded, wait_until,
+};
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::OnceCell;
 
-const CHART_DIR: &str = "charts/guestreset";
 const CRD_FILE: &str = "crds/guestredemptionresets.guestreset.io.yaml";
 const CRD_NAME: &str = "guestredemptionresets.guestreset.io";
 /// Resources named in RBAC checks.
@@ -29,10 +28,11 @@ const LEASES: &str = "leases.coordination.k8s.io";
 const CRDS: &str = "customresourcedefinitions.apiextensions.k8s.io";
 const CLUSTER_ROLES: &str = "clusterroles.rbac.authorization.k8s.io";
 const ROLES: &str = "roles.rbac.authorization.k8s.io";
+const POLICIES: &str = "validatingadmissionpolicies.admissionregistration.k8s.io";
+const POLICY_BINDINGS: &str = "validatingadmissionpolicybindings.admissionregistration.k8s.io";
+const SUBJECT_ACCESS_REVIEWS: &str = "subjectaccessreviews.authorization.k8s.io";
 const GITOPS_DIR: &str = "examples/gitops";
 const FIELD_MANAGER: &str = "guestreset-chart-test";
-/// Bound on one helm or kubectl invocation: a hung tool must fail the test.
-const TOOL_DEADLINE: Duration = Duration::from_secs(120);
 /// Bound on what the API server does asynchronously (establishing the CRD).
 const SETTLE: Duration = Duration::from_secs(90);
 
@@ -40,87 +40,6 @@ const TENANT_ID: &str = "8f1c2d3e-4b5a-4c6d-9e8f-0a1b2c3d4e5f";
 const CLIENT_ID: &str = "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d";
 
 // ------------------------------------------------------------------ helm
-
-struct Helm {
-    bin: PathBuf,
-    /// Helm's config, cache and data homes, and the values files of the tests: nothing
-    /// of the user's Helm setup is read or written.
-    home: tempfile::TempDir,
-}
-
-/// The helm of `scripts/helm.sh build`, built on first use. A failed build fails every
-/// test with the script's reason; nothing is skipped.
-fn helm() -> &'static Helm {
-    static HELM: OnceLock<Result<Helm, String>> = OnceLock::new();
-    let built = HELM.get_or_init(|| {
-        let script = repo_root().join("scripts/helm.sh");
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .arg("build")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("run {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} build failed ({}): {}",
-                script.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if !bin.is_file() {
-            return Err(format!("{} printed {bin:?}, not a file", script.display()));
-        }
-        let home = tempfile::tempdir().map_err(|e| format!("helm home: {e}"))?;
-        Ok(Helm { bin, home })
-    });
-    match built {
-        Ok(helm) => helm,
-        Err(e) => panic!("helm is unavailable: {e}"),
-    }
-}
-
-impl Helm {
-    /// Runs helm without any cluster: rendering and linting must not depend on one.
-    async fn run(&self, args: &[&str]) -> Output {
-        let home = self.home.path();
-        self.run_with_kubeconfig(args, &home.join("no-kubeconfig"))
-            .await
-    }
-
-    /// Runs helm against the cluster of `kubeconfig`.
-    async fn run_with_kubeconfig(&self, args: &[&str], kubeconfig: &Path) -> Output {
-        let home = self.home.path();
-        let mut command = tokio::process::Command::new(&self.bin);
-        command
-            .args(args)
-            .env("HELM_CONFIG_HOME", home.join("config"))
-            .env("HELM_CACHE_HOME", home.join("cache"))
-            .env("HELM_DATA_HOME", home.join("data"))
-            .env_remove("HELM_NAMESPACE")
-            .env_remove("HELM_KUBECONTEXT")
-            .env("KUBECONFIG", kubeconfig)
-            // The test API server is on loopback; never through a proxy.
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .env("no_proxy", "127.0.0.1,localhost")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        run_bounded(command, None, &format!("helm {args:?}")).await
-    }
-
-    /// Writes `values` (YAML) to a fresh file and returns its path.
-    fn values_file(&self, values: &str) -> PathBuf {
-        let file = tempfile::Builder::new()
-            .prefix("values-")
-            .suffix(".yaml")
-            .tempfile_in(self.home.path())
-            .expect("create values file");
-        std::fs::write(file.path(), values).expect("write values file");
-        let (_, path) = file.keep().expect("keep values file");
-        path
-    }
-}
 
 /// `helm template RELEASE charts/guestreset -n NAMESPACE -f <values>` for the pinned
 /// Kubernetes version: the manifests, or helm's error.
@@ -134,28 +53,7 @@ async fn render_with(
     values: &str,
     extra: &[&str],
 ) -> Result<String, String> {
-    let helm = helm();
-    let values_file = helm.values_file(values);
-    let chart = chart_dir();
-    let kube_version = pinned_kubernetes_version();
-    let mut args = vec![
-        "template",
-        release,
-        path_str(&chart),
-        "--namespace",
-        namespace,
-        "--kube-version",
-        &kube_version,
-        "--values",
-        path_str(&values_file),
-    ];
-    args.extend_from_slice(extra);
-    let out = helm.run(&args).await;
-    if out.status.success() {
-        Ok(String::from_utf8(out.stdout).expect("helm prints UTF-8"))
-    } else {
-        Err(describe(&out))
-    }
+    helm().template(release, namespace, values, extra).await
 }
 
 async fn render_ok(release: &str, namespace: &str, values: &str) -> Manifests {
@@ -163,10 +61,6 @@ async fn render_ok(release: &str, namespace: &str, values: &str) -> Manifests {
         .await
         .unwrap_or_else(|e| panic!("helm template with values\n{values}\nfailed: {e}"));
     Manifests::parse(&text)
-}
-
-fn chart_dir() -> PathBuf {
-    repo_root().join(CHART_DIR)
 }
 
 /// The rendered objects, as JSON.
@@ -177,13 +71,9 @@ struct Manifests {
 
 impl Manifests {
     fn parse(text: &str) -> Manifests {
-        let objects = serde_yaml::Deserializer::from_str(text)
-            .map(|doc| Value::deserialize(doc).expect("rendered YAML parses"))
-            .filter(|v| !v.is_null())
-            .collect();
         Manifests {
             text: text.to_owned(),
-            objects,
+            objects: documents(text),
         }
     }
 
@@ -300,36 +190,7 @@ async fn kubectl(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> Outpu
         .arg("--request-timeout=30s")
         .args(args)
         .kill_on_drop(true);
-    run_bounded(command, stdin, &format!("kubectl {args:?}")).await
-}
-
-async fn run_bounded(
-    mut command: tokio::process::Command,
-    stdin: Option<&str>,
-    what: &str,
-) -> Output {
-    command
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let run = async {
-        let mut child = command.spawn()?;
-        if let Some(input) = stdin {
-            let mut pipe = child.stdin.take().expect("piped stdin");
-            pipe.write_all(input.as_bytes()).await?;
-            drop(pipe);
-        }
-        child.wait_with_output().await
-    };
-    match tokio::time::timeout(TOOL_DEADLINE, run).await {
-        Ok(Ok(out)) => out,
-        Ok(Err(e)) => panic!("run {what}: {e}"),
-        Err(_) => panic!("{what} did not finish within {TOOL_DEADLINE:?}"),
-    }
+    run_bounded(command, stdin, &format!("kubectl {args:?}"), TOOL_DEADLINE).await
 }
 
 /// Server-side apply of `yaml`; panics with the server's answer on failure.
@@ -395,9 +256,22 @@ fn status_right<'a>(allowed: bool, verb: &'a str, scope: Scope<'a>) -> Right<'a>
 
 /// Asks every question as `user` (concurrently) and fails listing every wrong answer.
 async fn expect_rights(cp: &ControlPlane, user: &str, rights: &[Right<'_>]) {
+    expect_rights_in_groups(cp, user, &[], rights).await
+}
+
+/// [`expect_rights`] as `user` in `groups`.
+async fn expect_rights_in_groups(
+    cp: &ControlPlane,
+    user: &str,
+    groups: &[&str],
+    rights: &[Right<'_>],
+) {
+    let as_groups: Vec<String> = groups.iter().map(|g| format!("--as-group={g}")).collect();
+    let as_groups = &as_groups;
     let answers = join_all(rights.iter().map(|r| async move {
         let as_user = format!("--as={user}");
         let mut args = vec!["auth", "can-i", r.verb, r.resource.as_str(), &as_user];
+        args.extend(as_groups.iter().map(String::as_str));
         let subresource;
         if let Some(sub) = r.subresource {
             subresource = format!("--subresource={sub}");
@@ -528,6 +402,10 @@ async fn lint_strict_passes_for_each_variant() {
             ),
         ),
         (
+            "four eyes",
+            "requireApproval: true\nwatchNamespace: identity\nadmissionPolicy:\n  controllerUsername: system:serviceaccount:ops:guestreset\n".to_owned(),
+        ),
+        (
             "everything optional on",
             format!(
                 "replicas: 3\nazure:\n  tenantId: contoso.onmicrosoft.com\n  clientId: {CLIENT_ID}\n  authorityHost: https://login.microsoftonline.us\n  clientCertificate:\n    existingSecret: graph-cert\n    passwordKey: password\ncaBundle:\n  configMapName: proxy-ca\nmetrics:\n  serviceMonitor:\n    enabled: true\n    labels:\n      release: prometheus\npodDisruptionBudget:\n  enabled: true\nimage:\n  digest: sha256:{}\nextraEnv:\n  - name: HTTPS_PROXY\n    value: http://proxy.internal:3128\n",
@@ -621,6 +499,26 @@ async fn bad_values_are_refused_with_the_value_named() {
             "at '/writeLimit/perMinute': minimum",
         ),
         (
+            "approval without the policy that enforces it",
+            "requireApproval: true\nadmissionPolicy:\n  enabled: false\n".into(),
+            "at '/admissionPolicy/enabled': value must be true",
+        ),
+        (
+            "approval as text",
+            "requireApproval: \"yes\"\n".into(),
+            "at '/requireApproval': got string, want boolean",
+        ),
+        (
+            "misspelt policy key",
+            "admissionPolicy:\n  enable: false\n".into(),
+            "at '/admissionPolicy': additional properties 'enable' not allowed",
+        ),
+        (
+            "controller user name with a line break",
+            "admissionPolicy:\n  controllerUsername: \"guestreset\\nadmin\"\n".into(),
+            "at '/admissionPolicy/controllerUsername'",
+        ),
+        (
             "ServiceMonitor without its Service",
             "metrics:\n  service:\n    enabled: false\n  serviceMonitor:\n    enabled: true\n".into(),
             "at '/metrics/service/enabled': value must be true",
@@ -669,6 +567,9 @@ async fn bad_values_are_refused_with_the_value_named() {
         "podDisruptionBudget:\n  enabled: true\nmetrics:\n  serviceMonitor:\n    enabled: true\n"
             .to_owned(),
         "extraEnv:\n  - name: HTTPS_PROXY\n    value: http://proxy:3128\n".to_owned(),
+        "requireApproval: true\n".to_owned(),
+        "admissionPolicy:\n  enabled: false\n".to_owned(),
+        "admissionPolicy:\n  controllerUsername: system:serviceaccount:ops:guestreset\n".to_owned(),
     ] {
         render("values", "guestreset", &good)
             .await
@@ -881,6 +782,7 @@ async fn default_install_grants_exactly_the_controller_rights() {
             rights.push(right(false, verb, CRD_NAME, scope));
         }
         rights.push(status_right(false, "create", scope));
+        rights.push(right(false, "approve", CRD_NAME, scope));
         rights.push(right(false, "create", "events", scope));
         rights.push(right(false, "get", "configmaps", scope));
         rights.push(right(false, "list", "pods", scope));
@@ -919,6 +821,19 @@ async fn default_install_grants_exactly_the_controller_rights() {
         right(false, "patch", &lease, Scope::Namespace(&other)),
         right(false, "create", LEASES, Scope::AllNamespaces),
         right(false, "get", CRDS, Scope::AllNamespaces),
+        // Approval is off: no second look at approvers, no reading of the policy.
+        right(
+            false,
+            "create",
+            SUBJECT_ACCESS_REVIEWS,
+            Scope::AllNamespaces,
+        ),
+        right(
+            false,
+            "get",
+            &format!("{POLICIES}/{release}-guestreset"),
+            Scope::AllNamespaces,
+        ),
         right(false, "create", CLUSTER_ROLES, Scope::AllNamespaces),
         right(false, "escalate", ROLES, Scope::Namespace(&ns)),
         right(
@@ -932,8 +847,8 @@ async fn default_install_grants_exactly_the_controller_rights() {
 }
 
 /// With `watchNamespace`, every right but the Lease and the tenant-pause ConfigMap is confined
-/// to that namespace: no ClusterRole, nothing else in the release namespace or a third one,
-/// nothing cluster-wide.
+/// to that namespace: no ClusterRole for the controller, nothing else in the release namespace
+/// or a third one, nothing cluster-wide.
 #[tokio::test]
 async fn single_namespace_install_is_confined_to_its_namespace() {
     let cp = control_plane().await;
@@ -943,11 +858,26 @@ async fn single_namespace_install_is_confined_to_its_namespace() {
     let release = ns.clone();
     let values = format!("watchNamespace: {watched}\n");
     let m = render_ok(&release, &ns, &values).await;
-    let kinds = m.kinds();
+    // The only ClusterRoles are the people's (bound by nobody yet): the controller is given
+    // nothing cluster-wide.
     assert!(
-        !kinds.contains("ClusterRole") && !kinds.contains("ClusterRoleBinding"),
-        "a single-namespace install needs nothing cluster-wide: {kinds:?}"
+        !m.kinds().contains("ClusterRoleBinding"),
+        "a single-namespace install binds nothing cluster-wide: {:?}",
+        m.kinds()
     );
+    let release_full_name = format!("{release}-guestreset");
+    for role in m.of_kind("ClusterRole") {
+        let name = role["metadata"]["name"].as_str().unwrap_or_default();
+        assert!(
+            [
+                format!("{release_full_name}-requester"),
+                format!("{release_full_name}-approver")
+            ]
+            .iter()
+            .any(|n| n == name),
+            "ClusterRole {name} in a single-namespace install"
+        );
+    }
     assert!(
         m.args().contains(&format!("--namespace={watched}")),
         "the controller must be told its namespace: {:?}",
@@ -1453,6 +1383,12 @@ async fn helm_installs_upgrades_and_uninstalls() {
         "NOTES must name {subject}:\n{notes}"
     );
     assert!(notes.contains("allowedEmailDomains is empty"), "{notes}");
+    assert!(
+        notes.contains(&format!(
+            "ValidatingAdmissionPolicy {fullname} lets only the controller"
+        )),
+        "{notes}"
+    );
     let exists = |kind: &'static str, name: String, namespace: Option<String>| async move {
         let mut args = vec![
             "get".to_owned(),
@@ -1475,6 +1411,8 @@ async fn helm_installs_upgrades_and_uninstalls() {
     };
     assert!(exists("deployment", fullname.clone(), Some(ns.clone())).await);
     assert!(exists("clusterrole", fullname.clone(), None).await);
+    assert!(exists("validatingadmissionpolicy", fullname.clone(), None).await);
+    assert!(exists("validatingadmissionpolicybinding", fullname.clone(), None).await);
 
     let out = helm_at(install_args(
         "upgrade",
@@ -1500,8 +1438,244 @@ async fn helm_installs_upgrades_and_uninstalls() {
     assert!(out.status.success(), "helm uninstall: {}", describe(&out));
     assert!(!exists("deployment", fullname.clone(), Some(ns.clone())).await);
     assert!(!exists("role", fullname.clone(), Some(watched.clone())).await);
+    assert!(!exists("validatingadmissionpolicy", fullname.clone(), None).await);
     assert!(
         exists("crd", CRD_NAME.to_owned(), None).await,
         "uninstall must keep the CRD"
     );
+}
+
+/// The approval values: `requireApproval` renders the policy that requires the requester
+/// annotation, passes the controller its two flags and grants it what its checks need;
+/// `admissionPolicy.controllerUsername` names the one user who writes status, by default the
+/// chart's ServiceAccount; with `watchNamespace` the binding selects that namespace only. The
+/// defaults install the policy without the requirement and without the flags;
+/// `admissionPolicy.enabled: false` installs none.
+#[tokio::test]
+async fn approval_values_render_the_policy_the_flags_and_the_rights() {
+    let m = render_ok("guestreset", "guestreset-system", "requireApproval: true\n").await;
+    let policy = m.one("ValidatingAdmissionPolicy");
+    let binding = m.one("ValidatingAdmissionPolicyBinding");
+    assert_eq!(policy["metadata"]["name"], "guestreset");
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    assert_eq!(
+        policy["spec"]["matchConstraints"]["resourceRules"],
+        json!([{
+            "apiGroups": ["guestreset.io"],
+            "apiVersions": ["*"],
+            "operations": ["CREATE", "UPDATE"],
+            "resources": ["guestredemptionresets", "guestredemptionresets/status"],
+        }])
+    );
+    assert_eq!(
+        policy_variable(policy, "isController"),
+        r#"request.userInfo.username == "system:serviceaccount:guestreset-system:guestreset""#
+    );
+    assert_eq!(
+        binding["spec"],
+        json!({"policyName": "guestreset", "validationActions": ["Deny"]}),
+        "bound everywhere, denying"
+    );
+    let args = m.args();
+    for flag in ["--require-approval", "--admission-policy=guestreset"] {
+        assert!(args.iter().any(|a| a == flag), "{flag} missing: {args:?}");
+    }
+    let approval = named(&m, "ClusterRole", "guestreset-approval");
+    assert_eq!(
+        approval["rules"],
+        json!([
+            {
+                "apiGroups": ["admissionregistration.k8s.io"],
+                "resources": ["validatingadmissionpolicies", "validatingadmissionpolicybindings"],
+                "resourceNames": ["guestreset"],
+                "verbs": ["get"],
+            },
+            {
+                "apiGroups": ["authorization.k8s.io"],
+                "resources": ["subjectaccessreviews"],
+                "verbs": ["create"],
+            },
+        ])
+    );
+    let approval_binding = named(&m, "ClusterRoleBinding", "guestreset-approval");
+    assert_eq!(
+        approval_binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "guestreset", "namespace": "guestreset-system"}])
+    );
+
+    // One namespace, another controller user: the binding selects the namespace by the label
+    // the API server sets on every namespace; the policy and binding being cluster-scoped, so
+    // is the right to read them.
+    let m = render_ok(
+        "guestreset",
+        "guestreset-system",
+        "requireApproval: true\nwatchNamespace: identity\nadmissionPolicy:\n  controllerUsername: ops-controller\n",
+    )
+    .await;
+    assert_eq!(
+        policy_variable(m.one("ValidatingAdmissionPolicy"), "isController"),
+        r#"request.userInfo.username == "ops-controller""#
+    );
+    assert_eq!(
+        m.one("ValidatingAdmissionPolicyBinding")["spec"]["matchResources"],
+        json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "identity"}}})
+    );
+    named(&m, "ClusterRole", "guestreset-approval");
+
+    // The defaults: the policy, no flags, no approval rights; the people's roles.
+    let m = render_ok("guestreset", "guestreset-system", "").await;
+    m.one("ValidatingAdmissionPolicy");
+    m.one("ValidatingAdmissionPolicyBinding");
+    assert!(
+        !m.args().iter().any(|a| a.contains("approval")),
+        "{:?}",
+        m.args()
+    );
+    let cluster_roles: BTreeSet<&str> = m
+        .of_kind("ClusterRole")
+        .iter()
+        .filter_map(|r| r["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(
+        cluster_roles,
+        BTreeSet::from(["guestreset", "guestreset-requester", "guestreset-approver"])
+    );
+
+    // No policy, no people's roles.
+    let m = render_ok(
+        "guestreset",
+        "guestreset-system",
+        "admissionPolicy:\n  enabled: false\nrbac:\n  userRoles: false\n",
+    )
+    .await;
+    let kinds = m.kinds();
+    assert!(
+        !kinds.contains("ValidatingAdmissionPolicy")
+            && !kinds.contains("ValidatingAdmissionPolicyBinding"),
+        "{kinds:?}"
+    );
+    assert_eq!(m.of_kind("ClusterRole").len(), 1, "the controller's only");
+}
+
+/// With `requireApproval` and the example RoleBindings applied, `kubectl auth can-i` gives the
+/// answers docs/install.md promises: approvers may `approve` and write status, requesters may
+/// not; the approver of one reset may approve that one only; the controller may read exactly
+/// the policy and its binding and ask SubjectAccessReviews, and may not approve.
+#[tokio::test]
+async fn approval_rights_are_as_documented() {
+    let cp = control_plane().await;
+    let ns = cp.namespace("chart-approval").await;
+    let watched = cp.namespace("chart-approval-watched").await;
+    let other = cp.namespace("chart-approval-other").await;
+    let release = ns.clone();
+    let fullname = format!("{release}-guestreset");
+    let m = render_ok(
+        &release,
+        &ns,
+        &format!("requireApproval: true\nwatchNamespace: {watched}\n"),
+    )
+    .await;
+    apply(cp, &m.text).await;
+    let examples: Vec<String> = example_rbac(&watched, &fullname)
+        .iter()
+        .map(|o| serde_yaml::to_string(o).expect("serialise"))
+        .collect();
+    apply(cp, &examples.join("---\n")).await;
+
+    let w = Scope::Namespace(&watched);
+    let o = Scope::Namespace(&other);
+    let everywhere = Scope::AllNamespaces;
+    let one_reset = format!("{CRD_NAME}/alice-to-newco");
+    let another = format!("{CRD_NAME}/another-reset");
+    let bob = [
+        right(true, "approve", CRD_NAME, w),
+        right(true, "approve", &one_reset, w),
+        status_right(true, "get", w),
+        status_right(true, "patch", w),
+        status_right(true, "update", w),
+        right(true, "get", CRD_NAME, w),
+        right(true, "list", CRD_NAME, w),
+        right(false, "create", CRD_NAME, w),
+        right(false, "update", CRD_NAME, w),
+        right(false, "patch", CRD_NAME, w),
+        right(false, "delete", CRD_NAME, w),
+        right(false, "approve", CRD_NAME, o),
+        status_right(false, "patch", o),
+        right(false, "approve", CRD_NAME, everywhere),
+    ];
+    expect_rights_in_groups(cp, "bob", &["guestreset-approvers"], &bob).await;
+    let alice = [
+        right(true, "create", CRD_NAME, w),
+        right(true, "update", CRD_NAME, w),
+        right(true, "patch", CRD_NAME, w),
+        right(true, "delete", CRD_NAME, w),
+        right(true, "watch", CRD_NAME, w),
+        right(false, "approve", CRD_NAME, w),
+        status_right(false, "patch", w),
+        status_right(false, "update", w),
+        right(false, "create", CRD_NAME, o),
+    ];
+    expect_rights_in_groups(cp, "alice", &["guestreset-requesters"], &alice).await;
+    let dave = [
+        right(true, "approve", &one_reset, w),
+        right(true, "get", &one_reset, w),
+        Right {
+            subresource: Some("status"),
+            ..right(true, "patch", &one_reset, w)
+        },
+        right(false, "approve", &another, w),
+        right(false, "approve", CRD_NAME, w),
+        Right {
+            subresource: Some("status"),
+            ..right(false, "patch", &another, w)
+        },
+        right(false, "approve", &one_reset, o),
+    ];
+    expect_rights(cp, "dave@fabrikam.example", &dave).await;
+
+    let controller = service_account_user(&ns, &m.service_account_name());
+    let policy = format!("{POLICIES}/{fullname}");
+    let policy_binding = format!("{POLICY_BINDINGS}/{fullname}");
+    let rights = [
+        right(true, "get", &policy, everywhere),
+        right(true, "get", &policy_binding, everywhere),
+        right(true, "create", SUBJECT_ACCESS_REVIEWS, everywhere),
+        right(
+            false,
+            "get",
+            &format!("{POLICIES}/someone-else"),
+            everywhere,
+        ),
+        right(false, "list", POLICIES, everywhere),
+        right(false, "watch", POLICIES, everywhere),
+        right(false, "update", &policy, everywhere),
+        right(false, "patch", &policy, everywhere),
+        right(false, "delete", &policy, everywhere),
+        right(false, "delete", &policy_binding, everywhere),
+        right(false, "create", POLICY_BINDINGS, everywhere),
+        right(false, "approve", CRD_NAME, w),
+        right(false, "approve", CRD_NAME, everywhere),
+        right(false, "update", CRD_NAME, w),
+        status_right(true, "patch", w),
+    ];
+    expect_rights(cp, &controller, &rights).await;
+}
+
+/// The expression of the policy's variable `name`.
+fn policy_variable<'a>(policy: &'a Value, name: &str) -> &'a str {
+    policy["spec"]["variables"]
+        .as_array()
+        .expect("variables")
+        .iter()
+        .find(|v| v["name"] == name)
+        .and_then(|v| v["expression"].as_str())
+        .unwrap_or_else(|| panic!("no variable {name}"))
+}
+
+/// The rendered object of `kind` called `name`.
+fn named<'a>(m: &'a Manifests, kind: &str, name: &str) -> &'a Value {
+    m.of_kind(kind)
+        .into_iter()
+        .find(|o| o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} rendered:\n{}", m.text))
 }

@@ -7,6 +7,11 @@
 //! * [`ChildProcess`] runs a program (the operator, a simulator) with its output
 //!   in a log file, and makes sure it dies with the test process.
 //! * [`describe`] and [`path_str`]: small helpers for messages about commands.
+//! * [`ControlPlane::user`] makes test identities ([`Identity`]): users with client
+//!   certificates signed by the control plane's CA, each with a client and a `kubectl`.
+//! * [`chart`]: Helm (built by `scripts/helm.sh`), the chart rendered with it, and the
+//!   example RBAC of `examples/rbac/`.
+//! * [`run_bounded`]: a command with a deadline, for tools that could hang.
 //! * `operator` (feature `operator`): the world of an end-to-end test, a namespace,
 //!   the Graph simulator and `guestreset run` processes.
 //!
@@ -32,8 +37,12 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
+pub mod chart;
+mod identity;
 #[cfg(feature = "operator")]
 pub mod operator;
+
+pub use identity::Identity;
 
 /// How long `controlplane.sh run` may take to print READY once the binaries
 /// are built (the build itself has no deadline: cold, it takes minutes).
@@ -54,6 +63,18 @@ pub fn repo_root() -> PathBuf {
         .nth(2)
         .expect("tests/support sits two levels below the repository root")
         .to_path_buf()
+}
+
+/// The `.yaml` files directly in `dir` (relative to the repository root), in name order.
+pub fn yaml_files(dir: &str) -> Vec<PathBuf> {
+    let dir = repo_root().join(dir);
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
 }
 
 /// The `k8s.io/kubernetes` release pinned in `scripts/controlplane/go.mod`,
@@ -284,6 +305,7 @@ pub struct ControlPlane {
     kubeconfig: PathBuf,
     server: String,
     bin_dir: PathBuf,
+    identities: identity::Identities,
 }
 
 /// Set when the control plane failed to start, so its logs outlive the process.
@@ -403,6 +425,7 @@ impl ControlPlane {
             server: field("server=")?,
             dir,
             bin_dir,
+            identities: identity::Identities::default(),
         })
     }
 
@@ -430,14 +453,7 @@ impl ControlPlane {
     /// The admin client configuration, read from this control plane's
     /// kubeconfig only (never from the environment's KUBECONFIG or proxies).
     pub async fn config(&self) -> kube::Config {
-        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)
-            .unwrap_or_else(|e| panic!("read {}: {e}", self.kubeconfig.display()));
-        let mut config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .unwrap_or_else(|e| panic!("load {}: {e}", self.kubeconfig.display()));
-        config.proxy_url = None;
-        config
+        config_from(&self.kubeconfig).await
     }
 
     /// A new admin client. Each call builds its own, so a client never
@@ -518,6 +534,19 @@ impl ControlPlane {
             .unwrap_or_else(|e| panic!("create namespace {prefix}-*: {e}"));
         created.metadata.name.expect("created namespace has a name")
     }
+}
+
+/// The client configuration of the kubeconfig at `path` only (never the environment's
+/// KUBECONFIG or proxies).
+async fn config_from(path: &Path) -> kube::Config {
+    let kubeconfig =
+        Kubeconfig::read_from(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("load {}: {e}", path.display()));
+    config.proxy_url = None;
+    config
 }
 
 /// SIGTERM to `controlplane.sh run`, whose trap stops etcd and kube-apiserver,
@@ -639,6 +668,40 @@ pub fn describe(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout).trim(),
         String::from_utf8_lossy(&out.stderr).trim()
     )
+}
+
+/// Runs `command` to completion with stdout and stderr captured and `stdin` (if any) fed to it,
+/// and panics naming `what` if that takes longer than `deadline`: a hung tool fails the test
+/// instead of stalling it. Make the command with `kill_on_drop(true)` so that it dies then.
+pub async fn run_bounded(
+    mut command: tokio::process::Command,
+    stdin: Option<&str>,
+    what: &str,
+    deadline: Duration,
+) -> Output {
+    use tokio::io::AsyncWriteExt;
+    command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let run = async {
+        let mut child = command.spawn()?;
+        if let Some(input) = stdin {
+            let mut pipe = child.stdin.take().expect("piped stdin");
+            pipe.write_all(input.as_bytes()).await?;
+            drop(pipe);
+        }
+        child.wait_with_output().await
+    };
+    match tokio::time::timeout(deadline, run).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => panic!("run {what}: {e}"),
+        Err(_) => panic!("{what} did not finish within {deadline:?}"),
+    }
 }
 
 /// A path as a command argument; the repository's and the scratch paths are UTF-8.

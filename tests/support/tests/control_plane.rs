@@ -354,3 +354,54 @@ fn minor_release() -> String {
     let mut parts = version.splitn(3, '.');
     format!("{}.{}", parts.next().unwrap(), parts.next().unwrap())
 }
+
+/// `cp.user` makes someone the API server authenticates as themselves (user name and groups
+/// from the certificate, no impersonation), through its client and its kubectl alike, with no
+/// rights beyond `system:authenticated`; the same name gives the same identity.
+#[tokio::test]
+async fn identities_are_authenticated_as_themselves() {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    use kube::api::PostParams;
+
+    let cp = ControlPlane::shared().await;
+    let name = "erin@fabrikam.example";
+    let groups = ["team-a", "ops/identity+approvers"];
+    let erin = cp.user(name, &groups);
+    assert_eq!(erin.name, name);
+
+    let client = erin.client().await;
+    let review = Api::<SelfSubjectReview>::all(client.clone())
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .unwrap();
+    let user = review.status.and_then(|s| s.user_info).expect("userInfo");
+    assert_eq!(user.username.as_deref(), Some(name));
+    let mut expected: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
+    expected.push("system:authenticated".to_owned());
+    assert_eq!(user.groups, Some(expected));
+
+    let out = erin
+        .kubectl()
+        .args([
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), name);
+
+    let listed = Api::<Namespace>::all(client)
+        .list(&Default::default())
+        .await;
+    assert!(
+        matches!(&listed, Err(kube::Error::Api(s)) if s.code == 403),
+        "a new identity holds no rights: {listed:?}"
+    );
+
+    assert_eq!(cp.user(name, &groups).kubeconfig, erin.kubeconfig);
+    let other_groups = std::panic::catch_unwind(|| cp.user(name, &["team-a"]));
+    assert!(other_groups.is_err(), "the same name with other groups");
+}
