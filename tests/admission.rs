@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use guestreset::resource::{
-    DEFAULT_REDIRECT_URL, GuestRedemptionReset, GuestRedemptionResetStatus, Phase, crd, crd_yaml,
+    Approval, DEFAULT_REDIRECT_URL, Decision, GuestRedemptionReset, GuestRedemptionResetStatus,
+    Phase, crd, crd_yaml,
 };
 use guestreset_testsupport::{
     ControlPlane, describe, path_str as path_arg, repo_root, wait_until, yaml_files,
@@ -29,6 +30,18 @@ const UPN: &str = "alice_contoso.com#EXT#@fabrikam.onmicrosoft.com";
 /// The printer columns of docs/resource.md, as `kubectl get` prints their names.
 const COLUMNS: [&str; 7] = [
     "NAME", "USER", "EMAIL", "PHASE", "REASON", "REDEEMED", "AGE",
+];
+/// `kubectl get -o wide` adds who asked and the approval before the age.
+const WIDE_COLUMNS: [&str; 9] = [
+    "NAME",
+    "USER",
+    "EMAIL",
+    "PHASE",
+    "REASON",
+    "REDEEMED",
+    "REQUESTED-BY",
+    "APPROVAL",
+    "AGE",
 ];
 /// Bound on anything the API server does asynchronously (establishing the CRD,
 /// publishing discovery and OpenAPI).
@@ -476,6 +489,15 @@ async fn kubectl_get_shows_the_printer_columns() {
         observed_generation: Some(1),
         last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
     });
+    status.requested_by = Some("alice@fabrikam.example".into());
+    status.approval = Some(Approval {
+        generation: 1,
+        decision: Decision::Approved,
+        by: "bob@fabrikam.example".into(),
+        groups: vec![],
+        at: Time(k8s_openapi::jiff::Timestamp::now()),
+        reason: "CHG-1 reviewed".into(),
+    });
     write_status(&api, name, status).await;
 
     for args in [
@@ -500,7 +522,9 @@ async fn kubectl_get_shows_the_printer_columns() {
             .unwrap_or_default()
             .split_whitespace()
             .collect();
-        assert_eq!(header, COLUMNS, "kubectl {args:?} header:\n{stdout}");
+        let wide = args.contains(&"wide");
+        let expected: &[&str] = if wide { &WIDE_COLUMNS } else { &COLUMNS };
+        assert_eq!(header, expected, "kubectl {args:?} header:\n{stdout}");
         let row: Vec<&str> = lines
             .find(|l| l.split_whitespace().next() == Some(name))
             .unwrap_or_else(|| panic!("kubectl {args:?} shows no row for {name}:\n{stdout}"))
@@ -511,7 +535,14 @@ async fn kubectl_get_shows_the_printer_columns() {
             [name, UPN, email, "Succeeded", "Issued", "PendingAcceptance"],
             "kubectl {args:?} row:\n{stdout}"
         );
-        assert_eq!(row.len(), 7, "kubectl {args:?} row:\n{stdout}");
+        if wide {
+            assert_eq!(
+                row[6..8],
+                ["alice@fabrikam.example", "Approved"],
+                "kubectl {args:?} row:\n{stdout}"
+            );
+        }
+        assert_eq!(row.len(), expected.len(), "kubectl {args:?} row:\n{stdout}");
     }
 }
 

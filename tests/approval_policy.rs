@@ -18,7 +18,9 @@
 #[path = "approval_policy/fixture.rs"]
 mod fixture;
 
-use fixture::{AT, CONTROLLER, Chart, DAVE, Fixture, ONE_RESET, approval, identity};
+use fixture::{
+    APPROVERS, AT, CONTROLLER, Chart, DAVE, Fixture, ONE_RESET, REQUESTERS, approval, identity,
+};
 use guestreset::resource::REQUESTED_BY_ANNOTATION;
 use guestreset_testsupport::chart::TOOL_DEADLINE;
 use guestreset_testsupport::{describe, run_bounded};
@@ -272,6 +274,31 @@ async fn decision_signed_with_another_name_is_refused() {
         )
         .await;
     }
+}
+
+/// The controller asks the API server about an approver with the groups the approval records;
+/// a group the approver is not in would lend them someone else's right.
+#[tokio::test]
+async fn decision_claiming_a_group_the_approver_lacks_is_refused() {
+    let fx = Fixture::new("groups", Chart::RequireApproval).await;
+    fx.requested(&fx.alice, "groups").await;
+    let mut forged = approval(1, "Approved", "carol");
+    forged["groups"] = json!([REQUESTERS, "system:masters"]);
+    fx.refused(
+        "groups",
+        "status.approval.groups may name only groups you belong to; you are not in system:masters",
+        fx.patch_status(&fx.carol, "groups", json!({"approval": forged})),
+    )
+    .await;
+    // Its own groups (or fewer) are accepted from an approver.
+    let mut own = approval(1, "Approved", "bob");
+    own["groups"] = json!([APPROVERS, "system:authenticated"]);
+    let stored = fx
+        .patch_status(&fx.bob, "groups", json!({"approval": own}))
+        .await
+        .expect("bob approves naming his own groups");
+    let recorded = stored.status.unwrap().approval.unwrap();
+    assert_eq!(recorded.groups, [APPROVERS, "system:authenticated"]);
 }
 
 #[tokio::test]

@@ -711,6 +711,7 @@ async fn the_binary_accepts_the_rendered_arguments() {
             workload_identity_values()
         ),
         "replicas: 1\nleaderElection:\n  enabled: false\n".to_owned(),
+        "requireApproval: true\n".to_owned(),
     ];
     for values in &variants {
         let m = render_ok("guestreset", "guestreset-system", values).await;
@@ -729,6 +730,13 @@ async fn the_binary_accepts_the_rendered_arguments() {
             "guestreset refused the chart's arguments {args:?}: {}",
             describe(&out)
         );
+        if values.contains("requireApproval: true") {
+            assert!(args.iter().any(|a| a == "--require-approval"), "{args:?}");
+            assert!(
+                args.iter().any(|a| a == "--admission-policy=guestreset"),
+                "the policy the chart installs is the one the controller checks: {args:?}"
+            );
+        }
     }
     // The probe itself can fail: a flag the binary does not know is refused.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_guestreset"))
