@@ -5,16 +5,23 @@
 //! truth of what reached Graph.
 
 mod common;
+#[allow(dead_code)] // the policy tests' fixture; this file uses its world and people
+#[path = "approval_policy/fixture.rs"]
+mod fixture;
 
+use std::process::Output;
 use std::time::Duration;
 
 use common::{World, admin_addr, http_get};
+use fixture::{CONTROLLER, Chart, Fixture, identity};
 use graph_sim::{Call, SeedUser};
-use guestreset_testsupport::wait_until;
+use guestreset::resource::{Decision, GuestRedemptionReset, REQUESTED_BY_ANNOTATION};
+use guestreset_testsupport::{ControlPlane, Identity, describe, wait_until};
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
 use kube::Api;
+use kube::ResourceExt;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
 
@@ -126,4 +133,347 @@ async fn without_the_policy_the_controller_is_not_ready_and_reconciles_nothing()
     assert_eq!(http_get(&readyz).await.map(|r| r.0), Some(200));
     assert!(w.posts().await.is_empty(), "nothing posted before approval");
     remove_policy(&w.client, &policy).await;
+}
+
+// ------------------------------------------------------------------ four eyes, end to end
+
+/// A world with the chart's release for its namespace (policy, binding, the controller's and
+/// the people's RBAC, as `helm template` renders them with requireApproval) and the controller
+/// running as the chart's controller identity with `--require-approval`.
+async fn four_eyes(prefix: &str) -> (World, Fixture) {
+    let mut w = World::with_users(prefix, directory()).await;
+    let fx = Fixture::in_namespace(&w.ns, Chart::RequireApproval).await;
+    let controller = identity(w.cp, CONTROLLER);
+    let mut cmd = w.operator_command(&[
+        "--require-approval",
+        "--admission-policy",
+        &fx.policy,
+        "--leader-election-lease-name",
+        &fx.policy,
+    ]);
+    cmd.env("KUBECONFIG", &controller.kubeconfig);
+    w.start_operator_with(cmd);
+    (w, fx)
+}
+
+/// `kubectl guestreset ARGS -n NS` as `who`.
+async fn plugin(who: &Identity, ns: &str, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-guestreset"))
+        .args(args)
+        .args(["-n", ns])
+        .env("KUBECONFIG", &who.kubeconfig)
+        .env_remove("GUESTRESET_FAILPOINT")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run kubectl-guestreset")
+}
+
+fn person(cp: &ControlPlane, name: &str) -> Identity {
+    identity(cp, name)
+}
+
+/// Waits until `name` is at generation `generation` with Ready's reason `reason`.
+async fn wait_generation(
+    w: &World,
+    name: &str,
+    generation: i64,
+    reason: &str,
+) -> GuestRedemptionReset {
+    let obj = w.wait_reason(name, reason).await;
+    assert_eq!(
+        obj.status.as_ref().and_then(|s| s.observed_generation),
+        Some(generation)
+    );
+    obj
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The whole flow with people who are who they say (client certificates): alice asks, the
+/// controller plans, alice and carol cannot approve, bob approves through the plugin, the
+/// reset is issued once with an audit trail; a spec edit needs a new approval and issues once
+/// more only after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reset_is_issued_once_only_after_another_person_approved_it() {
+    let (w, fx) = four_eyes("approval-flow").await;
+    let (alice, bob, carol) = (
+        person(w.cp, "alice"),
+        person(w.cp, "bob"),
+        person(w.cp, "carol"),
+    );
+    let name = "alice-to-newco";
+
+    let out = plugin(
+        &alice,
+        &w.ns,
+        &[
+            "new",
+            name,
+            "--user",
+            ALICE,
+            "--email",
+            "alice@newco.example",
+            "--change-ref",
+            "CHG-20931",
+            "--apply",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "alice's request: {}", describe(&out));
+    let obj = wait_generation(&w, name, 1, "AwaitingApproval").await;
+    assert_eq!(
+        obj.annotations()
+            .get(REQUESTED_BY_ANNOTATION)
+            .map(String::as_str),
+        Some("alice")
+    );
+    let status = obj.status.unwrap();
+    assert_eq!(status.requested_by.as_deref(), Some("alice"));
+    assert!(status.plan.unwrap().contains("alice@newco.example"));
+    assert!(
+        w.admin
+            .journal()
+            .await
+            .unwrap()
+            .iter()
+            .all(|e| !matches!(e.call, Call::PatchUser | Call::PostInvitation)),
+        "nothing written to Graph before approval"
+    );
+
+    let plan = plugin(&bob, &w.ns, &["plan", name]).await;
+    assert!(plan.status.success(), "{}", describe(&plan));
+    assert!(
+        String::from_utf8_lossy(&plan.stdout).contains("requested by alice"),
+        "{}",
+        describe(&plan)
+    );
+
+    // The requester (an approver too, as people often are) and an outsider are refused by the
+    // API server (exit 4), and nothing moves.
+    fx.grant("alice", &fx.approver_role(), "approve", "").await;
+    let own = plugin(
+        &alice,
+        &w.ns,
+        &["approve", name, "--reason", "looks right to me"],
+    )
+    .await;
+    assert_eq!(own.status.code(), Some(4), "{}", describe(&own));
+    assert!(
+        stderr(&own).contains("another person must approve or deny it"),
+        "{}",
+        stderr(&own)
+    );
+    let outsider = plugin(&carol, &w.ns, &["approve", name, "--reason", "why not"]).await;
+    assert_eq!(outsider.status.code(), Some(4), "{}", describe(&outsider));
+    assert_eq!(fx.get(name).await.status.unwrap().approval, None);
+
+    let approved = plugin(
+        &bob,
+        &w.ns,
+        &["approve", name, "--reason", "CHG-20931 reviewed"],
+    )
+    .await;
+    assert!(
+        approved.status.success(),
+        "bob's approval: {}",
+        describe(&approved)
+    );
+    let obj = wait_generation(&w, name, 1, "Issued").await;
+    assert_eq!(w.posts().await.len(), 1);
+    let status = obj.status.unwrap();
+    let approval = status.approval.unwrap();
+    assert_eq!(
+        (approval.generation, approval.decision, approval.by.as_str()),
+        (1, Decision::Approved, "bob")
+    );
+    let invitation = status.invitation.unwrap();
+    let request_id = invitation.request_id.expect("Graph's request-id on record");
+    let client_request_id = invitation
+        .client_request_id
+        .expect("the client-request-id on record");
+
+    // The audit trail: the Event and one log line name the change, the people and the ids.
+    wait_until("the Issued Event", WAIT, || async {
+        let events = w.events(name).await;
+        Ok::<_, String>(
+            events
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("Issued")),
+        )
+    })
+    .await;
+    let issued = w
+        .events(name)
+        .await
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("Issued"))
+        .unwrap();
+    let note = issued.note.unwrap_or_default();
+    for needle in ["[CHG-20931]", "requested by alice", "approved by bob"] {
+        assert!(note.contains(needle), "{needle} in {note}");
+    }
+    let logs = w.logs();
+    let audit = logs
+        .lines()
+        .find(|l| l.contains("\"audit\":\"invitation-issued\""))
+        .expect("one audit line per issuance");
+    for needle in [
+        "\"requested_by\":\"alice\"",
+        "\"approved_by\":\"bob\"",
+        "\"change_ref\":\"CHG-20931\"",
+        &format!("\"request_id\":\"{request_id}\""),
+        &format!("\"client_request_id\":\"{client_request_id}\""),
+    ] {
+        assert!(audit.contains(needle), "{needle} in {audit}");
+    }
+
+    // A spec edit is a new generation: it waits for a new approval and issues once after it.
+    fx.change_spec(
+        &fx.alice,
+        name,
+        "alice@newco2.example",
+        serde_json::json!({REQUESTED_BY_ANNOTATION: "alice"}),
+    )
+    .await
+    .expect("alice edits her request");
+    wait_generation(&w, name, 2, "AwaitingApproval").await;
+    assert_eq!(
+        w.posts().await.len(),
+        1,
+        "the old approval approves nothing"
+    );
+    let again = plugin(
+        &bob,
+        &w.ns,
+        &["approve", name, "--reason", "CHG-20932 reviewed"],
+    )
+    .await;
+    assert!(again.status.success(), "{}", describe(&again));
+    wait_generation(&w, name, 2, "Issued").await;
+    let posts = w.posts().await;
+    assert_eq!(posts.len(), 2, "{posts:?}");
+    w.assert_no_secrets_in_logs().await;
+}
+
+/// A denial through the plugin stops the generation for good: not even a retry issues it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_denied_generation_is_never_issued() {
+    let (w, _fx) = four_eyes("approval-deny").await;
+    let (alice, bob) = (person(w.cp, "alice"), person(w.cp, "bob"));
+    let name = "alice-to-newco";
+    let out = plugin(
+        &alice,
+        &w.ns,
+        &[
+            "new",
+            name,
+            "--user",
+            ALICE,
+            "--email",
+            "alice@newco.example",
+            "--apply",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", describe(&out));
+    wait_generation(&w, name, 1, "AwaitingApproval").await;
+    let denied = plugin(
+        &bob,
+        &w.ns,
+        &["deny", name, "--reason", "not the guest's address"],
+    )
+    .await;
+    assert!(denied.status.success(), "{}", describe(&denied));
+    let obj = wait_generation(&w, name, 1, "Denied").await;
+    let message = fixture_ready_message(&obj);
+    assert!(message.contains("bob denied generation 1"), "{message}");
+    let retry = plugin(&alice, &w.ns, &["retry", name, "--yes"]).await;
+    assert!(
+        retry.status.success(),
+        "a retry of a denied generation is accepted but changes nothing: {}",
+        describe(&retry)
+    );
+    wait_until("the retry to be seen", WAIT, || async {
+        let obj = w.get(name).await;
+        let token = obj.status.as_ref().and_then(|s| s.retry_token.clone());
+        let asked = obj.annotations().get("guestreset.io/retry").cloned();
+        Ok::<_, String>((token.is_some() && token == asked).then_some(()))
+    })
+    .await;
+    wait_generation(&w, name, 1, "Denied").await;
+    assert!(w.posts().await.is_empty(), "never issued");
+}
+
+/// The controller's own check (defence in depth): an approval whose author lost the right to
+/// approve before the controller saw it is not acted on; the right granted again, it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approval_by_someone_who_lost_the_right_is_not_acted_on() {
+    let mut w = World::with_users("approval-revoked", directory()).await;
+    let fx = Fixture::in_namespace(&w.ns, Chart::RequireApproval).await;
+    let name = "alice-to-newco";
+    fx.requested(&fx.alice, name).await;
+    // bob approves while no controller runs, then loses the group binding that let him.
+    // The plugin records the groups bob was authenticated with (his right comes from one).
+    let bob = person(w.cp, "bob");
+    let approved = plugin(
+        &bob,
+        &w.ns,
+        &["approve", name, "--reason", "reviewed", "--without-plan"],
+    )
+    .await;
+    assert!(approved.status.success(), "{}", describe(&approved));
+    let bindings: kube::Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+        kube::Api::namespaced(w.client.clone(), &w.ns);
+    bindings
+        .delete("guestreset-approvers", &kube::api::DeleteParams::default())
+        .await
+        .expect("withdraw the approvers' binding");
+    wait_until("bob to lose the right to approve", WAIT, || async {
+        Ok::<_, String>((!fx.may("bob", "approve", "", "").await).then_some(()))
+    })
+    .await;
+    let controller = identity(w.cp, CONTROLLER);
+    let mut cmd = w.operator_command(&[
+        "--require-approval",
+        "--admission-policy",
+        &fx.policy,
+        "--leader-election-lease-name",
+        &fx.policy,
+    ]);
+    cmd.env("KUBECONFIG", &controller.kubeconfig);
+    w.start_operator_with(cmd);
+    let obj = wait_generation(&w, name, 1, "AwaitingApproval").await;
+    let message = fixture_ready_message(&obj);
+    assert!(message.contains("bob may not approve"), "{message}");
+    assert!(w.posts().await.is_empty());
+    // The right back (a group binding: the approval's groups make the check see it).
+    let rbac = guestreset_testsupport::chart::example_rbac(&w.ns, &fx.policy);
+    let binding = rbac
+        .into_iter()
+        .find(|o| o["metadata"]["name"] == "guestreset-approvers")
+        .unwrap();
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(binding).unwrap();
+    bindings
+        .create(&kube::api::PostParams::default(), &binding)
+        .await
+        .unwrap();
+    wait_until("bob to be an approver again", WAIT, || async {
+        Ok::<_, String>(fx.may("bob", "approve", "", "").await.then_some(()))
+    })
+    .await;
+    // Any change of the resource wakes the controller; it checks the same approval again.
+    w.annotate_retry(name, "after-the-right-came-back").await;
+    wait_generation(&w, name, 1, "Issued").await;
+    assert_eq!(w.posts().await.len(), 1);
+}
+
+fn fixture_ready_message(obj: &GuestRedemptionReset) -> String {
+    obj.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
 }

@@ -88,6 +88,14 @@ impl Fixture {
     /// effect: every right that the tests rely on is granted, and the policy refuses.
     pub async fn new(prefix: &str, chart: Chart) -> Fixture {
         let cp = ControlPlane::shared().await;
+        let ns = cp.namespace(prefix).await;
+        Fixture::in_namespace(&ns, chart).await
+    }
+
+    /// The same in an existing namespace `ns` (an end-to-end test's world).
+    pub async fn in_namespace(ns: &str, chart: Chart) -> Fixture {
+        let ns = ns.to_owned();
+        let cp = ControlPlane::shared().await;
         let admin = cp.client().await;
         static ONCE: OnceCell<()> = OnceCell::const_new();
         ONCE.get_or_init(|| async {
@@ -95,7 +103,6 @@ impl Fixture {
             apply(&admin, status_writer_role(), None).await;
         })
         .await;
-        let ns = cp.namespace(prefix).await;
         let rendered = render(&ns, chart).await;
         let policy = rendered
             .iter()
