@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # guestreset's benchmarks: throughput against the floor of the work (B1), memory (B2),
-# restart cost (B3), the manual way (B4), the write limiter (B5) and the follow-through over
+# restart cost (B3), the manual way (B4), the write limiter (B5), no head-of-line blocking
+# behind it (B6: a dry run, a recovery and a missing user's re-reads while 1,000 resets wait
+# for write slots, and the expected time in their status; about 2 minutes) and the follow-through over
 # 10,000 issued resources (B7: reads per minute within the read budget, reads and status
 # writes after a restart, memory; about 6 minutes), on a real kube-apiserver
 # and the Graph simulator, all on loopback. Builds the operator and the benchmark in release
@@ -10,7 +12,7 @@
 #   scripts/bench.sh --quick         B1 with 200 resources, B2/B3/B7 with 2,000 (about 3 minutes with --skip-b5)
 #   scripts/bench.sh --skip-b5       without B5 (which takes about 5 minutes by design)
 #   scripts/bench.sh --quick --sweep B1 also at --concurrency 4 and 64 (always in a full run)
-#   scripts/bench.sh --only B1,B4    only these benches (B7: --only B7)
+#   scripts/bench.sh --only B1,B4    only these benches (B6: --only B6; B7: --only B7)
 #   scripts/bench.sh --out DIR       logs, simulator state and table.md (default $TMPDIR/guestreset-bench)
 #
 # Environment:

@@ -346,18 +346,18 @@ async fn stops_before_any_post() {
             status(&obj).phase,
             Some(guestreset::resource::Phase::Failed)
         );
-        let events = w.events(name).await;
-        assert!(
-            events
+        // The Event follows the status write that the wait above saw.
+        let what = format!("{name}: a Warning event {reason}");
+        wait_until(&what, WAIT, || async {
+            w.events(name)
+                .await
                 .iter()
-                .any(|e| e.reason.as_deref() == Some(reason)
-                    && e.type_.as_deref() == Some("Warning")),
-            "{name}: a Warning event {reason}: {:?}",
-            events
-                .iter()
-                .map(|e| (&e.reason, &e.type_))
-                .collect::<Vec<_>>()
-        );
+                .any(|e| {
+                    e.reason.as_deref() == Some(reason) && e.type_.as_deref() == Some("Warning")
+                })
+                .then_some(())
+        })
+        .await;
     }
     let journal = w.journal().await;
     assert!(
@@ -1446,23 +1446,24 @@ async fn a_failed_step_is_named_in_the_log_the_metric_and_an_event() {
     })
     .await;
     let note = events[0].note.clone().unwrap_or_default();
-    assert!(note.contains("MarkPending"), "{note}");
+    // The first status write of a new generation is its intent (docs/design.md, "One pass").
+    assert!(note.contains("RecordIntent"), "{note}");
     assert_eq!(events[0].type_.as_deref(), Some("Warning"));
     let addr = admin_addr(&w.operators[op]).await;
     wait_until("the metric to count the failed step", WAIT, || {
         let url = format!("http://{addr}/metrics");
         async move {
             let (_, text) = http_get(&url).await?;
-            text.contains(r#"guestreset_reconciles_total{result="error",step="MarkPending"}"#)
+            text.contains(r#"guestreset_reconciles_total{result="error",step="RecordIntent"}"#)
                 .then_some(())
         }
     })
     .await;
     let logged = w.operators[op].read_log().lines().any(|line| {
         serde_json::from_str::<Value>(line)
-            .is_ok_and(|v| v["fields"]["step"] == "MarkPending" && v["level"] == "WARN")
+            .is_ok_and(|v| v["fields"]["step"] == "RecordIntent" && v["level"] == "WARN")
     });
-    assert!(logged, "a log line with step=MarkPending");
+    assert!(logged, "a log line with step=RecordIntent");
     assert!(
         w.posts().await.is_empty(),
         "nothing was posted without a recorded intent"

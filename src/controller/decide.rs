@@ -24,7 +24,7 @@ use crate::graph::DirectoryUser;
 pub use super::preflight::policy_denial;
 pub use super::step::{
     Failure, FollowUp, Lookup, Observed, Pass, Posted, Read, Resolution, SecretOwner, Settings,
-    Step, TenantGate, Write, WritePrep,
+    SlotTurn, Step, TenantGate, Write, WritePrep,
 };
 
 /// How often the directory is re-read while waiting for replication.
@@ -97,9 +97,8 @@ fn entry(o: &Observed<'_>, settings: &Settings, now: Timestamp, pass: &Pass) -> 
     {
         return Err(recover(o, settings, now, pass, attempt));
     }
-    if status.observed_generation != Some(o.generation) {
-        return Err(Step::MarkPending);
-    }
+    // A new generation is acknowledged by the first status write that has something to say
+    // about it (the intent, or a report): no write of its own (docs/design.md, "One pass").
     Ok(())
 }
 
@@ -115,6 +114,9 @@ fn issue(
     let user = target.user;
     if let TenantGate::Paused { until } = tenant {
         return Err(tenant_blocked(now, until, user).into());
+    }
+    if pass.intent.is_none() {
+        reserve(target, pass, now, user)?;
     }
     let Some(intent) = &pass.intent else {
         return Err(Step::RecordIntent {
@@ -133,11 +135,6 @@ fn issue(
             .clear_attempt()
             .with_user(user)
             .into());
-    }
-    if !pass.invitation.slot {
-        return Err(Step::TakeSlot {
-            write: Write::Invitation,
-        });
     }
     if !pass.marked_sending {
         refresh_if_stale(o, now, pass, user)?;
@@ -169,10 +166,36 @@ fn issue(
         .into())
 }
 
-/// A slot, then the tenant gate read right before the write.
+/// The write slots of this reset (the mail PATCH when needed, and the POST), reserved together
+/// before the intent: due now, the pass goes on; due later, the pass ends and says when the
+/// reset is expected to be issued, instead of holding a worker while it waits (docs/design.md,
+/// "Waiting for a write slot").
+fn reserve(target: &Target<'_>, pass: &Pass, now: Timestamp, user: &DirectoryUser) -> Stage<()> {
+    match pass.slots {
+        None => Err(Step::TakeSlots {
+            writes: 1 + u32::from(target.needs_mail),
+        }),
+        Some(SlotTurn::At(at)) => Err(queued(now, at, user).into()),
+        Some(SlotTurn::Now) => Ok(()),
+    }
+}
+
+/// The reset waits for its turn at the write limiter: `Pending`, with the expected time.
+fn queued(now: Timestamp, at: Timestamp, user: &DirectoryUser) -> Report {
+    // Back at the stored second (nextAttemptAt), not before it: the turn is due by then.
+    let at = super::status::ceil_to_second(at).0;
+    Report::new(
+        Reason::Pending,
+        format!("waiting for a write slot of the Graph write limit; expected to be issued at {at}"),
+    )
+    .requeue(super::pass::until_from(now, at))
+    .on_time()
+    .with_user(user)
+}
+
+/// The tenant gate, read right before the write (its slot was reserved with the others).
 fn prepare(prep: WritePrep, write: Write, now: Timestamp, user: &DirectoryUser) -> Stage<()> {
     match prep {
-        WritePrep { slot: false, .. } => Err(Step::TakeSlot { write }),
         WritePrep { gate: None, .. } => Err(Step::CheckTenant { write }),
         WritePrep {
             gate: Some(TenantGate::Paused { until }),

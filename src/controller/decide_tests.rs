@@ -6,7 +6,7 @@ use super::*;
 use crate::controller::pass::{End, Io, Outcome, PassRunner};
 use crate::controller::report::{FORBIDDEN_RETRY, Report, transient_backoff};
 use crate::controller::status;
-use crate::graph::{RedeemUrl, ResetRedemptionRequest};
+use crate::graph::{RedeemUrl, ResetRedemptionRequest, SHORT_WAIT};
 use crate::resource::{
     GuestRedemptionReset, GuestRedemptionResetSpec, GuestRedemptionResetStatus, UserRef,
 };
@@ -66,6 +66,12 @@ struct World {
     /// How long the next slot of the write limiter takes, and what happens meanwhile.
     slot_wait: SignedDuration,
     during_slot_wait: Option<fn(&mut World)>,
+    /// A turn kept for the resource by the limiter, and the slots each pass asked for.
+    turn: Option<Timestamp>,
+    slots_asked: Vec<u32>,
+    /// Every status written, in order, and the reasons of the Events published.
+    written: Vec<GuestRedemptionResetStatus>,
+    events: Vec<Reason>,
     /// What happens right after a POST took effect (the guest redeems at once, ...).
     after_post: Option<fn(&mut World)>,
     /// How long the pass stalls right after its sending mark.
@@ -101,6 +107,10 @@ impl World {
             run_clock: true,
             slot_wait: SignedDuration::ZERO,
             during_slot_wait: None,
+            turn: None,
+            slots_asked: vec![],
+            written: vec![],
+            events: vec![],
             after_post: None,
             stall_after_mark: SignedDuration::ZERO,
             requested_by: None,
@@ -231,6 +241,17 @@ impl World {
         status::ready_reason(&self.status)
     }
 
+    fn ready_of<'s>(
+        &self,
+        status: &'s GuestRedemptionResetStatus,
+    ) -> &'s k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap()
+    }
+
     fn ready(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
         self.status
             .conditions
@@ -274,14 +295,12 @@ fn issues_once_and_records_everything() {
     assert_eq!(
         w.steps,
         [
-            "MarkPending",
             "ReadUser",
             "ReadEmailHolders",
+            "TakeSlots",
             "RecordIntent",
-            "TakeSlot",
             "CheckTenant",
             "SetMail",
-            "TakeSlot",
             "CheckTenant",
             "MarkSending",
             "PostInvitation",
@@ -291,6 +310,116 @@ fn issues_once_and_records_everything() {
     // Settled: a later pass does nothing at all.
     assert!(w.pass(None).is_none());
     assert_eq!(w.posts_sent, 1);
+}
+
+/// The common path (the slots free at once) costs three status writes: the intent, which also
+/// acknowledges the generation (requester, observedGeneration), the sending mark and the
+/// outcome; and one Event, the outcome's.
+#[test]
+fn the_common_path_makes_exactly_three_status_writes() {
+    let mut w = World::new();
+    w.requested_by = Some("alice@fabrikam.example".into());
+    assert_eq!(w.settle(5).reason, Reason::Issued);
+    assert_eq!(w.written.len(), 3, "intent, sending mark, outcome");
+    let intent = &w.written[0];
+    assert!(
+        intent
+            .attempt
+            .as_ref()
+            .is_some_and(|a| a.post_started_at.is_none())
+    );
+    assert_eq!(intent.observed_generation, Some(1));
+    assert_eq!(status::ready_reason(intent), Some(Reason::InProgress));
+    assert_eq!(
+        intent.requested_by.as_deref(),
+        Some("alice@fabrikam.example")
+    );
+    assert!(
+        w.written[1]
+            .attempt
+            .as_ref()
+            .unwrap()
+            .post_started_at
+            .is_some()
+    );
+    assert_eq!(status::ready_reason(&w.written[2]), Some(Reason::Issued));
+    assert_eq!(w.events, [Reason::Issued]);
+    assert_eq!(
+        w.slots_asked,
+        [2],
+        "the mail's and the POST's slots, together"
+    );
+}
+
+/// A spec edit after `Issued`: until the new generation's first write the old Ready keeps
+/// its own observedGeneration (kubectl wait does not take it for the new one); that write,
+/// the intent, acknowledges the new generation in full.
+#[test]
+fn a_new_generation_is_acknowledged_by_its_first_write() {
+    let mut w = World::new();
+    w.requested_by = Some("alice".into());
+    assert_eq!(w.settle(5).reason, Reason::Issued);
+    w.status.plan = Some("old plan".into());
+    w.generation = 2;
+    w.spec.email = "alice@other.example".into();
+    w.requested_by = Some("bob".into());
+    w.written.clear();
+    assert_eq!(w.settle(5).reason, Reason::Issued);
+    assert_eq!(w.written.len(), 3);
+    let first = &w.written[0];
+    assert_eq!(first.observed_generation, Some(2));
+    assert_eq!(w.ready_of(first).observed_generation, Some(2));
+    assert_eq!(first.requested_by.as_deref(), Some("bob"));
+    assert_eq!(first.plan, None, "the old generation's plan is gone");
+    assert_eq!(first.redemption, None, "the old follow-through ends");
+}
+
+/// With the slots far away, the pass does not hold a worker: it writes Pending with the
+/// expected time (message and nextAttemptAt) and comes back at its turn, where the kept slots
+/// are its own; the reads are done again then, fresh for the POST.
+#[test]
+fn a_pass_that_must_wait_for_a_slot_writes_pending_with_the_expected_time_first() {
+    let mut w = World::new();
+    w.requested_by = Some("alice".into());
+    w.slot_wait = SignedDuration::from_mins(5);
+    let report = w.pass(None).unwrap();
+    assert_eq!(report.reason, Reason::Pending);
+    assert!(report.on_time, "a kept turn is taken without jitter");
+    assert_eq!(w.written.len(), 1);
+    let queued = &w.written[0];
+    assert_eq!(queued.attempt, None, "no intent before the slots are due");
+    assert_eq!(queued.next_attempt_at.as_ref().map(|t| t.0), Some(t(300)));
+    assert_eq!(queued.requested_by.as_deref(), Some("alice"));
+    assert_eq!(queued.observed_generation, Some(1));
+    let message = &w.ready_of(queued).message;
+    assert!(message.contains(&t(300).to_string()), "{message}");
+    assert_eq!((w.patches, w.posts_sent), (0, 0));
+    // Before the turn a pass only waits; at it, the reset is issued with the kept slots.
+    assert!(matches!(
+        runner_step(&mut w),
+        Step::Wait { until } if until == t(300)
+    ));
+    assert_eq!(w.settle(5).reason, Reason::Issued);
+    assert_eq!(
+        w.written.len(),
+        4,
+        "Pending, then the three of the common path"
+    );
+    assert_eq!(w.slots_asked, [2, 2]);
+    assert_eq!(w.turn, None, "the kept turn was used");
+    assert_eq!(w.events, [Reason::Pending, Reason::Issued]);
+}
+
+/// The first step a new pass would take now.
+fn runner_step(w: &mut World) -> Step {
+    let runner = PassRunner::new(w.object(), w.failures);
+    let (now, settings) = (w.now, w.settings.clone());
+    let probe = ModelIo {
+        w,
+        crash: None,
+        crashed: false,
+    };
+    runner.next_step(&probe, &settings, now)
 }
 
 #[test]
@@ -996,11 +1125,29 @@ impl Io for ModelIo<'_> {
         Ok(SecretOwner::Absent)
     }
 
-    async fn take_slot(&mut self) {
-        self.w.now += std::mem::take(&mut self.w.slot_wait);
+    /// The limiter as `WriteLimiter::turn` answers: a short wait is waited for in the pass,
+    /// a long one is kept as a turn the resource comes back for (what happens meanwhile
+    /// happens before it does).
+    async fn take_slots(&mut self, _obj: &GuestRedemptionReset, writes: u32) -> SlotTurn {
+        self.w.slots_asked.push(writes);
+        if let Some(at) = self.w.turn {
+            if at > self.w.now + SignedDuration::try_from(SHORT_WAIT).unwrap() {
+                return SlotTurn::At(at);
+            }
+            self.w.turn = None;
+            self.w.now = self.w.now.max(at);
+            return SlotTurn::Now;
+        }
+        let wait = std::mem::take(&mut self.w.slot_wait);
         if let Some(happen) = self.w.during_slot_wait.take() {
             happen(self.w);
         }
+        if wait > SignedDuration::try_from(SHORT_WAIT).unwrap() {
+            self.w.turn = Some(self.w.now + wait);
+            return SlotTurn::At(self.w.now + wait);
+        }
+        self.w.now += wait;
+        SlotTurn::Now
     }
 
     async fn tenant_gate(&mut self) -> Result<TenantGate, kube::Error> {
@@ -1099,6 +1246,7 @@ impl Io for ModelIo<'_> {
             self.crashed = true;
             return Ok(Some(self.w.object()));
         }
+        self.w.written.push(next.clone());
         self.w.status = next;
         if sending {
             self.w.now += std::mem::take(&mut self.w.stall_after_mark);
@@ -1133,7 +1281,9 @@ impl Io for ModelIo<'_> {
 
     async fn clear_tenant(&mut self) {}
 
-    async fn publish(&mut self, _obj: &GuestRedemptionReset, _reason: Reason, _message: &str) {}
+    async fn publish(&mut self, _obj: &GuestRedemptionReset, reason: Reason, _message: &str) {
+        self.w.events.push(reason);
+    }
 
     fn sending(&mut self) {}
 
@@ -1231,11 +1381,20 @@ fn a_guest_made_a_member_while_waiting_for_a_slot_is_never_invited() {
 /// wrote into a tenant that Graph had blocked meanwhile.
 #[test]
 fn a_block_while_waiting_for_a_slot_stops_the_write() {
+    // A short wait, taken inside the pass: the gate read right before the write sees it.
     let mut w = World::new();
-    w.slot_wait = SignedDuration::from_secs(30);
+    w.slot_wait = SignedDuration::from_millis(800);
     w.during_slot_wait = Some(|w| w.tenant = TenantGate::Paused { until: t(3600) });
     let report = w.pass(None).unwrap();
     assert_eq!(report.reason, Reason::TenantBlocked);
+    assert_eq!((w.patches, w.posts_sent), (0, 0));
+    assert_eq!(w.status.attempt, None);
+    // A long one ends the pass; the pass at the turn finds the tenant paused.
+    let mut w = World::new();
+    w.slot_wait = SignedDuration::from_secs(30);
+    assert_eq!(w.pass(None).unwrap().reason, Reason::Pending);
+    w.tenant = TenantGate::Paused { until: t(3600) };
+    assert_eq!(w.settle(3).reason, Reason::TenantBlocked);
     assert_eq!((w.patches, w.posts_sent), (0, 0));
     assert_eq!(w.status.attempt, None);
 }

@@ -10,14 +10,16 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use tracing::warn;
 
-use super::decide::{Failure, FollowUp, Lookup, Posted, Resolution, SecretOwner, TenantGate};
+use super::decide::{
+    Failure, FollowUp, Lookup, Posted, Resolution, SecretOwner, SlotTurn, TenantGate,
+};
 use super::events;
 use super::pass::Io;
 use super::reason::Reason;
 use super::tenant::ProbeClaim;
 use super::{Context, MANAGER, failure_of};
 use crate::graph::{
-    Admission, DirectoryUser, GraphClient, RedeemUrl, ResetRedemptionRequest, WriteSlot,
+    Admission, DirectoryUser, GraphClient, RedeemUrl, ResetRedemptionRequest, Turn, WriteSlot,
 };
 use crate::resource::{Approval, GuestRedemptionReset, REDEEM_URL_SECRET_KEY, RedemptionState};
 use crate::shutdown::PostInFlight;
@@ -27,7 +29,8 @@ pub struct KubeIo<'a> {
     ctx: &'a Context,
     api: Api<GuestRedemptionReset>,
     secrets: Api<Secret>,
-    slot: Option<WriteSlot>,
+    /// The write slots this pass holds, spent one per Graph write.
+    slots: Vec<WriteSlot>,
     /// Held while this pass may send the one probe after a tenant cool-down.
     probe: Option<ProbeClaim>,
     /// Held from the sending mark to the end of the pass, so a stop waits for the outcome.
@@ -40,7 +43,7 @@ impl<'a> KubeIo<'a> {
             ctx,
             api: Api::namespaced(ctx.client.clone(), namespace),
             secrets: Api::namespaced(ctx.client.clone(), namespace),
-            slot: None,
+            slots: Vec::new(),
             probe: None,
             in_flight: None,
         }
@@ -50,9 +53,10 @@ impl<'a> KubeIo<'a> {
         &self.ctx.graph
     }
 
-    /// The slot taken by `take_slot`; a write without one waits for its own.
+    /// A slot taken by `take_slots`; a write without one (a turn kept for fewer writes than
+    /// the reset now needs) waits for its own.
     async fn slot(&mut self) -> WriteSlot {
-        match self.slot.take() {
+        match self.slots.pop() {
             Some(slot) => slot,
             None => self.graph().limiter().take_slot().await.0,
         }
@@ -133,16 +137,32 @@ impl Io for KubeIo<'_> {
         secret_owner(&self.secrets, obj, name).await
     }
 
-    async fn take_slot(&mut self) {
-        let (slot, waited) = self.graph().limiter().take_slot().await;
-        self.graph().observe_limiter_wait(waited);
-        if !waited.is_zero() {
-            tracing::info!(
-                waited_ms = waited.as_millis() as u64,
-                "write limiter held the write"
-            );
+    async fn take_slots(&mut self, obj: &GuestRedemptionReset, writes: u32) -> SlotTurn {
+        let key = obj.uid().unwrap_or_else(|| obj.name_any());
+        match self.graph().limiter().turn(&key, writes) {
+            Turn::Now {
+                slots,
+                wait,
+                waited,
+            } => {
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                // One observation per write, as when each write waited for its own slot.
+                for _ in &slots {
+                    self.graph().observe_limiter_wait(waited);
+                }
+                self.slots = slots;
+                SlotTurn::Now
+            }
+            Turn::After(wait) => {
+                tracing::info!(
+                    wait_ms = wait.as_millis() as u64,
+                    "write slots reserved; the reset waits for its turn"
+                );
+                SlotTurn::At(Timestamp::now() + wait)
+            }
         }
-        self.slot = Some(slot);
     }
 
     async fn tenant_gate(&mut self) -> Result<TenantGate, kube::Error> {
@@ -186,15 +206,18 @@ impl Io for KubeIo<'_> {
     ) -> Result<Option<GuestRedemptionReset>, kube::Error> {
         let mut next = obj.clone();
         next.metadata.managed_fields = None;
-        match self
+        let written = match self
             .api
             .replace_status(&obj.name_any(), &PostParams::default(), &next)
             .await
         {
-            Ok(written) => Ok(Some(written)),
-            Err(err) if is_conflict(&err) => Ok(None),
-            Err(err) => Err(err),
-        }
+            Ok(written) => Some(written),
+            Err(err) if is_conflict(&err) => None,
+            Err(err) => return Err(err),
+        };
+        // Either way the version written from is outdated; a cached copy at it is stale.
+        self.ctx.outdated(obj);
+        Ok(written)
     }
 
     async fn read_again(

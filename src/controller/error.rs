@@ -12,12 +12,8 @@ pub enum Error {
         "the resource does not match the GuestRedemptionReset schema this controller knows: {0}"
     )]
     InvalidObject(String),
-    #[error("reading the resource afresh failed: {0}")]
-    ReadFresh(#[source] kube::Error),
     #[error("accepting the retry annotation failed: {0}")]
     AcceptRetry(#[source] kube::Error),
-    #[error("marking the new generation Pending failed: {0}")]
-    MarkPending(#[source] kube::Error),
     #[error("asking the API server whether the approver may approve failed: {0}")]
     CheckApprover(#[source] kube::Error),
     #[error("checking who owns the redeem-URL Secret failed: {0}")]

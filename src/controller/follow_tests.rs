@@ -6,7 +6,7 @@ use crate::controller::decide::decide;
 use crate::controller::reason::Reason;
 use crate::controller::report::Issued;
 use crate::controller::schedule::Schedule;
-use crate::controller::status::{Stamp, apply_report, pending};
+use crate::controller::status::{Stamp, acknowledge, apply_report};
 use crate::controller::step::TenantGate;
 use crate::resource::{Attempt, GuestRedemptionResetSpec, ResolvedUser};
 use std::time::Duration;
@@ -364,7 +364,8 @@ fn after_writing_its_record_a_pass_waits_for_the_next_check() {
 #[test]
 fn a_new_generation_restarts_it() {
     let status = issued(false);
-    let next = pending(&status, stamp(2, t(400)));
+    let mut next = status.clone();
+    acknowledge(&mut next, stamp(2, t(400)));
     assert_eq!(next.redemption, None);
     assert!(next.conditions.iter().all(|c| c.type_ != REDEEMED));
     // A record of an older generation is never acted on.

@@ -6,7 +6,9 @@ use std::future::Future;
 use jiff::Timestamp;
 
 use super::reason::Reason;
-use super::step::{Failure, FollowUp, Lookup, Posted, Resolution, SecretOwner, TenantGate};
+use super::step::{
+    Failure, FollowUp, Lookup, Posted, Resolution, SecretOwner, SlotTurn, TenantGate,
+};
 use crate::graph::{DirectoryUser, RedeemUrl, ResetRedemptionRequest};
 use crate::resource::{Approval, GuestRedemptionReset};
 
@@ -46,8 +48,15 @@ pub trait Io {
         obj: &GuestRedemptionReset,
         name: &str,
     ) -> impl Future<Output = Result<SecretOwner, kube::Error>> + Send;
-    /// Waits for a slot of the write limiter; the next Graph write spends it.
-    fn take_slot(&mut self) -> impl Future<Output = ()> + Send;
+    /// Reserves `writes` slots of the write limiter for this resource, or claims the ones
+    /// reserved for it by an earlier pass. `Now`: this pass holds them and its next Graph
+    /// writes spend them. `At`: they are kept for the resource until then; the pass ends and
+    /// comes back, no worker waits (a turn due within a moment is waited for here).
+    fn take_slots(
+        &mut self,
+        obj: &GuestRedemptionReset,
+        writes: u32,
+    ) -> impl Future<Output = SlotTurn> + Send;
     /// The tenant-wide pause, read from where every replica records it.
     fn tenant_gate(&mut self) -> impl Future<Output = Result<TenantGate, kube::Error>> + Send;
     fn set_mail(

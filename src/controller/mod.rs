@@ -31,6 +31,7 @@ pub mod schedule;
 pub mod status;
 pub mod step;
 pub mod tenant;
+pub mod versions;
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -77,6 +78,8 @@ pub struct Context {
     pub approval_policy: Option<String>,
     /// Consecutive failed passes per resource, for the backoff.
     failures: Mutex<FailureCounts>,
+    /// Versions of resources that this process's own writes have replaced.
+    versions: Mutex<versions::Versions>,
     /// The watch cache, to prune failure counts of deleted resources.
     store: OnceLock<Store<run::Watched>>,
 }
@@ -108,6 +111,7 @@ impl Context {
             read_budget: ReadBudget::new(60),
             approval_policy: None,
             failures: Mutex::default(),
+            versions: Mutex::default(),
             store: OnceLock::new(),
         }
     }
@@ -154,9 +158,34 @@ impl Context {
         );
     }
 
-    /// The resource is gone: its failure count goes with it.
-    fn forget(&self, obj: &GuestRedemptionReset) {
-        self.failures().forget(&uid_of(obj));
+    fn versions(&self) -> std::sync::MutexGuard<'_, versions::Versions> {
+        self.versions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `obj`'s version is no longer current: a write of this process replaced it, or found
+    /// it replaced.
+    fn outdated(&self, obj: &GuestRedemptionReset) {
+        let Some(version) = obj.resource_version() else {
+            return;
+        };
+        let mut versions = self.versions();
+        versions.outdated(&uid_of(obj), &version);
+        // Resources deleted before the cache caught up leave a record behind: pruned now and
+        // then against the cache.
+        if versions.len() >= 1024 && versions.len().is_power_of_two() {
+            let live: std::collections::HashSet<String> = self
+                .store
+                .get()
+                .map(|store| store.state().iter().filter_map(|o| o.uid()).collect())
+                .unwrap_or_default();
+            versions.retain(|uid| live.contains(uid));
+        }
+    }
+
+    /// Whether the cached `obj` is behind a write of this process.
+    fn is_behind(&self, obj: &GuestRedemptionReset) -> bool {
+        self.versions()
+            .is_behind(&uid_of(obj), obj.metadata.resource_version.as_deref())
     }
 }
 

@@ -28,7 +28,7 @@ use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
 
 use super::decide::{
-    Failure, FollowUp, Lookup, Posted, Resolution, SecretOwner, Settings, TenantGate,
+    Failure, FollowUp, Lookup, Posted, Resolution, SecretOwner, Settings, SlotTurn, TenantGate,
 };
 use super::pass::{End, Io, Outcome, PassRunner};
 use super::reason::Reason;
@@ -484,7 +484,9 @@ impl Io for ModelIo<'_> {
         Ok(SecretOwner::Absent)
     }
 
-    async fn take_slot(&mut self) {}
+    async fn take_slots(&mut self, _obj: &GuestRedemptionReset, _writes: u32) -> SlotTurn {
+        SlotTurn::Now
+    }
 
     async fn tenant_gate(&mut self) -> Result<TenantGate, kube::Error> {
         self.w.last_gate[self.writer] = Some(self.w.now);
@@ -751,9 +753,9 @@ fn steps(actions: &mut Vec<Action>, writer: usize, answer: Answer, n: usize) {
 #[test]
 fn a_stale_outcome_is_never_applied_over_a_newer_one() {
     let mut actions = Vec::new();
-    // A: MarkPending, ReadUser, ReadEmailHolders, RecordIntent, TakeSlot, CheckTenant, SetMail,
-    // TakeSlot, CheckTenant, MarkSending: ten steps, then the POST takes effect and answers 504.
-    steps(&mut actions, 0, Answer::Ok, 10);
+    // A: ReadUser, ReadEmailHolders, TakeSlots, RecordIntent, CheckTenant, SetMail,
+    // CheckTenant, MarkSending: eight steps, then the POST takes effect and answers 504.
+    steps(&mut actions, 0, Answer::Ok, 8);
     steps(&mut actions, 0, Answer::Ambiguous { took_effect: true }, 1);
     // B recovers: reads the evidence and reports Issued (recovered).
     steps(&mut actions, 1, Answer::Ok, 3);

@@ -152,7 +152,6 @@ impl PassRunner {
             Step::Nothing => Err(End::Done(Outcome::Settled)),
             Step::Wait { until } => Err(End::Done(Outcome::Wait(until_from(now, until)))),
             Step::AcceptRetry { token } => self.accept_retry(io, &token, now).await,
-            Step::MarkPending => self.mark_pending(io, now).await,
             Step::CheckApprover { approval } => {
                 let current = self.current.clone();
                 let allowed = self
@@ -196,9 +195,12 @@ impl PassRunner {
                 Ok(())
             }
             Step::RecordIntent { user } => self.record_intent(io, &user, now).await,
-            Step::TakeSlot { write } => {
-                self.unless_stopping(io, |io| io.take_slot()).await?;
-                self.pass.prep_mut(write).slot = true;
+            Step::TakeSlots { writes } => {
+                let current = self.current.clone();
+                let turn = self
+                    .unless_stopping(io, |io| io.take_slots(&current, writes))
+                    .await?;
+                self.pass.slots = Some(turn);
                 Ok(())
             }
             Step::CheckTenant { write } => {
@@ -285,14 +287,6 @@ impl PassRunner {
         );
         io.publish(&self.current, Reason::InProgress, &message)
             .await;
-        Ok(())
-    }
-
-    async fn mark_pending<I: Io>(&mut self, io: &mut I, now: Timestamp) -> Flow {
-        let next = status::pending(&self.status(), self.stamp(now));
-        self.guarded(io, next, Error::MarkPending).await?;
-        let message = format!("generation {} seen", self.generation);
-        io.publish(&self.current, Reason::Pending, &message).await;
         Ok(())
     }
 

@@ -38,6 +38,9 @@ pub struct Report {
     pub redemption: Option<FollowUp>,
     /// What the controller will do once the generation is approved (`status.plan`).
     pub plan: Option<String>,
+    /// The requeue is a turn kept for this resource (a write slot): it is taken at that time,
+    /// without the jitter that spreads other retries.
+    pub on_time: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,7 +75,14 @@ impl Report {
             pause_tenant: false,
             redemption: None,
             plan: None,
+            on_time: false,
         }
+    }
+
+    /// The requeue is kept exactly (see [`Report::on_time`]).
+    pub fn on_time(mut self) -> Self {
+        self.on_time = true;
+        self
     }
 
     pub fn requeue(mut self, after: Duration) -> Self {

@@ -150,9 +150,7 @@ pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action, E
     // The controller starts reconciling only once its watch cache has synced.
     ctx.readiness.set_ready(true);
     let started = std::time::Instant::now();
-    let result = fresh_pass(obj, &ctx, &namespace, &name)
-        .instrument(span)
-        .await;
+    let result = fresh_pass(obj, &ctx, &namespace).instrument(span).await;
     ctx.metrics
         .record_reconcile(result.as_ref().err().map(Error::step), started.elapsed());
     result
@@ -181,37 +179,33 @@ fn quiet_action(obj: &GuestRedemptionReset, settings: &Settings, now: Timestamp)
     }
 }
 
-/// The cache can lag behind this process's own last write: the watch event of the write that
-/// ended a pass may arrive after the resource was queued again. A pass with work to do
-/// therefore re-reads the resource first, so Graph is never called on a stale view; settled
-/// and waiting resources (a restart over thousands of them) cost no read at all.
+/// The cache can lag behind this process's own writes: the watch events of the writes of a
+/// pass arrive after it was queued again (each write queues it). A cached copy at a version
+/// this process's own write replaced is skipped: the event of the newer version is on its way
+/// and queues the next pass. Any other copy is current as far as this process knows, and the
+/// pass works on it without reading it again; a write by somebody else that the cache has not
+/// shown yet fails the first guarded write, and the pass starts over.
 async fn fresh_pass(
     cached: Arc<GuestRedemptionReset>,
     ctx: &Context,
     namespace: &str,
-    name: &str,
 ) -> Result<Action, Error> {
+    if ctx.is_behind(&cached) {
+        return Ok(Action::await_change());
+    }
     if let Some(action) = quiet_action(&cached, &ctx.settings, Timestamp::now()) {
         return Ok(action);
     }
-    let api: Api<GuestRedemptionReset> = Api::namespaced(ctx.client.clone(), namespace);
-    let Some(mut fresh) = api.get_opt(name).await.map_err(Error::ReadFresh)? else {
-        ctx.forget(&cached);
-        return Ok(Action::await_change());
-    };
-    if let Some(action) = quiet_action(&fresh, &ctx.settings, Timestamp::now()) {
-        return Ok(action);
-    }
-    fresh.managed_fields_mut().clear();
-    let failures = ctx.failures_of(&fresh);
+    let current = GuestRedemptionReset::clone(&cached);
+    let failures = ctx.failures_of(&current);
     let mut io = KubeIo::new(ctx, namespace);
-    let outcome = PassRunner::new(fresh.clone(), failures)
+    let outcome = PassRunner::new(current.clone(), failures)
         .run(&mut io, &ctx.settings)
         .await?;
     if let Outcome::Reported(report) = &outcome {
         ctx.metrics.record_outcome(report.reason);
         let failed = matches!(report.reason, Reason::Throttled | Reason::TransientError);
-        ctx.record_failure(&fresh, failed);
+        ctx.record_failure(&current, failed);
     }
     Ok(action_of(outcome))
 }
@@ -222,6 +216,7 @@ pub fn action_of(outcome: Outcome) -> Action {
         Outcome::Settled | Outcome::Abandoned => Action::await_change(),
         Outcome::Wait(wait) => Action::requeue(wait.max(Duration::from_millis(100))),
         Outcome::Reported(report) => match report.requeue {
+            Some(after) if report.on_time => Action::requeue(after),
             Some(after) => Action::requeue(jitter(after)),
             None => Action::await_change(),
         },

@@ -120,6 +120,7 @@ pub fn apply_report(
         return None;
     }
     let mut next = status.clone();
+    acknowledge(&mut next, stamp);
     if let Some(user) = &report.user {
         record_user(&mut next, user);
     }
@@ -198,6 +199,7 @@ pub fn with_intent(
     stamp: Stamp<'_>,
 ) -> GuestRedemptionResetStatus {
     let mut next = status.clone();
+    acknowledge(&mut next, stamp);
     record_user(&mut next, user);
     next.user_missing_since = None;
     // The pass is working now: a wait it overrode (a retry asked for) is over.
@@ -254,24 +256,22 @@ pub fn with_retry_accepted(
     next
 }
 
-/// The status of a generation seen for the first time.
-pub fn pending(
-    status: &GuestRedemptionResetStatus,
-    stamp: Stamp<'_>,
-) -> GuestRedemptionResetStatus {
-    let mut next = status.clone();
+/// What the first status write of a generation carries besides its own change, so that no
+/// separate write is needed just to say the generation was seen (docs/design.md, "One pass"):
+/// the requester of record, no plan, wait or follow-through of the previous generation. A no-op
+/// once the status already speaks of this generation (or a newer one).
+pub fn acknowledge(next: &mut GuestRedemptionResetStatus, stamp: Stamp<'_>) {
+    if next
+        .observed_generation
+        .is_some_and(|seen| seen >= stamp.generation)
+    {
+        return;
+    }
     next.user_missing_since = None;
     next.next_attempt_at = None;
     // A new generation asks for a new reset: the follow-through of the old one ends here.
-    super::follow::clear_redemption(&mut next);
+    super::follow::clear_redemption(next);
     // Who asked for this generation; the plan of the previous one no longer applies.
     next.requested_by = stamp.requested_by.map(str::to_owned);
     next.plan = None;
-    set_ready(
-        &mut next,
-        stamp,
-        Reason::Pending,
-        &format!("generation {} seen; not yet worked on", stamp.generation),
-    );
-    next
 }

@@ -147,11 +147,19 @@ pub enum Write {
     Invitation,
 }
 
-/// The preparation of one Graph write: a slot from the limiter, then the tenant gate.
+/// The preparation of one Graph write, once its slot is reserved: the tenant gate.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WritePrep {
-    pub slot: bool,
     pub gate: Option<TenantGate>,
+}
+
+/// When the write slots reserved for a reset may be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotTurn {
+    /// Now: this pass holds them.
+    Now,
+    /// Not before this time: the limiter keeps them for the resource until it comes back.
+    At(Timestamp),
 }
 
 /// What this pass learnt so far, in the order the steps happen.
@@ -168,6 +176,8 @@ pub struct Pass {
     pub secret: Option<SecretOwner>,
     /// The intent written in this pass.
     pub intent: Option<Attempt>,
+    /// The write slots of this reset, reserved before the intent.
+    pub slots: Option<SlotTurn>,
     pub mail: WritePrep,
     pub mail_set: Option<Result<(), Failure>>,
     pub invitation: WritePrep,
@@ -202,8 +212,6 @@ pub enum Step {
     AcceptRetry { token: String },
     /// Nothing before this time: the last pass asked to wait (`status.nextAttemptAt`).
     Wait { until: Timestamp },
-    /// Say that a new generation was seen (Ready=Unknown, Pending) before working on it.
-    MarkPending,
     /// Ask the API server whether the author of the decision may approve this resource.
     CheckApprover { approval: Box<Approval> },
     /// Read the user of an interrupted attempt to look for evidence of the reset.
@@ -218,8 +226,8 @@ pub enum Step {
     CheckSecret { name: String },
     /// Write `status.attempt` with a precondition, before any Graph write.
     RecordIntent { user: Box<DirectoryUser> },
-    /// Wait for a slot of the write limiter.
-    TakeSlot { write: Write },
+    /// Reserve the write slots of this reset (or claim those reserved for it before).
+    TakeSlots { writes: u32 },
     /// Read the tenant-wide pause, right before a Graph write.
     CheckTenant { write: Write },
     /// `PATCH /users/{id}` setting mail.

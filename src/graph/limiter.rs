@@ -67,9 +67,43 @@ pub struct WriteSlot {
 /// Shared write limiter: clone it freely, every clone draws from the same bucket.
 #[derive(Debug, Clone)]
 pub struct WriteLimiter {
-    bucket: Arc<Mutex<TokenBucket>>,
+    bucket: Arc<Mutex<WriteTurns>>,
     per_minute: u32,
     burst: u32,
+}
+
+#[derive(Debug)]
+struct WriteTurns {
+    bucket: TokenBucket,
+    /// Slots reserved for a resource that comes back for them at their turn, by its key.
+    held: std::collections::HashMap<String, Held>,
+}
+
+/// Slots taken from the bucket for one resource, usable from `at`.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    at: Instant,
+    count: u32,
+    /// When they were reserved: the limiter's wait is from then to `at`.
+    since: Instant,
+}
+
+/// A turn due within this long is waited for by the pass itself: ending the pass and coming
+/// back would cost more than the wait.
+pub const SHORT_WAIT: Duration = Duration::from_secs(1);
+
+/// What the limiter says to a reset that asks for its write slots.
+#[derive(Debug)]
+pub enum Turn {
+    /// The slots, usable once `wait` (at most [`SHORT_WAIT`]) has passed; `waited` is the
+    /// whole wait since they were reserved (for the metric).
+    Now {
+        slots: Vec<WriteSlot>,
+        wait: Duration,
+        waited: Duration,
+    },
+    /// Come back after this long: the slots are kept for the key until then.
+    After(Duration),
 }
 
 impl Default for WriteLimiter {
@@ -83,11 +117,10 @@ impl WriteLimiter {
     /// `per_minute` writes per minute on average, at most `burst` back to back (both at least 1).
     pub fn new(per_minute: u32, burst: u32) -> Self {
         WriteLimiter {
-            bucket: Arc::new(Mutex::new(TokenBucket::new(
-                per_minute,
-                burst,
-                Instant::now(),
-            ))),
+            bucket: Arc::new(Mutex::new(WriteTurns {
+                bucket: TokenBucket::new(per_minute, burst, Instant::now()),
+                held: Default::default(),
+            })),
             per_minute: per_minute.max(1),
             burst: burst.max(1),
         }
@@ -104,7 +137,7 @@ impl WriteLimiter {
     /// Waits for a write slot; returns the time waited. A caller dropped while waiting
     /// forfeits its slot (the bucket errs towards fewer writes, never more).
     pub async fn acquire(&self) -> Duration {
-        let wait = self.lock().reserve(Instant::now());
+        let wait = self.lock().bucket.reserve(Instant::now());
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
@@ -120,10 +153,53 @@ impl WriteLimiter {
 
     /// How long a write starting now would wait (for status reporting; takes no slot).
     pub fn current_wait(&self) -> Duration {
-        self.lock().wait_at(Instant::now())
+        self.lock().bucket.wait_at(Instant::now())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, TokenBucket> {
+    /// The `writes` slots of the resource `key`, without waiting: the slots kept for it when
+    /// it has some (an earlier pass reserved them), otherwise fresh ones from the bucket, in
+    /// arrival order. Slots due later than [`SHORT_WAIT`] are kept under `key` until their
+    /// turn; the bucket has spent them already, so the pace stays the bucket's whether or not
+    /// the resource comes back (a turn nobody claims is a write that never happens). Kept
+    /// slots live in this process only: after a restart the resource reserves again.
+    pub fn turn(&self, key: &str, writes: u32) -> Turn {
+        self.turn_at(key, writes, Instant::now())
+    }
+
+    fn turn_at(&self, key: &str, writes: u32, now: Instant) -> Turn {
+        let mut state = self.lock();
+        let held = match state.held.get(key).copied() {
+            Some(held) => held,
+            None => {
+                let wait = (0..writes.max(1))
+                    .map(|_| state.bucket.reserve(now))
+                    .fold(Duration::ZERO, Duration::max);
+                if state.held.len() % 256 == 255 {
+                    state.held.retain(|_, h| h.at + TURN_EXPIRY > now);
+                }
+                Held {
+                    at: now + wait,
+                    count: writes.max(1),
+                    since: now,
+                }
+            }
+        };
+        let wait = held.at.saturating_duration_since(now);
+        if wait > SHORT_WAIT {
+            state.held.insert(key.to_owned(), held);
+            return Turn::After(wait);
+        }
+        state.held.remove(key);
+        let slots = (0..held.count).map(|_| WriteSlot { _taken: () }).collect();
+        let waited = held.at.saturating_duration_since(held.since);
+        Turn::Now {
+            slots,
+            wait,
+            waited,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WriteTurns> {
         // The bucket holds plain numbers; a panic elsewhere cannot leave it inconsistent.
         self.bucket.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -245,6 +321,80 @@ mod tests {
     fn assert_close(actual: Duration, expected: Duration) {
         let diff = actual.as_secs_f64() - expected.as_secs_f64();
         assert!(diff.abs() < 1e-6, "expected {expected:?}, got {actual:?}");
+    }
+
+    fn now_slots(turn: Turn) -> (usize, Duration) {
+        match turn {
+            Turn::Now { slots, wait, .. } => (slots.len(), wait),
+            Turn::After(wait) => panic!("expected slots now, got a turn after {wait:?}"),
+        }
+    }
+
+    #[test]
+    fn turns_are_kept_for_their_resource_and_keep_the_pace() {
+        // 6/min, burst 3: one slot every 10 s once the burst is spent.
+        let limiter = WriteLimiter::new(6, 3);
+        let t0 = Instant::now();
+        // Two writes (mail and POST) from the burst, at once.
+        assert_eq!(now_slots(limiter.turn_at("a", 2, t0)), (2, Duration::ZERO));
+        // The third slot of the burst and the next refill: b's pair is due in 10 s.
+        let Turn::After(b) = limiter.turn_at("b", 2, t0) else {
+            panic!("b must wait for its second slot")
+        };
+        assert_close(b, secs(10.0));
+        let Turn::After(c) = limiter.turn_at("c", 1, t0) else {
+            panic!("c queues behind b")
+        };
+        assert_close(c, secs(20.0));
+        // Asking again early keeps the turn; it takes no second slot from the bucket.
+        let Turn::After(again) = limiter.turn_at("b", 2, t0 + secs(4.0)) else {
+            panic!("b's turn is still ahead")
+        };
+        assert_close(again, secs(6.0));
+        // At its turn b gets both slots, c its one, and a newcomer queues behind them all.
+        assert_eq!(
+            now_slots(limiter.turn_at("b", 2, t0 + secs(10.0))),
+            (2, Duration::ZERO)
+        );
+        assert_eq!(
+            now_slots(limiter.turn_at("c", 1, t0 + secs(20.5))),
+            (1, Duration::ZERO)
+        );
+        let Turn::After(d) = limiter.turn_at("d", 1, t0 + secs(20.5)) else {
+            panic!("d queues behind c")
+        };
+        assert_close(d, secs(9.5));
+        // A turn due within a moment is handed over with the wait that is left.
+        let (n, wait) = now_slots(limiter.turn_at("d", 1, t0 + secs(29.5)));
+        assert_eq!(n, 1);
+        assert_close(wait, secs(0.5));
+    }
+
+    #[test]
+    fn kept_turns_never_let_more_writes_through_than_the_bucket() {
+        // Whatever the order of asking and coming back, the slots handed out by any time t
+        // are at most burst + rate * t.
+        let limiter = WriteLimiter::new(6, 3);
+        let t0 = Instant::now();
+        let mut handed = Vec::new();
+        for step in 0..600u32 {
+            let now = t0 + secs(f64::from(step) * 0.5);
+            let key = format!("r{}", step % 40);
+            if let Turn::Now { slots, wait, .. } = limiter.turn_at(&key, 1 + step % 2, now) {
+                handed.extend(std::iter::repeat_n(now + wait, slots.len()));
+            }
+        }
+        handed.sort();
+        for (i, at) in handed.iter().enumerate() {
+            let allowed = 3.0 + at.duration_since(t0).as_secs_f64() / 10.0;
+            assert!(
+                (i + 1) as f64 <= allowed + 1e-6,
+                "slot {} handed out at {:?}, more than the bucket allows",
+                i + 1,
+                at.duration_since(t0)
+            );
+        }
+        assert!(handed.len() > 20, "the queue moved: {}", handed.len());
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub use error::{
     ErrorClass, FailureKind, GraphCall, GraphError, GraphErrorDetails, MAX_CODE_CHARS,
     MAX_DETAIL_CHARS, MAX_ERROR_TEXT_CHARS, MAX_ID_CHARS, MAX_MESSAGE_CHARS, parse_retry_after,
 };
-pub use limiter::{Admission, ReadBudget, TokenBucket, WriteLimiter, WriteSlot};
+pub use limiter::{Admission, ReadBudget, SHORT_WAIT, TokenBucket, Turn, WriteLimiter, WriteSlot};
 pub use model::{
     DirectoryUser, Invitation, InvitationMessage, RedeemUrl, ResetRedemptionRequest, USER_SELECT,
 };

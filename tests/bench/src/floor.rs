@@ -1,6 +1,7 @@
 //! The floor: the work of one issuance done with nothing else around it. The same Graph calls
-//! (GET user, list of the email's holders, PATCH mail, POST invitation), the same four status
-//! writes each guarded by the object's resourceVersion, and the same two Events, by a minimal
+//! (GET user, list of the email's holders, PATCH mail, POST invitation), the same three status
+//! writes (intent, sending mark, outcome) each guarded by the object's resourceVersion, and
+//! the same Event (Issued), by a minimal
 //! async client at a fixed concurrency, picking up each resource as soon as it is created.
 
 use std::collections::{BTreeMap, HashMap};
@@ -224,11 +225,7 @@ impl Driver {
             .with_context(|| format!("no target for {name}"))?;
         let generation = object.metadata.generation.unwrap_or(1);
 
-        self.write_status(&mut object, status::pending(target, generation))
-            .await?;
-        self.event(&object, "Pending", format!("generation {generation} seen"))
-            .await?;
-
+        // No Pending write or Event: the operator's intent acknowledges the generation.
         let user = self
             .graph(
                 "Graph GET user",

@@ -1,5 +1,6 @@
 //! guestreset-bench: throughput against the floor of the work, memory, restart cost, the
-//! manual way, the write limiter's fidelity, and the follow-through's read budget (B7), on a
+//! manual way, the write limiter's fidelity, no head-of-line blocking behind it (B6), and the
+//! follow-through's read budget (B7), on a
 //! real kube-apiserver and the Graph simulator. Prints one Markdown table; `scripts/bench.sh` builds and runs it.
 
 mod benches;
@@ -21,7 +22,7 @@ use benches::Ctx;
 use machine::{Machine, Processes};
 use table::Table;
 
-const USAGE: &str = "usage: guestreset-bench --operator PATH [--out DIR] [--quick] [--skip-b5] [--sweep] [--only B1,B2,B3,B4,B5,B7]
+const USAGE: &str = "usage: guestreset-bench --operator PATH [--out DIR] [--quick] [--skip-b5] [--sweep] [--only B1,B2,B3,B4,B5,B6,B7]
 
   --operator PATH  the guestreset binary to measure (a release build)
   --out DIR        logs, simulator state and table.md (default: $TMPDIR/guestreset-bench)
@@ -169,6 +170,13 @@ async fn run(options: Options) -> Result<bool> {
         }
     } else if options.runs("B5") {
         table.info("B5 limiter", "skipped (--skip-b5)", "");
+    }
+    if options.runs("B6") {
+        let window = std::time::Duration::from_secs(if options.quick { 40 } else { 60 });
+        let n = if options.quick { 200 } else { 1_000 };
+        if let Err(err) = benches::b6(&ctx, n, window, &mut table).await {
+            table.fail("B6 head of line", format!("{err:#}"));
+        }
     }
     if options.runs("B7") {
         let window = std::time::Duration::from_secs(if options.quick { 60 } else { 120 });

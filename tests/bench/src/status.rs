@@ -21,22 +21,6 @@ fn ready(status: &str, reason: &str, message: &str, generation: i64, since: &str
     }])
 }
 
-/// Ready=Unknown `Pending`: the generation was seen.
-pub fn pending(target: &Target, generation: i64) -> Value {
-    json!({
-        "observedGeneration": generation,
-        "phase": "Pending",
-        "target": format!("id {}", target.user_id),
-        "conditions": ready(
-            "Unknown",
-            "Pending",
-            &format!("generation {generation} seen; not yet worked on"),
-            generation,
-            &now(),
-        ),
-    })
-}
-
 fn user(target: &Target) -> Value {
     json!({
         "id": target.user_id,

@@ -262,6 +262,23 @@ impl Tracker {
         }
     }
 
+    /// Waits until `n` objects have a Ready condition, or `timeout`; returns how many have.
+    pub async fn wait_worked(&self, n: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let worked = self
+                .lock()
+                .objects
+                .values()
+                .filter(|s| s.worked_at.is_some())
+                .count();
+            if worked >= n || Instant::now() >= deadline {
+                return worked;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until `n` objects have been Ready=Issued; returns when the last one got there.
     pub async fn wait_issued(&self, n: usize, timeout: Duration) -> Result<Instant> {
         let deadline = Instant::now() + timeout;
@@ -292,9 +309,9 @@ impl Tracker {
 pub struct Phases {
     /// From the first create to this resource's create, as the watch saw it.
     pub created: Duration,
-    /// From its create to the first status for its generation (Pending): queueing.
+    /// From its create to the first status for its generation (the intent): queueing.
     pub waiting: Duration,
-    /// From Pending to Ready=Issued: the pass itself.
+    /// From that first status to Ready=Issued: the pass itself.
     pub working: Duration,
 }
 
