@@ -6,12 +6,17 @@
 # one guest redeems its new invitation (Redeemed=True), the others stay pending. Then it
 # stops everything.
 #
-#   scripts/demo.sh           run the demo, then stop what it started
-#   scripts/demo.sh --keep    leave it running to explore; prints how to use and stop it
-#   scripts/demo.sh --stop    stop a demo left running by --keep
+#   scripts/demo.sh             run the demo, then stop what it started
+#   scripts/demo.sh --approval  the same with four eyes: the chart's admission policy, the
+#                               controller with --require-approval, alice (a requester) asking
+#                               through kubectl, and bob (an approver) approving each reset with
+#                               the kubectl plugin after reading its plan
+#   scripts/demo.sh --keep      leave it running to explore; prints how to use and stop it
+#   scripts/demo.sh --stop      stop a demo left running by --keep
 #
 # Needs Rust, Go and openssl (plus curl and jq). The first run builds kube-apiserver,
-# etcd and kubectl from source (scripts/controlplane.sh; cached afterwards).
+# etcd and kubectl from source (scripts/controlplane.sh; cached afterwards), and with
+# --approval also Helm (scripts/helm.sh), to render the chart's policy and roles.
 #
 # Environment:
 #   GUESTRESET_DEMO_DIR       state and logs (default .local/demo in the repository)
@@ -47,14 +52,16 @@ die() {
 }
 
 usage() {
-  sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  sed -n '2,21s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
   exit "${1:-0}"
 }
 
 MODE=run
+APPROVAL=false
 for arg in "$@"; do
   case $arg in
     --keep) MODE=keep ;;
+    --approval) APPROVAL=true ;;
     --stop) MODE=stop ;;
     -h | --help) usage 0 ;;
     *)
@@ -148,6 +155,96 @@ rm -rf "$CP_DIR" "$SIM_DIR"
 mkdir -p "$STATE"
 rm -f "$STATE"/*.log
 
+# ------------------------------------------------------------------ four eyes (--approval)
+
+# A person of the demo: a client certificate signed by the control plane's CA (CN the user
+# name, one O per group), and a kubeconfig for them alone. $1 name, then the groups.
+make_person() {
+  local name=$1 dir=$STATE/people subject="" group
+  shift
+  for group in "$@"; do subject+="/O=$group"; done
+  mkdir -p "$dir"
+  (
+    umask 077
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$dir/$name.key" 2>/dev/null
+    openssl req -new -key "$dir/$name.key" -subj "$subject/CN=$name" -out "$dir/$name.csr" 2>/dev/null
+    printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n' >"$dir/$name.ext"
+    openssl x509 -req -in "$dir/$name.csr" -CA "$CP_DIR/pki/ca.crt" -CAkey "$CP_DIR/pki/ca.key" \
+      -CAcreateserial -days 1 -extfile "$dir/$name.ext" -out "$dir/$name.crt" 2>/dev/null
+  ) || die "could not make a certificate for $name"
+  local kc=$dir/$name.kubeconfig
+  cp "$KUBECONFIG" "$kc"
+  kubectl --kubeconfig "$kc" config set-credentials "$name" --embed-certs \
+    --client-certificate "$dir/$name.crt" --client-key "$dir/$name.key" >/dev/null
+  kubectl --kubeconfig "$kc" config set-context --current --user "$name" --namespace "$NAMESPACE" >/dev/null
+}
+
+# kubectl and the plugin as a person of the demo.
+as() {
+  local who=$1
+  shift
+  KUBECONFIG=$STATE/people/$who.kubeconfig "$@"
+}
+
+# The chart's policy and people's roles (rendered by Helm for a release named guestreset in
+# namespace identity, the controller being this demo's admin identity), the example RoleBindings,
+# and alice and bob.
+four_eyes_setup() {
+  say "Four eyes: the chart's admission policy and roles, and two people"
+  "$HELM" template guestreset "$ROOT/charts/guestreset" --namespace "$NAMESPACE" \
+    --set watchNamespace="$NAMESPACE" --set requireApproval=true \
+    --set-string admissionPolicy.controllerUsername=guestreset-admin \
+    --show-only templates/admissionpolicy.yaml --show-only templates/userroles.yaml |
+    kubectl apply -f -
+  kubectl apply -f "$ROOT/examples/rbac/requesters.yaml" -f "$ROOT/examples/rbac/approvers.yaml"
+  make_person alice guestreset-requesters guestreset-approvers
+  make_person bob guestreset-approvers
+  note "alice asks for resets and approves others' (groups guestreset-requesters, guestreset-approvers);"
+  note "bob approves (group guestreset-approvers)"
+  note "kubectl auth can-i approve guestredemptionresets.guestreset.io -n $NAMESPACE:" \
+    "alice $(kubectl auth can-i approve guestredemptionresets.guestreset.io -n "$NAMESPACE" --as alice --as-group guestreset-approvers || true)," \
+    "bob $(kubectl auth can-i approve guestredemptionresets.guestreset.io -n "$NAMESPACE" --as bob --as-group guestreset-approvers || true)"
+}
+
+# alice applies examples/ naming herself as requester (admission holds the annotation to her
+# user name); the controller plans each and waits; bob reads a plan and approves each reset.
+four_eyes_requests_and_approvals() {
+  say "alice applies examples/, naming herself in guestreset.io/requested-by"
+  local file
+  for file in "$ROOT"/examples/*.yaml; do
+    as alice kubectl annotate --local -f "$file" guestreset.io/requested-by=alice -o yaml |
+      as alice kubectl apply -n "$NAMESPACE" -f -
+  done
+  note "a forged requester is refused by the API server:"
+  kubectl annotate --local -f "$ROOT/examples/reset-by-id.yaml" guestreset.io/requested-by=bob -o yaml |
+    sed 's/name: alice-to-newco/name: forged-request/' |
+    as alice kubectl apply -n "$NAMESPACE" -f - 2>&1 | sed 's/^/      /' || true
+
+  say "The controller plans each reset and waits for approval (nothing is written to Graph)"
+  local deadline=$((SECONDS + 60)) waiting
+  until waiting=$(kubectl get grr -n "$NAMESPACE" -o json | jq '[.items[]
+      | select(.spec.dryRun != true)
+      | select(((.status.conditions // []) | map(select(.type == "Ready"))[0].reason) == "AwaitingApproval")]
+      | length') && [[ $waiting -eq $(jq -n "$(find "$ROOT/examples" -maxdepth 1 -name '*.yaml' | wc -l) - 1") ]]; do
+    ((SECONDS < deadline)) || die "not every reset is AwaitingApproval; see kubectl get grr -n $NAMESPACE"
+    sleep 1
+  done
+  as bob "$PLUGIN" status
+  note "the plan bob reviews:"
+  as bob "$PLUGIN" plan alice-to-newco | sed 's/^/      /'
+  note "Graph writes so far: $(sim journal | jq '[.[] | select(.call == "PatchUser" or .call == "PostInvitation")] | length')"
+
+  say "alice may approve, but not her own request: the API server refuses"
+  as alice "$PLUGIN" approve alice-to-newco --reason "I checked it myself" 2>&1 | tail -n 1 | sed 's/^/      /' || true
+
+  say "bob approves each reset with kubectl guestreset approve"
+  local name
+  for name in $(kubectl get grr -n "$NAMESPACE" -o json |
+    jq -r '.items[] | select(.spec.dryRun != true) | .metadata.name'); do
+    as bob "$PLUGIN" approve "$name" --reason "CHG-20931 reviewed by bob" | tail -n 1 | sed 's/^/      /'
+  done
+}
+
 # ------------------------------------------------------------------ build
 
 say "Building guestreset and graph-sim (cargo build --bins; the first build takes a few minutes)"
@@ -157,7 +254,12 @@ locked=()
 TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps "${locked[@]}" | jq -r .target_directory)
 GUESTRESET=$TARGET_DIR/debug/guestreset
 GRAPH_SIM=$TARGET_DIR/debug/graph-sim
-[[ -x $GUESTRESET && -x $GRAPH_SIM ]] || die "built binaries not found under $TARGET_DIR/debug"
+PLUGIN=$TARGET_DIR/debug/kubectl-guestreset
+[[ -x $GUESTRESET && -x $GRAPH_SIM && -x $PLUGIN ]] || die "built binaries not found under $TARGET_DIR/debug"
+if [[ $APPROVAL == true ]]; then
+  say "Building Helm if not cached (scripts/helm.sh), to render the chart's policy and roles"
+  HELM=$("$ROOT/scripts/helm.sh" build)
+fi
 
 say "Building the control plane binaries if not cached (the first time this compiles kube-apiserver from source)"
 "$ROOT/scripts/controlplane.sh" build
@@ -173,6 +275,13 @@ note "KUBECONFIG=$KUBECONFIG"
 say "Installing the CRD"
 kubectl apply -f "$CRD_FILE"
 kubectl wait --for=condition=Established --timeout=60s crd/guestredemptionresets.guestreset.io
+kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl apply -f -
+
+CONTROLLER_FLAGS=()
+if [[ $APPROVAL == true ]]; then
+  four_eyes_setup
+  CONTROLLER_FLAGS=(--require-approval --admission-policy guestreset)
+fi
 
 say "Starting graph-sim, the simulated Microsoft Graph, seeded with scripts/demo-directory.yaml"
 start_daemon "$STATE/graph-sim.pid" "$STATE/graph-sim.log" \
@@ -196,7 +305,7 @@ start_daemon "$STATE/guestreset.pid" "$STATE/guestreset.log" \
   AZURE_AUTHORITY_HOST="$SIM_URL" GRAPH_ENDPOINT="$SIM_URL" SSL_CERT_FILE="$SIM_CA" \
   KUBECONFIG="$KUBECONFIG" NO_COLOR=1 \
   "$GUESTRESET" run --log-format text --metrics-addr 127.0.0.1:0 \
-  --redemption-first-check "$FIRST_CHECK"
+  --redemption-first-check "$FIRST_CHECK" "${CONTROLLER_FLAGS[@]}"
 deadline=$((SECONDS + 30))
 METRICS_ADDR=""
 until [[ -n $METRICS_ADDR ]] && curl -sf --max-time 2 "http://$METRICS_ADDR/readyz" >/dev/null; do
@@ -210,9 +319,12 @@ until [[ -n $METRICS_ADDR ]] && curl -sf --max-time 2 "http://$METRICS_ADDR/read
 done
 note "ready (/readyz); metrics at http://$METRICS_ADDR/metrics"
 
-say "Creating namespace $NAMESPACE and applying examples/"
-kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl apply -f -
-kubectl apply -n "$NAMESPACE" -f "$ROOT/examples/"
+if [[ $APPROVAL == true ]]; then
+  four_eyes_requests_and_approvals
+else
+  say "Applying examples/ to namespace $NAMESPACE"
+  kubectl apply -n "$NAMESPACE" -f "$ROOT/examples/"
+fi
 
 # ------------------------------------------------------------------ wait
 
@@ -261,6 +373,9 @@ done
 
 say "kubectl get grr -n $NAMESPACE"
 kubectl get grr -n "$NAMESPACE"
+if [[ $APPROVAL == true ]]; then
+  kubectl get grr -n "$NAMESPACE" -o wide
+fi
 
 say "What each resource says (Ready's message)"
 kubectl get grr -n "$NAMESPACE" -o json | jq -r '.items[] | "    \(.metadata.name): "
@@ -346,6 +461,8 @@ if [[ $MODE == keep ]]; then
     # the guest redeems the new invitation; the follow-through sees it at its next check
     curl -s --cacert $SIM_CA -X POST $SIM_URL/_sim/users/$ALICE_ID/redeem | jq .externalUserState
     kubectl wait grr -n $NAMESPACE alice-to-newco --for=condition=Redeemed --timeout=2m
+    # the kubectl plugin (docs/plugin.md): status, plans, approvals
+    $PLUGIN status -n $NAMESPACE
     # what Graph saw, and the controller's metrics
     curl -s --cacert $SIM_CA $SIM_URL/_sim/journal | jq
     curl -s http://$METRICS_ADDR/metrics
