@@ -169,6 +169,22 @@ async fn plugin(who: &Identity, ns: &str, args: &[&str]) -> Output {
         .expect("run kubectl-guestreset")
 }
 
+/// `who` asks for a reset of alice's guest to alice@newco.example with `kubectl guestreset new
+/// --apply` (which names them as requester).
+async fn request(who: &Identity, ns: &str, name: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "new",
+        name,
+        "--user",
+        ALICE,
+        "--email",
+        "alice@newco.example",
+        "--apply",
+    ];
+    args.extend_from_slice(extra);
+    plugin(who, ns, &args).await
+}
+
 fn person(cp: &ControlPlane, name: &str) -> Identity {
     identity(cp, name)
 }
@@ -206,22 +222,7 @@ async fn a_reset_is_issued_once_only_after_another_person_approved_it() {
     );
     let name = "alice-to-newco";
 
-    let out = plugin(
-        &alice,
-        &w.ns,
-        &[
-            "new",
-            name,
-            "--user",
-            ALICE,
-            "--email",
-            "alice@newco.example",
-            "--change-ref",
-            "CHG-20931",
-            "--apply",
-        ],
-    )
-    .await;
+    let out = request(&alice, &w.ns, name, &["--change-ref", "CHG-20931"]).await;
     assert!(out.status.success(), "alice's request: {}", describe(&out));
     let obj = wait_generation(&w, name, 1, "AwaitingApproval").await;
     assert_eq!(
@@ -364,20 +365,7 @@ async fn a_denied_generation_is_never_issued() {
     let (w, _fx) = four_eyes("approval-deny").await;
     let (alice, bob) = (person(w.cp, "alice"), person(w.cp, "bob"));
     let name = "alice-to-newco";
-    let out = plugin(
-        &alice,
-        &w.ns,
-        &[
-            "new",
-            name,
-            "--user",
-            ALICE,
-            "--email",
-            "alice@newco.example",
-            "--apply",
-        ],
-    )
-    .await;
+    let out = request(&alice, &w.ns, name, &[]).await;
     assert!(out.status.success(), "{}", describe(&out));
     wait_generation(&w, name, 1, "AwaitingApproval").await;
     let denied = plugin(

@@ -8,13 +8,13 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{World, guests};
+use common::{World, admin_addr, guests};
 use graph_sim::{Call, JournalEntry};
 use guestreset::resource::{GuestRedemptionReset, RedemptionState};
 use guestreset_testsupport::{ChildProcess, wait_until};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Patch, PatchParams};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -93,18 +93,9 @@ fn at(e: &JournalEntry) -> jiff::Timestamp {
     e.at.parse().unwrap()
 }
 
-/// The address the operator's admin endpoints listen on, from its log.
+/// The operator's metrics, from its admin endpoints.
 async fn metrics_of(op: &ChildProcess) -> String {
-    let addr = wait_until("the admin endpoints to listen", WAIT, || async {
-        op.read_log()
-            .lines()
-            .find(|l| l.contains("admin endpoints listening"))
-            .and_then(|l| {
-                let v: Value = serde_json::from_str(l).ok()?;
-                v["fields"]["addr"].as_str().map(str::to_owned)
-            })
-    })
-    .await;
+    let addr = admin_addr(op).await;
     reqwest::get(format!("http://{addr}/metrics"))
         .await
         .unwrap()

@@ -47,7 +47,11 @@ pub(super) fn approval<'o>(o: &Observed<'o>, settings: &Settings, pass: &Pass) -
         None => Err(Step::CheckApprover {
             approval: Box::new(approval.clone()),
         }),
-        Some(Err(problem)) => Err(not_acted_on(approval, problem).into()),
+        // The API server may grant the right (or the policy be installed) later: look again
+        // on the schedule of a missing permission rather than only on the next change.
+        Some(Err(problem)) => Err(not_acted_on(approval, problem)
+            .requeue(super::report::FORBIDDEN_RETRY)
+            .into()),
         Some(Ok(())) => match approval.decision {
             Decision::Denied => Err(denied(o, approval).into()),
             Decision::Approved => Ok(Gate::Approved(approval)),

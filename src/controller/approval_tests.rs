@@ -120,6 +120,8 @@ fn an_approver_the_api_server_does_not_confirm_is_not_acted_on() {
         report.message
     );
     assert_eq!((w.posts_sent, w.patches), (0, 0));
+    // Looked at again later, as a missing permission is, not only on the next change.
+    assert_eq!(report.requeue, Some(FORBIDDEN_RETRY));
     // The right granted again: the same approval is acted on at the next pass.
     w.approver_may = Ok(());
     assert_eq!(w.settle(4).reason, Reason::Issued);
