@@ -16,6 +16,7 @@ use graph_sim::{Call, JournalEntry, SeedUser, SimConfig, Simulator};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 
+use crate::apiserver;
 use crate::floor;
 use crate::machine::{CpuMeter, Memory, Processes, mib};
 use crate::operator::{Binary, Launch, Metrics, Operator};
@@ -143,6 +144,8 @@ struct Burst {
     log_counts: String,
     passes: Vec<(String, String)>,
     phases: world::Phases,
+    /// The kube-apiserver's requests during the burst, by verb and resource.
+    requests: String,
 }
 
 /// Starts an operator over a fresh namespace and simulator, creates `n` resources at once
@@ -158,6 +161,7 @@ async fn operator_burst(ctx: &Ctx, label: &str, n: usize, extra: &[&str]) -> Res
     let mut op = ctx.operator(label, &namespace, &sim, &args)?;
     op.wait_ready(READY_TIMEOUT).await?;
     let metrics_before = op.metrics().await;
+    let requests_before = apiserver::requests(ctx.cluster.cp).await?;
     let cpu = CpuMeter::start(&ctx.processes.with("guestreset", op.pid()));
 
     let started = Instant::now();
@@ -175,6 +179,10 @@ async fn operator_burst(ctx: &Ctx, label: &str, n: usize, extra: &[&str]) -> Res
         .await?;
     let elapsed = last - started;
     let cpu = cpu.stop();
+    let requests = apiserver::served(
+        &requests_before,
+        &apiserver::requests(ctx.cluster.cp).await?,
+    );
     let metrics_done = op.metrics().await;
     let phases = tracker.phases(started);
 
@@ -204,6 +212,7 @@ async fn operator_burst(ctx: &Ctx, label: &str, n: usize, extra: &[&str]) -> Res
         log_counts,
         passes: pass_analysis(&metrics_before, &metrics_done, elapsed),
         phases,
+        requests,
     })
 }
 
@@ -216,6 +225,7 @@ struct FloorBurst {
     cpu: String,
     phases: world::Phases,
     times: floor::StepTimes,
+    requests: String,
 }
 
 /// The floor over a fresh namespace and simulator: `n` resources created at once and issued
@@ -226,6 +236,7 @@ async fn floor_burst(ctx: &Ctx, label: &str, n: usize, concurrency: usize) -> Re
     let namespace = ctx.cluster.namespace(&format!("bench-{label}")).await;
     let api = ctx.cluster.grr(&namespace);
     let tracker = Tracker::start(api.clone()).await?;
+    let requests_before = apiserver::requests(ctx.cluster.cp).await?;
     let cpu = CpuMeter::start(&ctx.processes);
     let started = Instant::now();
     let times = floor::run(
@@ -240,6 +251,10 @@ async fn floor_burst(ctx: &Ctx, label: &str, n: usize, concurrency: usize) -> Re
     let last = tracker.wait_issued(n, Duration::from_secs(60)).await?;
     let elapsed = last - started;
     let cpu = cpu.stop();
+    let requests = apiserver::served(
+        &requests_before,
+        &apiserver::requests(ctx.cluster.cp).await?,
+    );
     let phases = tracker.phases(started);
     world::verify_all_issued(&api, n).await?;
     let calls = calls_by_kind(&sim.admin().journal().await?);
@@ -252,6 +267,7 @@ async fn floor_burst(ctx: &Ctx, label: &str, n: usize, concurrency: usize) -> Re
         cpu: cpu.summary(),
         phases,
         times,
+        requests,
     })
 }
 
@@ -372,6 +388,16 @@ pub async fn b1(ctx: &Ctx, n: usize, rounds: usize, table: &mut Table) -> Result
     table.info(B, "operator log lines", op.log_counts.clone());
     table.info(B, "CPU-seconds during the operator's burst", op.cpu.clone());
     table.info(B, "CPU-seconds during the floor's burst", fl.cpu.clone());
+    table.info(
+        B,
+        "kube-apiserver requests during the operator's burst",
+        op.requests.clone(),
+    );
+    table.info(
+        B,
+        "kube-apiserver requests during the floor's burst",
+        fl.requests.clone(),
+    );
     for (step, latency) in fl.times.describe() {
         table.info(B, format!("floor step latency: {step}"), latency);
     }
@@ -400,6 +426,11 @@ pub async fn b1_sweep(ctx: &Ctx, n: usize, concurrencies: &[u16], table: &mut Ta
             format!("operator --concurrency {c}: Graph calls; log lines"),
             format!("{}; {}", op.calls, op.log_counts),
         );
+        table.info(
+            B,
+            format!("operator --concurrency {c}: kube-apiserver requests"),
+            op.requests.clone(),
+        );
         if op.posts != n {
             table.check(
                 B,
@@ -420,6 +451,11 @@ pub async fn b1_sweep(ctx: &Ctx, n: usize, concurrencies: &[u16], table: &mut Ta
                 fl.phases.describe(),
                 fl.cpu
             ),
+        );
+        table.info(
+            B,
+            format!("floor at {c} in flight: kube-apiserver requests"),
+            fl.requests,
         );
     }
     Ok(())

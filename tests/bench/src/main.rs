@@ -3,6 +3,7 @@
 //! follow-through's read budget (B7), on a
 //! real kube-apiserver and the Graph simulator. Prints one Markdown table; `scripts/bench.sh` builds and runs it.
 
+mod apiserver;
 mod benches;
 mod floor;
 mod machine;
