@@ -16,7 +16,7 @@ use common::{World, admin_addr, http_get};
 use fixture::{CONTROLLER, Chart, Fixture, identity};
 use graph_sim::{Call, SeedUser};
 use guestreset::resource::{Decision, GuestRedemptionReset, REQUESTED_BY_ANNOTATION};
-use guestreset_testsupport::{ControlPlane, Identity, describe, wait_until};
+use guestreset_testsupport::{Identity, describe, wait_until};
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
@@ -143,6 +143,13 @@ async fn without_the_policy_the_controller_is_not_ready_and_reconciles_nothing()
 async fn four_eyes(prefix: &str) -> (World, Fixture) {
     let mut w = World::with_users(prefix, directory()).await;
     let fx = Fixture::in_namespace(&w.ns, Chart::RequireApproval).await;
+    start_controller(&mut w, &fx);
+    (w, fx)
+}
+
+/// The controller as the chart's controller identity, with `--require-approval` and the
+/// release's policy (and its tenant record under the release's lease name).
+fn start_controller(w: &mut World, fx: &Fixture) {
     let controller = identity(w.cp, CONTROLLER);
     let mut cmd = w.operator_command(&[
         "--require-approval",
@@ -153,7 +160,6 @@ async fn four_eyes(prefix: &str) -> (World, Fixture) {
     ]);
     cmd.env("KUBECONFIG", &controller.kubeconfig);
     w.start_operator_with(cmd);
-    (w, fx)
 }
 
 /// `kubectl guestreset ARGS -n NS` as `who`.
@@ -185,10 +191,6 @@ async fn request(who: &Identity, ns: &str, name: &str, extra: &[&str]) -> Output
     plugin(who, ns, &args).await
 }
 
-fn person(cp: &ControlPlane, name: &str) -> Identity {
-    identity(cp, name)
-}
-
 /// Waits until `name` is at generation `generation` with Ready's reason `reason`.
 async fn wait_generation(
     w: &World,
@@ -216,9 +218,9 @@ fn stderr(out: &Output) -> String {
 async fn a_reset_is_issued_once_only_after_another_person_approved_it() {
     let (w, fx) = four_eyes("approval-flow").await;
     let (alice, bob, carol) = (
-        person(w.cp, "alice"),
-        person(w.cp, "bob"),
-        person(w.cp, "carol"),
+        identity(w.cp, "alice"),
+        identity(w.cp, "bob"),
+        identity(w.cp, "carol"),
     );
     let name = "alice-to-newco";
 
@@ -363,7 +365,7 @@ async fn a_reset_is_issued_once_only_after_another_person_approved_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_denied_generation_is_never_issued() {
     let (w, _fx) = four_eyes("approval-deny").await;
-    let (alice, bob) = (person(w.cp, "alice"), person(w.cp, "bob"));
+    let (alice, bob) = (identity(w.cp, "alice"), identity(w.cp, "bob"));
     let name = "alice-to-newco";
     let out = request(&alice, &w.ns, name, &[]).await;
     assert!(out.status.success(), "{}", describe(&out));
@@ -405,7 +407,7 @@ async fn an_approval_by_someone_who_lost_the_right_is_not_acted_on() {
     fx.requested(&fx.alice, name).await;
     // bob approves while no controller runs, then loses the group binding that let him.
     // The plugin records the groups bob was authenticated with (his right comes from one).
-    let bob = person(w.cp, "bob");
+    let bob = identity(w.cp, "bob");
     let approved = plugin(
         &bob,
         &w.ns,
@@ -423,16 +425,7 @@ async fn an_approval_by_someone_who_lost_the_right_is_not_acted_on() {
         Ok::<_, String>((!fx.may("bob", "approve", "", "").await).then_some(()))
     })
     .await;
-    let controller = identity(w.cp, CONTROLLER);
-    let mut cmd = w.operator_command(&[
-        "--require-approval",
-        "--admission-policy",
-        &fx.policy,
-        "--leader-election-lease-name",
-        &fx.policy,
-    ]);
-    cmd.env("KUBECONFIG", &controller.kubeconfig);
-    w.start_operator_with(cmd);
+    start_controller(&mut w, &fx);
     let obj = wait_generation(&w, name, 1, "AwaitingApproval").await;
     let message = fixture_ready_message(&obj);
     assert!(message.contains("bob may not approve"), "{message}");
