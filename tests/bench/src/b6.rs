@@ -43,7 +43,7 @@ pub async fn b6(ctx: &Ctx, n: usize, window: Duration, table: &mut Table) -> Res
         .iter()
         .map(|t| world::new_resource(&ctx.cluster.resource, t))
         .collect();
-    world::create_all(&api, objects, 32, None).await?;
+    world::create_all(&api, objects, 32).await?;
     // Every queued reset has had its first pass once each has a status; a controller whose
     // workers sleep never gets there, so the wait is bounded.
     let seen = tracker.wait_worked(n, Duration::from_secs(30)).await;
@@ -77,7 +77,6 @@ pub async fn b6(ctx: &Ctx, n: usize, window: Duration, table: &mut Table) -> Res
             dry_run(ctx, dry),
         ],
         2,
-        None,
     )
     .await?;
     let dry_ready = wait_dry_run(&api, &dry.name, window).await?;
@@ -151,14 +150,17 @@ async fn create_interrupted(ctx: &Ctx, api: &Api<DynamicObject>, target: &Target
         api,
         vec![world::new_resource(&ctx.cluster.resource, target)],
         1,
-        None,
     )
     .await?;
     let now = status::now();
-    let mut record = status::intent(target, 1, &uuid::Uuid::new_v4().to_string(), &now);
+    let mut record = status::intent(
+        target,
+        1,
+        &uuid::Uuid::new_v4().to_string(),
+        &now,
+        json!({}),
+    );
     record["attempt"]["postStartedAt"] = json!(now);
-    record["attempt"]["email"] = json!(target.email);
-    record["attempt"]["userStateBefore"] = json!({});
     api.patch_status(
         &target.name,
         &PatchParams::default(),

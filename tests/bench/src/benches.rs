@@ -169,7 +169,7 @@ async fn operator_burst(ctx: &Ctx, label: &str, n: usize, extra: &[&str]) -> Res
         .iter()
         .map(|t| world::new_resource(&ctx.cluster.resource, t))
         .collect();
-    world::create_all(&api, objects, CREATE_IN_FLIGHT, None).await?;
+    world::create_all(&api, objects, CREATE_IN_FLIGHT).await?;
     let created_in = started.elapsed();
     let last = tracker
         .wait_issued(
@@ -193,9 +193,9 @@ async fn operator_burst(ctx: &Ctx, label: &str, n: usize, extra: &[&str]) -> Res
     let calls = calls_by_kind(&journal);
     let events = ctx.cluster.events_by_reason(&namespace).await?;
     let log_counts = format!(
-        "{} 'intent recorded', {} 'invitation issued', {} 'starting over' (a guarded write found a newer object), {} 'reconcile failed'",
+        "{} 'intent recorded', {} audit lines 'invitation-issued', {} 'starting over' (a guarded write found a newer object), {} 'reconcile failed'",
         op.count_log_lines("intent recorded"),
-        op.count_log_lines("invitation issued"),
+        op.count_log_lines("invitation-issued"),
         op.count_log_lines("starting over"),
         op.count_log_lines("reconcile failed"),
     );
@@ -338,7 +338,7 @@ pub async fn b1(ctx: &Ctx, n: usize, rounds: usize, table: &mut Table) -> Result
     );
     table.info(
         B,
-        format!("floor: same Graph calls, guarded status writes and Events, 16 in flight (best of {rounds}: {} s)", all_times(&fl_times)),
+        format!("floor: a minimal watching client, same Graph calls, guarded status writes and Events, 16 in flight (best of {rounds}: {} s)", all_times(&fl_times)),
         rate(n, fl.elapsed),
     );
     let ratio = op.elapsed.as_secs_f64() / fl.elapsed.as_secs_f64();
@@ -479,13 +479,18 @@ async fn create_issued_with(
         .iter()
         .map(|t| world::new_resource(&ctx.cluster.resource, t))
         .collect();
-    world::create_all(&api, objects, 64, None).await?;
+    world::create_all(&api, objects, 64).await?;
     let decorate = &decorate;
     futures::stream::iter(targets.iter().enumerate())
         .map(|(i, t)| {
             let api = api.clone();
             async move {
-                let mut status = status::issued(t, 1, &uuid::Uuid::new_v4().to_string());
+                let mut status = status::issued(
+                    t,
+                    1,
+                    &uuid::Uuid::new_v4().to_string(),
+                    &status::CallIds::made_up(),
+                );
                 decorate(i, &mut status);
                 api.patch_status(
                     &t.name,
@@ -699,7 +704,7 @@ pub async fn b4(ctx: &Ctx, n: usize, table: &mut Table) -> Result<()> {
         .iter()
         .map(|t| world::new_resource(&ctx.cluster.resource, t))
         .collect();
-    world::create_all(&api, objects, CREATE_IN_FLIGHT, None).await?;
+    world::create_all(&api, objects, CREATE_IN_FLIGHT).await?;
     let list = ctx.out.join("b4-targets.txt");
     let lines: Vec<String> = targets
         .iter()
@@ -812,7 +817,7 @@ pub async fn b5(ctx: &Ctx, n: usize, table: &mut Table) -> Result<()> {
         .iter()
         .map(|t| world::new_resource(&ctx.cluster.resource, t))
         .collect();
-    world::create_all(&api, objects, n, None).await?;
+    world::create_all(&api, objects, n).await?;
     // 6 a minute after a burst of 3, and a margin.
     let limit = Duration::from_secs(120) + Duration::from_secs(10) * n as u32;
     let last = tracker.wait_issued(n, limit).await?;

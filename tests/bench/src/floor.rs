@@ -1,8 +1,9 @@
-//! The floor: the work of one issuance done with nothing else around it. The same Graph calls
-//! (GET user, list of the email's holders, PATCH mail, POST invitation), the same three status
-//! writes (intent, sending mark, outcome) each guarded by the object's resourceVersion, and
-//! the same Event (Issued), by a minimal
-//! async client at a fixed concurrency, picking up each resource as soon as it is created.
+//! The floor: the work of one issuance done with nothing else around it, by a minimal
+//! controller. It learns of each new resource from a watch (as any controller must), and does
+//! the same Graph calls (GET user, list of the email's holders, PATCH mail, POST invitation),
+//! the same three status writes in the operator's order (intent before any Graph write, the
+//! sending mark, the outcome), each guarded by the object's resourceVersion and shaped like the
+//! operator's, and the same Event (Issued), at a fixed concurrency.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -16,8 +17,8 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject, ObjectMeta, PostParams};
+use kube::runtime::watcher;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 use crate::status;
 use crate::world::{self, Target};
@@ -112,31 +113,44 @@ impl Graph {
         })
     }
 
+    /// The answer and the ids of the call (its `request-id` and `client-request-id`).
     async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
-    ) -> Result<Value> {
+    ) -> Result<(Value, status::CallIds)> {
+        let client_request_id = uuid::Uuid::new_v4().to_string();
         let mut request = self
             .http
             .request(method.clone(), format!("{}{path}", self.base))
             .bearer_auth(&self.token)
-            .header("client-request-id", uuid::Uuid::new_v4().to_string());
+            .header("client-request-id", &client_request_id);
         if let Some(body) = body {
             request = request.json(&body);
         }
         let response = request.send().await?;
         let code = response.status();
+        let request_id = response
+            .headers()
+            .get("request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
         let text = response.text().await?;
         if !code.is_success() {
             bail!("{method} {path}: {code}: {text}");
         }
-        Ok(if text.is_empty() {
+        let answer = if text.is_empty() {
             Value::Null
         } else {
             serde_json::from_str(&text)?
-        })
+        };
+        let ids = status::CallIds {
+            request_id,
+            client_request_id,
+        };
+        Ok((answer, ids))
     }
 }
 
@@ -210,7 +224,7 @@ impl Driver {
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
-    ) -> Result<Value> {
+    ) -> Result<(Value, status::CallIds)> {
         let started = Instant::now();
         let answer = self.graph.call(method, path, body).await?;
         self.time(step, started);
@@ -226,7 +240,7 @@ impl Driver {
         let generation = object.metadata.generation.unwrap_or(1);
 
         // No Pending write or Event: the operator's intent acknowledges the generation.
-        let user = self
+        let (user, _) = self
             .graph(
                 "Graph GET user",
                 reqwest::Method::GET,
@@ -237,7 +251,7 @@ impl Driver {
         if user["userType"] != "Guest" {
             bail!("{} is not a guest", target.user_id);
         }
-        let holders = self
+        let (holders, _) = self
             .graph(
                 "Graph list holders",
                 reqwest::Method::GET,
@@ -254,6 +268,16 @@ impl Driver {
         {
             bail!("{} is held by another user", target.email);
         }
+        // The intent before any Graph write, the sending mark right before the POST.
+        let attempt = uuid::Uuid::new_v4().to_string();
+        let intent = status::intent(
+            target,
+            generation,
+            &attempt,
+            &status::now(),
+            status::state_before(&user),
+        );
+        self.write_status(&mut object, intent.clone()).await?;
         if user["mail"] != target.email.as_str() {
             self.graph(
                 "Graph PATCH mail",
@@ -263,13 +287,9 @@ impl Driver {
             )
             .await?;
         }
-
-        let attempt = uuid::Uuid::new_v4().to_string();
-        let intent = status::intent(target, generation, &attempt, &status::now());
-        self.write_status(&mut object, intent.clone()).await?;
         self.write_status(&mut object, status::sending(intent))
             .await?;
-        let invitation = self
+        let (invitation, ids) = self
             .graph(
                 "Graph POST invitation",
                 reqwest::Method::POST,
@@ -285,7 +305,10 @@ impl Driver {
             )
             .await?;
         let invitation_id = invitation["id"].as_str().unwrap_or_default().to_owned();
-        let issued = status::issued(target, generation, &invitation_id);
+        let issued = status::with_follow_through(
+            status::issued(target, generation, &invitation_id, &ids),
+            generation,
+        );
         let message = issued["conditions"][0]["message"]
             .as_str()
             .unwrap_or_default()
@@ -296,8 +319,8 @@ impl Driver {
     }
 }
 
-/// Creates the resources (`create_in_flight` at once) and issues each as it appears, with
-/// `concurrency` issuances at once. Returns the step latencies.
+/// Creates the resources (`create_in_flight` at once) and issues each as its watch reports it
+/// new (no status yet), with `concurrency` issuances at once. Returns the step latencies.
 pub async fn run(
     cluster: &world::Cluster,
     namespace: &str,
@@ -316,16 +339,13 @@ pub async fn run(
             .collect(),
         times: Mutex::default(),
     });
-    let (tx, rx) = mpsc::unbounded_channel();
     let objects = targets
         .iter()
         .map(|t| world::new_resource(&cluster.resource, t))
         .collect();
     let api = cluster.grr(namespace);
-    let create = async move { world::create_all(&api, objects, create_in_flight, Some(tx)).await };
-    let created = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|object| (object, rx))
-    });
+    let create = async move { world::create_all(&api, objects, create_in_flight).await };
+    let created = new_resources(cluster.grr(namespace)).take(targets.len());
     let failures = Mutex::new(Vec::new());
     let work = created.for_each_concurrent(concurrency, |object| {
         let driver = driver.clone();
@@ -348,6 +368,22 @@ pub async fn run(
     let driver = Arc::try_unwrap(driver)
         .map_err(|_| anyhow::anyhow!("the floor's driver is still shared"))?;
     Ok(driver.times.into_inner().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Each resource once, when the watch first reports it without a status.
+fn new_resources(api: Api<DynamicObject>) -> impl futures::Stream<Item = DynamicObject> {
+    let mut seen = std::collections::HashSet::new();
+    watcher(api, watcher::Config::default()).filter_map(move |event| {
+        let object = match event {
+            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => Some(o),
+            _ => None,
+        };
+        let new = object.filter(|o| {
+            o.data.get("status").is_none_or(Value::is_null)
+                && seen.insert(o.metadata.name.clone().unwrap_or_default())
+        });
+        futures::future::ready(new)
+    })
 }
 
 #[cfg(test)]

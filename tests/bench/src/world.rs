@@ -13,7 +13,6 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
-use tokio::sync::mpsc;
 
 pub const GROUP: &str = "guestreset.io";
 pub const VERSION: &str = "v1alpha1";
@@ -109,28 +108,20 @@ pub fn new_resource(resource: &ApiResource, target: &Target) -> DynamicObject {
     }))
 }
 
-/// Creates the objects with `in_flight` requests at once; each created object is also sent
-/// to `created` (when given) as soon as the API server answers.
+/// Creates the objects with `in_flight` requests at once.
 pub async fn create_all(
     api: &Api<DynamicObject>,
     objects: Vec<DynamicObject>,
     in_flight: usize,
-    created: Option<mpsc::UnboundedSender<DynamicObject>>,
 ) -> Result<Vec<DynamicObject>> {
     futures::stream::iter(objects)
         .map(|object| {
             let api = api.clone();
-            let created = created.clone();
             async move {
                 let name = object.metadata.name.clone().unwrap_or_default();
-                let made = api
-                    .create(&PostParams::default(), &object)
+                api.create(&PostParams::default(), &object)
                     .await
-                    .with_context(|| format!("creating {name}"))?;
-                if let Some(tx) = &created {
-                    let _ = tx.send(made.clone());
-                }
-                anyhow::Ok(made)
+                    .with_context(|| format!("creating {name}"))
             }
         })
         .buffer_unordered(in_flight)
