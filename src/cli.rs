@@ -11,6 +11,7 @@ use crate::controller::decide::Settings;
 use crate::controller::schedule::Schedule;
 use crate::controller::tenant::TenantGuard;
 use crate::graph::{self, GraphClient, GraphSettings, ReadBudget, WriteLimiter};
+use crate::metrics::Metrics;
 
 /// Resets Microsoft Entra B2B guest redemptions declaratively, once per generation.
 #[derive(Parser)]
@@ -187,7 +188,7 @@ impl RunArgs {
 
     /// The tenant pause, persisted in ConfigMap `<lease name>-tenant` of the controller's
     /// namespace (the Lease's), so that every replica and every restart honours it.
-    pub fn tenant_guard(&self, client: &kube::Client) -> TenantGuard {
+    pub fn tenant_guard(&self, client: &kube::Client, metrics: &Metrics) -> TenantGuard {
         let namespace = self
             .lease_namespace()
             .unwrap_or_else(|| client.default_namespace().to_owned());
@@ -196,6 +197,7 @@ impl RunArgs {
             client.clone(),
             &namespace,
             &format!("{}-tenant", self.leader_election_lease_name),
+            metrics.tenant_record.clone(),
         )
     }
 

@@ -64,7 +64,7 @@ async fn start(args: &RunArgs, stop: &Shutdown) -> Result<(Arc<Context>, TcpList
     let metrics = Arc::new(Metrics::new());
     let graph = args.graph_client()?.with_observer(metrics.clone());
     let kube = kube::Client::try_default().await?;
-    let (settings, tenant) = (args.decide_settings(), args.tenant_guard(&kube));
+    let (settings, tenant) = (args.decide_settings(), args.tenant_guard(&kube, &metrics));
     let ready = Readiness::default();
     let ctx = Context::new(kube, graph, settings, tenant, metrics, ready, stop.clone())
         .with_read_budget(args.read_budget())

@@ -48,11 +48,21 @@ pub struct Metrics {
     pub graph_duration: Family<CallLabel, Histogram>,
     pub limiter_wait: Histogram,
     pub tenant_paused: Gauge,
+    pub tenant_record: TenantRecordMetrics,
     pub leader: Gauge,
     pub redemptions_pending: Gauge,
     pub redemption_oldest_pending: AgeGauge,
     pub redemption_outcomes: Family<StateLabel, Counter>,
     pub redemption_checks: Family<ResultOnlyLabel, Counter>,
+}
+
+/// How the check before each Graph write learns of the persisted tenant pause.
+#[derive(Clone, Debug, Default)]
+pub struct TenantRecordMetrics {
+    /// 1 while the watch follows the record (the check reads memory).
+    pub followed: Gauge,
+    /// Reads of the record from the API server, made while the watch was not following it.
+    pub reads: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -124,6 +134,17 @@ impl Metrics {
             "1 while invitations are paused after Graph's abuse-protection answer",
             tenant_paused.clone(),
         );
+        let tenant_record = TenantRecordMetrics::default();
+        registry.register(
+            "tenant_record_followed",
+            "1 while a watch follows the persisted tenant-pause record, so the check before each Graph write reads no object",
+            tenant_record.followed.clone(),
+        );
+        registry.register(
+            "tenant_record_reads",
+            "Reads of the persisted tenant-pause record from the API server before a Graph write, made while the watch was not following it",
+            tenant_record.reads.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -144,6 +165,7 @@ impl Metrics {
             graph_duration,
             limiter_wait,
             tenant_paused,
+            tenant_record,
             leader,
         }
     }
@@ -289,6 +311,8 @@ mod tests {
         metrics.request(GraphCall::GetUser, None, Duration::from_millis(30));
         metrics.limiter_wait(Duration::from_secs(2));
         metrics.tenant_paused.set(1);
+        metrics.tenant_record.followed.set(1);
+        metrics.tenant_record.reads.inc();
         metrics.record_redemption(RedemptionState::PendingAcceptance);
         metrics.record_redemption(RedemptionState::Accepted);
         metrics.record_redemption(RedemptionState::NotRedeemed);
@@ -304,6 +328,8 @@ mod tests {
             "guestreset_graph_request_duration_seconds_bucket",
             "guestreset_write_limiter_wait_seconds_sum 2.0",
             "guestreset_tenant_paused 1",
+            "guestreset_tenant_record_followed 1",
+            "guestreset_tenant_record_reads_total 1",
             "guestreset_reconcile_duration_seconds_count 2",
             r#"guestreset_redemption_outcomes_total{state="Accepted"} 1"#,
             r#"guestreset_redemption_outcomes_total{state="NotRedeemed"} 1"#,

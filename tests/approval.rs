@@ -286,6 +286,15 @@ async fn a_reset_is_issued_once_only_after_another_person_approved_it() {
     );
     let obj = wait_generation(&w, name, 1, "Issued").await;
     assert_eq!(w.posts().await.len(), 1);
+    // With the chart's rights the tenant-pause record is followed by a watch of its one name:
+    // the checks before the PATCH and the POST read nothing from the API server.
+    let metrics = format!("http://{}/metrics", admin_addr(&w.operators[0]).await);
+    let (_, text) = http_get(&metrics).await.expect("the controller's /metrics");
+    assert!(
+        text.contains("guestreset_tenant_record_followed 1")
+            && text.contains("guestreset_tenant_record_reads_total 0"),
+        "{text}"
+    );
     let status = obj.status.unwrap();
     let approval = status.approval.unwrap();
     assert_eq!(

@@ -799,6 +799,16 @@ async fn default_install_grants_exactly_the_controller_rights() {
     let tenant_state = format!("configmaps/{release}-guestreset-tenant");
     rights.extend([
         right(true, "get", &tenant_state, Scope::Namespace(&ns)),
+        right(true, "list", &tenant_state, Scope::Namespace(&ns)),
+        right(true, "watch", &tenant_state, Scope::Namespace(&ns)),
+        right(false, "list", "configmaps", Scope::Namespace(&ns)),
+        right(false, "watch", "configmaps", Scope::Namespace(&ns)),
+        right(
+            false,
+            "watch",
+            "configmaps/someone-else",
+            Scope::Namespace(&ns),
+        ),
         right(true, "update", &tenant_state, Scope::Namespace(&ns)),
         right(true, "delete", &tenant_state, Scope::Namespace(&ns)),
         right(true, "create", "configmaps", Scope::Namespace(&ns)),

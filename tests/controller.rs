@@ -1396,43 +1396,17 @@ async fn a_tenant_block_survives_a_restart_and_holds_for_every_replica() {
 /// running the controller as a user that may read resources but not write their status.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_step_is_named_in_the_log_the_metric_and_an_event() {
-    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     let mut w = World::new("step-error").await;
-    let user = "guestreset-without-status";
-    let role: Role = serde_json::from_value(json!({
-        "metadata": {"name": "no-status"},
-        "rules": [
+    let op = start_operator_as(
+        &mut w,
+        "guestreset-without-status",
+        json!([
             {"apiGroups": ["guestreset.io"], "resources": ["guestredemptionresets"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
             {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "update", "delete"]},
-        ],
-    }))
-    .unwrap();
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "no-status"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "no-status"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
-    }))
-    .unwrap();
-    Api::<Role>::namespaced(w.client.clone(), &w.ns)
-        .create(&Default::default(), &role)
-        .await
-        .unwrap();
-    Api::<RoleBinding>::namespaced(w.client.clone(), &w.ns)
-        .create(&Default::default(), &binding)
-        .await
-        .unwrap();
-    // The test's admin kubeconfig, impersonating the limited user.
-    let mut kubeconfig: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(w.cp.kubeconfig_path()).unwrap()).unwrap();
-    for entry in kubeconfig["users"].as_sequence_mut().unwrap() {
-        entry["user"]["as"] = user.into();
-    }
-    let path = w._state.path().join("limited.kubeconfig");
-    std::fs::write(&path, serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
-    let mut cmd = w.operator_command(&[]);
-    cmd.env("KUBECONFIG", &path);
-    let op = w.start_operator_with(cmd);
+        ]),
+    )
+    .await;
     w.create("alice", by_id(ALICE, "alice@newco.example")).await;
 
     let events = wait_until("a Warning Event naming the failed step", WAIT, || async {
@@ -1468,4 +1442,148 @@ async fn a_failed_step_is_named_in_the_log_the_metric_and_an_event() {
         w.posts().await.is_empty(),
         "nothing was posted without a recorded intent"
     );
+}
+
+/// Starts an operator as `user`, who holds exactly `rules` in the test's namespace: the test's
+/// admin kubeconfig, impersonating that user. Returns the operator's index.
+async fn start_operator_as(w: &mut World, user: &str, rules: Value) -> usize {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": user},
+        "rules": rules,
+    }))
+    .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": user},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": user},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }))
+    .unwrap();
+    Api::<Role>::namespaced(w.client.clone(), &w.ns)
+        .create(&Default::default(), &role)
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(w.client.clone(), &w.ns)
+        .create(&Default::default(), &binding)
+        .await
+        .unwrap();
+    let mut kubeconfig: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(w.cp.kubeconfig_path()).unwrap()).unwrap();
+    for entry in kubeconfig["users"].as_sequence_mut().unwrap() {
+        entry["user"]["as"] = user.into();
+    }
+    let path = w._state.path().join(format!("{user}.kubeconfig"));
+    std::fs::write(&path, serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
+    let mut cmd = w.operator_command(&[]);
+    cmd.env("KUBECONFIG", &path);
+    w.start_operator_with(cmd)
+}
+
+/// The controller's rights in its namespace as the chart grants them, for the tenant-pause
+/// record either as the chart has it (list and watch limited to the record's name) or, with
+/// `watch_record` false, without list and watch.
+fn controller_rules(watch_record: bool) -> Value {
+    let record_verbs: &[&str] = if watch_record {
+        &["get", "list", "watch", "update", "delete"]
+    } else {
+        &["get", "update", "delete"]
+    };
+    json!([
+        {"apiGroups": ["guestreset.io"], "resources": ["guestredemptionresets"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["guestreset.io"], "resources": ["guestredemptionresets/status"], "verbs": ["get", "update", "patch"]},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "patch"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["guestreset-tenant"], "verbs": record_verbs},
+    ])
+}
+
+/// The value of an unlabelled metric on an operator's `/metrics`, once it is served.
+async fn metric(w: &World, op: usize, name: &str) -> f64 {
+    let url = format!("http://{}/metrics", admin_addr(&w.operators[op]).await);
+    let text = wait_until("the operator's /metrics", WAIT, || {
+        let url = url.clone();
+        async move { http_get(&url).await.map(|(_, text)| text) }
+    })
+    .await;
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+}
+
+/// Records a tenant block now, the way another replica does, in the record every replica
+/// follows; then a reset for bob must stop at `TenantBlocked` without any Graph write.
+async fn bob_is_stopped_by_a_block_recorded_elsewhere(w: &World) {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let seq = w.journal().await.last().map_or(0, |e| e.seq);
+    let record: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "guestreset-tenant"},
+        "data": {"blockedAt": jiff::Timestamp::now().to_string()},
+    }))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(w.client.clone(), &w.ns)
+        .create(&Default::default(), &record)
+        .await
+        .unwrap();
+    w.create("bob", by_id(BOB, "bob@newco.example")).await;
+    w.wait_reason("bob", "TenantBlocked").await;
+    let writes: Vec<JournalEntry> = w
+        .journal()
+        .await
+        .into_iter()
+        .filter(|e| e.seq > seq)
+        .filter(|e| matches!(e.call, Call::PatchUser | Call::PostInvitation))
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "no Graph write after the block: {writes:#?}"
+    );
+}
+
+/// The check of the tenant pause before each Graph write reads a watch of its record: with
+/// the chart's rights (list and watch of that one name) a block recorded by another replica
+/// stops this one's writes, and the checks read nothing from the API server.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_block_recorded_by_another_replica_is_seen_through_the_watch_of_the_record() {
+    let mut w = World::new("pause-watch").await;
+    let op = start_operator_as(&mut w, "guestreset-chart-rights", controller_rules(true)).await;
+    wait_until("the watch to follow the record", WAIT, || async {
+        (metric(&w, op, "guestreset_tenant_record_followed").await == 1.0).then_some(())
+    })
+    .await;
+    w.create("alice", by_id(ALICE, "alice@newco.example")).await;
+    w.wait_reason("alice", "Issued").await;
+    assert_eq!(
+        metric(&w, op, "guestreset_tenant_record_reads_total").await,
+        0.0,
+        "the checks before alice's PATCH and POST read the watch, not the API server"
+    );
+
+    bob_is_stopped_by_a_block_recorded_elsewhere(&w).await;
+    assert_eq!(
+        metric(&w, op, "guestreset_tenant_record_reads_total").await,
+        0.0
+    );
+}
+
+/// Without the right to watch the record the check reads it before each Graph write, as
+/// before: slower, never less safe.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_watch_the_record_is_read_before_each_write() {
+    let mut w = World::new("pause-read").await;
+    let op = start_operator_as(&mut w, "guestreset-no-watch", controller_rules(false)).await;
+    w.create("alice", by_id(ALICE, "alice@newco.example")).await;
+    w.wait_reason("alice", "Issued").await;
+    assert_eq!(
+        metric(&w, op, "guestreset_tenant_record_followed").await,
+        0.0
+    );
+    assert_eq!(
+        metric(&w, op, "guestreset_tenant_record_reads_total").await,
+        2.0,
+        "one read before the PATCH of the mail, one before the POST"
+    );
+
+    bob_is_stopped_by_a_block_recorded_elsewhere(&w).await;
 }

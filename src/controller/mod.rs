@@ -9,8 +9,9 @@
 //! `--require-approval`), [`approver`] the API server's second look at an approver.
 //! [`follow`] is the follow-through after `Issued` (did the
 //! guest redeem?) on the schedule of [`schedule`]; [`events`] the Events on the resource.
-//! [`tenant`], [`failures`] and [`error`] are the tenant pause, the backoff counts and the
-//! errors of the effects.
+//! [`tenant`] is the tenant pause and [`tenant_record`] its persisted record with the watch
+//! that follows it; [`failures`] and [`error`] are the backoff counts and the errors of the
+//! effects.
 
 pub mod approval;
 pub mod approver;
@@ -31,6 +32,7 @@ pub mod schedule;
 pub mod status;
 pub mod step;
 pub mod tenant;
+pub mod tenant_record;
 pub mod versions;
 
 use std::sync::{Arc, Mutex, OnceLock};

@@ -63,6 +63,8 @@ pub async fn run(
     let resources = crate::shutdown::end_on_stop(resources, ctx.shutdown.clone());
     let controller = Controller::for_stream(resources, reader.clone()).with_config(config);
     let gauges = tokio::spawn(count_pending_redemptions(reader.clone(), ctx.clone()));
+    // The tenant pause is checked before every Graph write against this watch of its record.
+    let _tenant_record = ctx.tenant.follow_record();
     // Ready once the watch cache has synced. Store::wait_until_ready cannot be awaited here:
     // its one-shot keeps a single waker and the controller awaits it too. The controller starts
     // reconciling only once its store is ready, so the first reconcile marks readiness; with no

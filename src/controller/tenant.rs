@@ -1,46 +1,35 @@
 //! The tenant-wide pause (docs/design.md, "The tenant pause"): after Graph's abuse-protection
 //! answer no resource writes to Graph until the cool-down has passed; then exactly one probe
-//! may try. The time of the block is persisted in a ConfigMap that every replica reads right
-//! before each Graph write, so a pause survives restarts and holds for every replica; it is
-//! never derived from a resource's condition.
+//! may try. The time of the block is persisted in a ConfigMap ([`Record`]) that every replica
+//! checks right before each Graph write, so a pause survives restarts and holds for every
+//! replica; it is never derived from a resource's condition.
 
 use std::sync::{Arc, Mutex};
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 
 use super::decide::TenantGate;
+use super::tenant_record::{Following, Record};
+use crate::metrics::TenantRecordMetrics;
 
 /// How long other resources wait while the probe is out.
 const PROBE_WAIT: SignedDuration = SignedDuration::from_secs(30);
-/// The ConfigMap key holding the time Graph blocked the tenant (RFC 3339).
-pub const BLOCKED_AT_KEY: &str = "blockedAt";
 
 #[derive(Clone, Debug)]
 pub struct TenantGuard {
     cooldown: SignedDuration,
     state: Arc<Mutex<State>>,
-    store: Option<Store>,
-}
-
-/// Where the block is persisted: one ConfigMap in the controller's own namespace.
-#[derive(Clone)]
-struct Store {
-    api: Api<ConfigMap>,
-    name: String,
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("name", &self.name).finish()
-    }
+    store: Option<Record>,
 }
 
 #[derive(Debug, Default)]
 struct State {
     paused_until: Option<Timestamp>,
     probe_out: bool,
+    /// The end of the last pause that an invitation going through answered: a block that
+    /// would pause no longer than that is over, even while a view of the record a moment
+    /// behind still shows it.
+    answered_until: Option<Timestamp>,
 }
 
 /// The right to send the one probe after a cool-down, held for one pass. Dropping it lets the
@@ -67,14 +56,18 @@ impl TenantGuard {
         client: kube::Client,
         namespace: &str,
         name: &str,
+        metrics: TenantRecordMetrics,
     ) -> Self {
         TenantGuard {
-            store: Some(Store {
-                api: Api::namespaced(client, namespace),
-                name: name.to_owned(),
-            }),
+            store: Some(Record::new(client, namespace, name, metrics)),
             ..TenantGuard::new(cooldown)
         }
+    }
+
+    /// Keeps this process's view of the persisted record current while the handle is held
+    /// (for a term of reconciling); nothing to follow for a pause kept in memory only.
+    pub fn follow_record(&self) -> Option<Following> {
+        self.store.as_ref().map(Record::follow)
     }
 
     pub fn cooldown(&self) -> SignedDuration {
@@ -93,9 +86,11 @@ impl TenantGuard {
         }
     }
 
-    /// Whether a Graph write may happen now, read from the persisted record right before the
-    /// write. After the cool-down the first caller gets the gate open together with the probe
-    /// claim; the others keep waiting until the probe answers.
+    /// Whether a Graph write may happen now, with the persisted record as this process sees it
+    /// right before the write (docs/design.md, "The tenant pause": from the watch of the
+    /// record, or read when the watch is not following it). After the cool-down the first
+    /// caller gets the gate open together with the probe claim; the others keep waiting until
+    /// the probe answers.
     pub async fn gate(
         &self,
         now: Timestamp,
@@ -142,10 +137,17 @@ impl TenantGuard {
         Ok(now + self.cooldown)
     }
 
-    /// A block recorded elsewhere: keep the pause until its cool-down ends.
+    /// A block recorded elsewhere: keep the pause until its cool-down ends, unless an
+    /// invitation already went through after it.
     fn remember_block(&self, blocked_at: Timestamp) {
         let until = blocked_at + self.cooldown;
         let mut state = self.lock();
+        if state
+            .answered_until
+            .is_some_and(|answered| until <= answered)
+        {
+            return;
+        }
         state.paused_until = Some(state.paused_until.map_or(until, |u| u.max(until)));
     }
 
@@ -153,9 +155,12 @@ impl TenantGuard {
     pub async fn clear(&self) -> Result<(), kube::Error> {
         let was_paused = {
             let mut state = self.lock();
-            let was = state.paused_until.take().is_some();
+            let answered = state.paused_until.take();
             state.probe_out = false;
-            was
+            if answered.is_some() {
+                state.answered_until = answered.max(state.answered_until);
+            }
+            answered.is_some()
         };
         match &self.store {
             Some(store) if was_paused => store.clear().await,
@@ -170,83 +175,6 @@ impl TenantGuard {
             .paused_until
             .is_some_and(|until| now < until || state.probe_out)
     }
-}
-
-impl Store {
-    async fn blocked_at(&self) -> Result<Option<Timestamp>, kube::Error> {
-        let map = self.api.get_opt(&self.name).await?;
-        Ok(map.as_ref().and_then(blocked_at_of))
-    }
-
-    /// Writes the later of the recorded block and `at`, with the ConfigMap's resourceVersion as
-    /// precondition, so two replicas blocking at once keep the later time.
-    async fn record_block(&self, at: Timestamp) -> Result<(), kube::Error> {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let result = match self.api.get_opt(&self.name).await? {
-                None => {
-                    self.api
-                        .create(&PostParams::default(), &self.map(at, None))
-                        .await
-                }
-                Some(existing) => {
-                    let at = blocked_at_of(&existing).map_or(at, |t| t.max(at));
-                    let rv = existing.metadata.resource_version.clone();
-                    self.api
-                        .replace(&self.name, &PostParams::default(), &self.map(at, rv))
-                        .await
-                }
-            };
-            match result {
-                Ok(_) => return Ok(()),
-                Err(kube::Error::Api(e)) if e.code == 409 && tries < 5 => continue,
-                Err(err) => return Err(err),
-            }
-        }
-    }
-
-    /// Deletes the record read last, unless another replica recorded a block since.
-    async fn clear(&self) -> Result<(), kube::Error> {
-        let Some(existing) = self.api.get_opt(&self.name).await? else {
-            return Ok(());
-        };
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                resource_version: existing.metadata.resource_version.clone(),
-                uid: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match self.api.delete(&self.name, &params).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409) => Ok(()),
-            Err(err) => Err(err),
-        }
-    }
-
-    fn map(&self, at: Timestamp, resource_version: Option<String>) -> ConfigMap {
-        ConfigMap {
-            metadata: kube::api::ObjectMeta {
-                name: Some(self.name.clone()),
-                resource_version,
-                labels: Some(
-                    [(
-                        "app.kubernetes.io/managed-by".to_owned(),
-                        super::MANAGER.to_owned(),
-                    )]
-                    .into(),
-                ),
-                ..Default::default()
-            },
-            data: Some([(BLOCKED_AT_KEY.to_owned(), at.to_string())].into()),
-            ..Default::default()
-        }
-    }
-}
-
-fn blocked_at_of(map: &ConfigMap) -> Option<Timestamp> {
-    map.data.as_ref()?.get(BLOCKED_AT_KEY)?.parse().ok()
 }
 
 impl Drop for ProbeClaim {
@@ -338,5 +266,29 @@ mod tests {
         let old = TenantGuard::new(SignedDuration::from_secs(60));
         old.remember_block(at(0));
         assert_eq!(old.gate_in_memory(at(90)).0, TenantGate::Open);
+    }
+
+    /// Defect (found while moving the check to a watch of the record): after the probe went
+    /// through and the record was deleted, a view a moment behind still showed the old block,
+    /// and the next check paused the tenant (or sent a second probe) again.
+    #[test]
+    fn a_block_answered_by_a_later_invitation_does_not_pause_again() {
+        let guard = TenantGuard::new(SignedDuration::from_secs(60));
+        block(&guard, at(0));
+        let (_, claim) = guard.gate_in_memory(at(61));
+        futures::executor::block_on(guard.clear()).unwrap();
+        drop(claim);
+        // The view still shows the block of +0 (the deletion is on its way).
+        guard.remember_block(at(0));
+        assert!(matches!(
+            guard.gate_in_memory(at(63)),
+            (TenantGate::Open, None)
+        ));
+        // A block recorded after the invitation pauses as ever.
+        guard.remember_block(at(64));
+        assert_eq!(
+            guard.gate_in_memory(at(65)).0,
+            TenantGate::Paused { until: at(124) }
+        );
     }
 }
