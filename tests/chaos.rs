@@ -14,7 +14,10 @@
 //! 4. no POST for a non-Guest beyond the race no controller can close;
 //! 5. the history never lists a generation twice (beyond what retries asked for);
 //! 6. never `UserNotFound` or `AmbiguousUser` (no user is ever deleted or duplicated);
-//! 7. every resource settles once the chaos stops.
+//! 7. every resource settles once the chaos stops;
+//! 8. no Graph write (mail PATCH, invitation POST) by either process while a tenant block
+//!    recorded in the tenant-pause ConfigMap is in its cool-down, once `PAUSE_GRACE` has
+//!    passed since the test's own watch saw the record.
 //!
 //! `CHAOS_SEEDS=1,2,3` (default `1`), `CHAOS_RESOURCES=24` (default 12) and `CHAOS_SECONDS`
 //! (default 50) choose the runs;
@@ -51,6 +54,12 @@ const GRAPH_TIMEOUT_SECS: i64 = 5;
 /// contract lets a POST follow a read of up to 10 s (3.7), and that read may itself take up to
 /// the Graph timeout. 5 s more for scheduling. Later POSTs to a member are violations.
 const CONVERSION_RACE: SignedDuration = SignedDuration::from_secs(10 + GRAPH_TIMEOUT_SECS + 5);
+/// `--tenant-block-cooldown` of the operators.
+const TENANT_COOLDOWN: SignedDuration = SignedDuration::from_secs(3);
+/// After the test's watch saw a tenant block recorded, how long a Graph write may still
+/// arrive: the operators' watches see the record about when the test's does, and a write
+/// whose check came just before is on its way (docs/design.md, "The tenant pause").
+const PAUSE_GRACE: SignedDuration = SignedDuration::from_secs(1);
 /// Generations per resource at most (spec edits + 1).
 const MAX_GENERATIONS: usize = 5;
 /// Ready reasons after which nothing more happens without a human (or a slow retry).
@@ -224,6 +233,9 @@ struct Figures {
     conversions: usize,
     hazards: usize,
     excused_races: usize,
+    /// Tenant blocks recorded, and Graph writes that arrived in the grace after one was seen.
+    tenant_blocks: usize,
+    writes_in_grace: usize,
     final_reasons: BTreeMap<String, usize>,
     runtime: Duration,
 }
@@ -270,8 +282,8 @@ impl SeedReport {
         format!(
             "chaos seed={} resources={} generations={} effective_posts={} posts_sent={} kills={} \
              faults={} edits={} retries={} foreign_resets={} redeems={} conversions={} \
-             hazards={} excused_races={} violations={} by_invariant={broken:?} final={} \
-             runtime={}s",
+             hazards={} excused_races={} tenant_blocks={} writes_in_grace={} violations={} \
+             by_invariant={broken:?} final={} runtime={}s",
             f.seed,
             f.resources,
             f.generations,
@@ -286,6 +298,8 @@ impl SeedReport {
             f.conversions,
             f.hazards,
             f.excused_races,
+            f.tenant_blocks,
+            f.writes_in_grace,
             self.violations.len(),
             reasons.join(","),
             f.runtime.as_secs()
@@ -382,13 +396,22 @@ async fn run_seed(seed: u64, n: usize, phase: Duration) -> SeedReport {
         seen.clone(),
         chaos.latest.clone(),
     ));
+    let records = Arc::new(Mutex::new(Vec::<RecordSeen>::new()));
+    let record_watch = tokio::spawn(watch_tenant_record(
+        kube::Api::namespaced(chaos.w.client.clone(), &chaos.w.ns),
+        records.clone(),
+    ));
     chaos.start_slot(0);
     chaos.start_slot(1);
     chaos.run(phase).await;
     let settled = chaos.settle().await;
     watch.abort();
+    record_watch.abort();
     let seen = seen.lock().unwrap().clone();
     let mut violations = chaos.check(&seen).await;
+    let journal = chaos.w.admin.journal().await.unwrap();
+    let records = records.lock().unwrap().clone();
+    violations.extend(writes_during_pauses(&journal, &records, &mut chaos.figures));
     if let Err(state) = settled {
         violations.push(Violation {
             invariant: "7 (settles)",
@@ -446,6 +469,83 @@ async fn watch_statuses(
     }
 }
 
+/// The tenant-pause record as the test's watch saw it change.
+#[derive(Clone, Debug)]
+struct RecordSeen {
+    /// When the watch delivered the change.
+    at: Timestamp,
+    /// The block it records; None once it is deleted (a probe went through).
+    blocked_at: Option<Timestamp>,
+}
+
+/// Records every change of the tenant-pause ConfigMap the operators share.
+async fn watch_tenant_record(
+    api: kube::Api<k8s_openapi::api::core::v1::ConfigMap>,
+    records: Arc<Mutex<Vec<RecordSeen>>>,
+) {
+    let config = watcher::Config::default().fields("metadata.name=guestreset-tenant");
+    let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
+    while let Some(event) = stream.next().await {
+        let blocked_at = match event {
+            Ok(watcher::Event::Apply(map) | watcher::Event::InitApply(map)) => map
+                .data
+                .as_ref()
+                .and_then(|d| d.get("blockedAt"))
+                .and_then(|t| t.parse().ok()),
+            Ok(watcher::Event::Delete(_)) => None,
+            _ => continue,
+        };
+        records.lock().unwrap().push(RecordSeen {
+            at: Timestamp::now(),
+            blocked_at,
+        });
+    }
+}
+
+/// Invariant 8: the windows in which every process knew of a recorded block, from the
+/// record's changes, and the Graph writes that arrived in one.
+fn writes_during_pauses(
+    journal: &[JournalEntry],
+    records: &[RecordSeen],
+    figures: &mut Figures,
+) -> Vec<Violation> {
+    let writes: Vec<(Timestamp, &JournalEntry)> = journal
+        .iter()
+        .filter(|e| matches!(e.call, Call::PatchUser | Call::PostInvitation))
+        .filter_map(|e| Some((e.at.parse().ok()?, e)))
+        .collect();
+    let mut violations = Vec::new();
+    for (i, record) in records.iter().enumerate() {
+        let Some(blocked_at) = record.blocked_at else {
+            continue;
+        };
+        figures.tenant_blocks += 1;
+        // Until the cool-down ends, or the record changes (a later block, or a deletion).
+        let end = records
+            .get(i + 1)
+            .map_or(blocked_at + TENANT_COOLDOWN, |next| {
+                next.at.min(blocked_at + TENANT_COOLDOWN)
+            });
+        let known = record.at + PAUSE_GRACE;
+        for (at, entry) in &writes {
+            if *at >= record.at && *at < known.min(end) {
+                figures.writes_in_grace += 1;
+            } else if *at >= known && *at < end {
+                violations.push(Violation {
+                    invariant: "8 (no Graph write during a recorded tenant pause)",
+                    summary: format!(
+                        "{} at {at}: the tenant was blocked at {blocked_at}, recorded and seen at {} (grace until {known}), paused until {end}",
+                        describe_entry(entry),
+                        record.at
+                    ),
+                    detail: String::new(),
+                });
+            }
+        }
+    }
+    violations
+}
+
 fn observe(json: &Value) -> Seen {
     let status = &json["status"];
     let ready = status["conditions"]
@@ -489,7 +589,7 @@ impl Chaos {
             "--graph-timeout",
             &format!("{GRAPH_TIMEOUT_SECS}s"),
             "--tenant-block-cooldown",
-            "3s",
+            &format!("{}s", TENANT_COOLDOWN.as_secs()),
         ]);
         self.slots[slot] = Some(index);
     }
@@ -892,8 +992,10 @@ impl Chaos {
             },
             56..66 => FaultAction::HangAfter,
             66..78 => FaultAction::DropConnectionBefore,
-            78..92 => FaultAction::DropConnectionAfter,
-            92..95 if call == Call::PostInvitation => FaultAction::AbuseBlock,
+            78..86 => FaultAction::DropConnectionAfter,
+            // Often enough that most seeds pause the tenant (invariant 8) a few times.
+            86..95 if call == Call::PostInvitation => FaultAction::AbuseBlock,
+            86..95 => FaultAction::DropConnectionAfter,
             95..97 => FaultAction::Forbidden,
             97..100 => FaultAction::Unauthorized,
             _ => FaultAction::ServerErrorBefore { status },
@@ -1405,4 +1507,60 @@ fn describe_posts(journal: &[JournalEntry], posts: &[&InvitationRecord]) -> Stri
 
 fn describe_hazard(h: &Hazard) -> String {
     format!("hazard at {}: {}", h.at, h.description)
+}
+
+/// Invariant 8 itself: a write inside the grace is counted, one after it and before the end of
+/// the cool-down (or the record's deletion) is a violation, one after that is not.
+#[test]
+fn writes_during_a_recorded_pause_are_found() {
+    let t = |ms: i64| Timestamp::from_millisecond(1_800_000_000_000 + ms).unwrap();
+    let write = |seq: u64, ms: i64| JournalEntry {
+        seq,
+        at: t(ms).to_string(),
+        method: "POST".into(),
+        path: "/v1.0/invitations".into(),
+        query: None,
+        client_request_id: None,
+        call: Call::PostInvitation,
+        status: 201,
+        effect: None,
+        fault: None,
+        invited_user_id: None,
+        invited_email: None,
+    };
+    let journal = [
+        write(1, 50),   // before the record: nobody could know
+        write(2, 900),  // within the grace after the record was seen at +100
+        write(3, 1500), // every process knew: a violation
+        write(4, 2900), // still paused (the cool-down ends at +3000)
+        write(5, 3000), // the cool-down is over
+        write(6, 5500), // after the second record's deletion at +5200
+    ];
+    let records = [
+        RecordSeen {
+            at: t(100),
+            blocked_at: Some(t(0)),
+        },
+        RecordSeen {
+            at: t(4000),
+            blocked_at: Some(t(4000)),
+        },
+        RecordSeen {
+            at: t(5200),
+            blocked_at: None,
+        },
+    ];
+    let mut figures = Figures::default();
+    let violations = writes_during_pauses(&journal, &records, &mut figures);
+    let found: Vec<&str> = violations.iter().map(|v| v.summary.as_str()).collect();
+    assert_eq!(violations.len(), 2, "{found:#?}");
+    assert!(
+        found[0].starts_with(&describe_entry(&journal[2])),
+        "{found:#?}"
+    );
+    assert!(
+        found[1].starts_with(&describe_entry(&journal[3])),
+        "{found:#?}"
+    );
+    assert_eq!((figures.tenant_blocks, figures.writes_in_grace), (2, 1));
 }
