@@ -1587,3 +1587,28 @@ async fn without_the_watch_the_record_is_read_before_each_write() {
 
     bob_is_stopped_by_a_block_recorded_elsewhere(&w).await;
 }
+
+/// Defect: a successful probe deleted whatever block the record held, even one that Graph gave
+/// another replica after the probe went through (and every replica following the record would
+/// then end its pause). The deletion now keeps a block later than the one it answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_success_deletes_only_the_block_it_answered() {
+    use guestreset::controller::tenant_record::Record;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let w = World::new("pause-clear").await;
+    let record = Record::new(
+        w.client.clone(),
+        &w.ns,
+        "guestreset-tenant",
+        Default::default(),
+    );
+    let answered = jiff::Timestamp::now();
+    let later = answered + jiff::SignedDuration::from_secs(10);
+    record.record_block(later).await.unwrap();
+    record.clear(answered).await.unwrap();
+    let maps: Api<ConfigMap> = Api::namespaced(w.client.clone(), &w.ns);
+    let kept = maps.get("guestreset-tenant").await.unwrap();
+    assert_eq!(kept.data.unwrap()["blockedAt"], later.to_string());
+    record.clear(later).await.unwrap();
+    assert!(maps.get_opt("guestreset-tenant").await.unwrap().is_none());
+}

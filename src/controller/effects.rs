@@ -166,7 +166,8 @@ impl Io for KubeIo<'_> {
     }
 
     async fn tenant_gate(&mut self) -> Result<TenantGate, kube::Error> {
-        let (gate, claim) = self.ctx.tenant.gate(Timestamp::now()).await?;
+        let probing = self.probe.is_some();
+        let (gate, claim) = self.ctx.tenant.gate(Timestamp::now(), probing).await?;
         if claim.is_some() {
             self.probe = claim;
         }

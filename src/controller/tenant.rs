@@ -91,23 +91,32 @@ impl TenantGuard {
     /// record, or read when the watch is not following it). After the cool-down the first
     /// caller gets the gate open together with the probe claim; the others keep waiting until
     /// the probe answers.
+    ///
+    /// `probing` says the caller's pass already holds the probe claim: its next write (the
+    /// POST after the mail PATCH) goes on unless Graph blocked the tenant again meanwhile.
     pub async fn gate(
         &self,
         now: Timestamp,
+        probing: bool,
     ) -> Result<(TenantGate, Option<ProbeClaim>), kube::Error> {
-        if let Some(store) = &self.store
-            && let Some(blocked_at) = store.blocked_at().await?
-        {
-            self.remember_block(blocked_at);
+        if let Some(store) = &self.store {
+            let blocked_at = store.blocked_at().await?;
+            if let Some(ended) = store.ended() {
+                self.end_block(ended);
+            }
+            if let Some(blocked_at) = blocked_at {
+                self.remember_block(blocked_at);
+            }
         }
-        Ok(self.gate_in_memory(now))
+        Ok(self.gate_in_memory(now, probing))
     }
 
-    fn gate_in_memory(&self, now: Timestamp) -> (TenantGate, Option<ProbeClaim>) {
+    fn gate_in_memory(&self, now: Timestamp, probing: bool) -> (TenantGate, Option<ProbeClaim>) {
         let mut state = self.lock();
         match state.paused_until {
             None => (TenantGate::Open, None),
             Some(until) if now < until => (TenantGate::Paused { until }, None),
+            Some(_) if probing => (TenantGate::Open, None),
             Some(_) if state.probe_out => (
                 TenantGate::Paused {
                     until: now + PROBE_WAIT,
@@ -151,19 +160,33 @@ impl TenantGuard {
         state.paused_until = Some(state.paused_until.map_or(until, |u| u.max(until)));
     }
 
-    /// An invitation went through: the tenant is not blocked.
+    /// Another process's invitation went through after the block at `blocked_at` (its record
+    /// was deleted): a pause of this process that ends no later than that block's is over.
+    fn end_block(&self, blocked_at: Timestamp) {
+        let until = blocked_at + self.cooldown;
+        let mut state = self.lock();
+        if state.paused_until.is_some_and(|paused| paused <= until) {
+            Self::answer(&mut state);
+        }
+        state.answered_until = state.answered_until.max(Some(until));
+    }
+
+    /// The pause is over: no pause, no probe out, and blocks up to its end are answered.
+    /// Returns the end of the pause that was answered.
+    fn answer(state: &mut State) -> Option<Timestamp> {
+        let answered = state.paused_until.take();
+        state.probe_out = false;
+        state.answered_until = state.answered_until.max(answered);
+        answered
+    }
+
+    /// An invitation went through: the tenant is not blocked. The record is deleted only if
+    /// it holds the block this process's pause came from (or an earlier one): a block
+    /// recorded since is Graph's newer answer and stays.
     pub async fn clear(&self) -> Result<(), kube::Error> {
-        let was_paused = {
-            let mut state = self.lock();
-            let answered = state.paused_until.take();
-            state.probe_out = false;
-            if answered.is_some() {
-                state.answered_until = answered.max(state.answered_until);
-            }
-            answered.is_some()
-        };
-        match &self.store {
-            Some(store) if was_paused => store.clear().await,
+        let answered = Self::answer(&mut self.lock());
+        match (&self.store, answered) {
+            (Some(store), Some(until)) => store.clear(until - self.cooldown).await,
             _ => Ok(()),
         }
     }
@@ -198,10 +221,10 @@ mod tests {
     #[test]
     fn open_until_blocked_then_paused_for_the_cooldown() {
         let guard = TenantGuard::new(SignedDuration::from_hours(1));
-        assert_eq!(guard.gate_in_memory(at(0)).0, TenantGate::Open);
+        assert_eq!(guard.gate_in_memory(at(0), false).0, TenantGate::Open);
         block(&guard, at(0));
         assert_eq!(
-            guard.gate_in_memory(at(10)).0,
+            guard.gate_in_memory(at(10), false).0,
             TenantGate::Paused { until: at(3600) }
         );
         assert!(guard.is_paused(at(3599)));
@@ -211,18 +234,18 @@ mod tests {
     fn one_probe_after_the_cooldown() {
         let guard = TenantGuard::new(SignedDuration::from_secs(60));
         block(&guard, at(0));
-        let (gate, claim) = guard.gate_in_memory(at(61));
+        let (gate, claim) = guard.gate_in_memory(at(61), false);
         assert_eq!(gate, TenantGate::Open);
         let claim = claim.expect("the first caller after the cool-down probes");
         assert!(matches!(
-            guard.gate_in_memory(at(62)),
+            guard.gate_in_memory(at(62), false),
             (TenantGate::Paused { .. }, None)
         ));
         // The probe is blocked again: a new cool-down starts.
         block(&guard, at(63));
         drop(claim);
         assert_eq!(
-            guard.gate_in_memory(at(64)).0,
+            guard.gate_in_memory(at(64), false).0,
             TenantGate::Paused { until: at(123) }
         );
     }
@@ -232,24 +255,24 @@ mod tests {
         let guard = TenantGuard::new(SignedDuration::from_secs(60));
         block(&guard, at(0));
         // A pass that takes the claim but never posts (a dry run, a failed read) ...
-        drop(guard.gate_in_memory(at(61)));
+        drop(guard.gate_in_memory(at(61), false));
         // ... leaves the probe to the next pass, and the next, until one gets an answer.
-        let (gate, claim) = guard.gate_in_memory(at(62));
+        let (gate, claim) = guard.gate_in_memory(at(62), false);
         assert_eq!(gate, TenantGate::Open);
         assert!(claim.is_some(), "another resource may probe");
         drop(claim);
-        assert!(guard.gate_in_memory(at(63)).1.is_some());
+        assert!(guard.gate_in_memory(at(63), false).1.is_some());
     }
 
     #[test]
     fn a_successful_probe_reopens() {
         let guard = TenantGuard::new(SignedDuration::from_secs(60));
         block(&guard, at(0));
-        let (_, claim) = guard.gate_in_memory(at(61));
+        let (_, claim) = guard.gate_in_memory(at(61), false);
         futures::executor::block_on(guard.clear()).unwrap();
         drop(claim);
         assert!(matches!(
-            guard.gate_in_memory(at(62)),
+            guard.gate_in_memory(at(62), false),
             (TenantGate::Open, None)
         ));
         assert!(!guard.is_paused(at(62)));
@@ -260,12 +283,12 @@ mod tests {
         let guard = TenantGuard::new(SignedDuration::from_secs(60));
         guard.remember_block(at(0));
         assert_eq!(
-            guard.gate_in_memory(at(30)).0,
+            guard.gate_in_memory(at(30), false).0,
             TenantGate::Paused { until: at(60) }
         );
         let old = TenantGuard::new(SignedDuration::from_secs(60));
         old.remember_block(at(0));
-        assert_eq!(old.gate_in_memory(at(90)).0, TenantGate::Open);
+        assert_eq!(old.gate_in_memory(at(90), false).0, TenantGate::Open);
     }
 
     /// Defect (found while moving the check to a watch of the record): after the probe went
@@ -275,20 +298,78 @@ mod tests {
     fn a_block_answered_by_a_later_invitation_does_not_pause_again() {
         let guard = TenantGuard::new(SignedDuration::from_secs(60));
         block(&guard, at(0));
-        let (_, claim) = guard.gate_in_memory(at(61));
+        let (_, claim) = guard.gate_in_memory(at(61), false);
         futures::executor::block_on(guard.clear()).unwrap();
         drop(claim);
         // The view still shows the block of +0 (the deletion is on its way).
         guard.remember_block(at(0));
         assert!(matches!(
-            guard.gate_in_memory(at(63)),
+            guard.gate_in_memory(at(63), false),
             (TenantGate::Open, None)
         ));
         // A block recorded after the invitation pauses as ever.
         guard.remember_block(at(64));
         assert_eq!(
-            guard.gate_in_memory(at(65)).0,
+            guard.gate_in_memory(at(65), false).0,
             TenantGate::Paused { until: at(124) }
+        );
+    }
+
+    /// Defect (found by the chaos test's invariant 7 once blocks were common): the pass that
+    /// held the probe wrote the mail, then met its own claim before the POST and waited 30 s.
+    #[test]
+    fn the_probe_makes_both_of_its_writes() {
+        let guard = TenantGuard::new(SignedDuration::from_secs(60));
+        block(&guard, at(0));
+        let (gate, claim) = guard.gate_in_memory(at(61), false);
+        assert_eq!(gate, TenantGate::Open);
+        assert!(claim.is_some());
+        // Its POST after the mail PATCH: open, and no second claim.
+        assert!(matches!(
+            guard.gate_in_memory(at(62), true),
+            (TenantGate::Open, None)
+        ));
+        // Everyone else still waits for the probe's answer.
+        assert!(matches!(
+            guard.gate_in_memory(at(62), false),
+            (TenantGate::Paused { .. }, None)
+        ));
+        // A new block meanwhile pauses the probe's pass too.
+        block(&guard, at(63));
+        assert_eq!(
+            guard.gate_in_memory(at(64), true).0,
+            TenantGate::Paused { until: at(123) }
+        );
+    }
+
+    /// Defect (the same chaos runs): a process that knew of a block only from the record kept
+    /// probing one resource at a time, each 30 s apart, after another process's probe had gone
+    /// through and deleted the record.
+    #[test]
+    fn the_deletion_of_the_record_ends_the_pause_it_recorded() {
+        let guard = TenantGuard::new(SignedDuration::from_secs(60));
+        guard.remember_block(at(0));
+        let (_, claim) = guard.gate_in_memory(at(61), false);
+        assert!(claim.is_some(), "probing, as far as this process knows");
+        guard.end_block(at(0));
+        drop(claim);
+        assert!(matches!(
+            guard.gate_in_memory(at(62), false),
+            (TenantGate::Open, None)
+        ));
+        assert!(!guard.is_paused(at(62)));
+        // A view that still shows the deleted block does not bring it back ...
+        guard.remember_block(at(0));
+        assert!(matches!(
+            guard.gate_in_memory(at(63), false),
+            (TenantGate::Open, None)
+        ));
+        // ... and the end of an older block does not end a later one.
+        guard.remember_block(at(70));
+        guard.end_block(at(0));
+        assert_eq!(
+            guard.gate_in_memory(at(71), false).0,
+            TenantGate::Paused { until: at(130) }
         );
     }
 }

@@ -44,6 +44,9 @@ pub struct Record {
     api: Api<ConfigMap>,
     name: String,
     view: Arc<Mutex<View>>,
+    /// The latest block whose record the watch saw deleted: a probe went through after it
+    /// (or an administrator ended the pause).
+    ended: Arc<Mutex<Option<Timestamp>>>,
     metrics: TenantRecordMetrics,
 }
 
@@ -67,8 +70,19 @@ impl Record {
             api: Api::namespaced(client, namespace),
             name: name.to_owned(),
             view: Arc::default(),
+            ended: Arc::default(),
             metrics,
         }
+    }
+
+    /// The latest block this process saw ended by the deletion of its record.
+    pub fn ended(&self) -> Option<Timestamp> {
+        *self.ended.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_ended(&self, ended: Option<Timestamp>) {
+        let mut latest = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        *latest = (*latest).max(ended);
     }
 
     fn view(&self) -> View {
@@ -124,7 +138,9 @@ impl Record {
                     warn!(error = %err, record = %self.name, "lost the watch of the tenant-pause record; reading it before each Graph write until it is listed again");
                 }
                 let failed = event.is_err();
-                if let Some(view) = fold.on(event) {
+                let view = fold.on(event);
+                self.set_ended(fold.ended);
+                if let Some(view) = view {
                     if let (View::Known(_), View::Unknown) = (view, self.view()) {
                         info!(record = %self.name, "following the tenant-pause record");
                         failures = 0;
@@ -168,11 +184,16 @@ impl Record {
         }
     }
 
-    /// Deletes the record read last, unless another replica recorded a block since.
-    pub async fn clear(&self) -> Result<(), kube::Error> {
+    /// Deletes the record if it holds a block no later than `answered` (the block an
+    /// invitation went through after), with the version read as precondition, so a block
+    /// recorded meanwhile by another replica stays.
+    pub async fn clear(&self, answered: Timestamp) -> Result<(), kube::Error> {
         let Some(existing) = self.api.get_opt(&self.name).await? else {
             return Ok(());
         };
+        if blocked_at_of(&existing).is_some_and(|blocked_at| blocked_at > answered) {
+            return Ok(());
+        }
         let params = DeleteParams {
             preconditions: Some(Preconditions {
                 resource_version: existing.metadata.resource_version.clone(),
@@ -229,6 +250,8 @@ fn blocked_at_of(map: &ConfigMap) -> Option<Timestamp> {
 struct Fold {
     /// While a list is under way: what it has found so far.
     listing: Option<Option<Timestamp>>,
+    /// The latest block whose record was deleted.
+    ended: Option<Timestamp>,
 }
 
 impl Fold {
@@ -249,7 +272,10 @@ impl Fold {
                 Some(View::Known(self.listing.take().and_then(|found| found)))
             }
             Ok(watcher::Event::Apply(map)) => Some(View::Known(blocked_at_of(&map))),
-            Ok(watcher::Event::Delete(_)) => Some(View::Known(None)),
+            Ok(watcher::Event::Delete(map)) => {
+                self.ended = self.ended.max(blocked_at_of(&map));
+                Some(View::Known(None))
+            }
             Err(_) => {
                 self.listing = None;
                 Some(View::Unknown)
@@ -316,6 +342,7 @@ mod tests {
             fold.on(Ok(watcher::Event::Delete(record(Some(blocked))))),
             Some(View::Known(None))
         );
+        assert_eq!(fold.ended, Some(at(blocked)), "the deleted block is over");
         // A record without a readable time pauses nothing (as when read from the API server).
         assert_eq!(
             fold.on(Ok(watcher::Event::Apply(record(Some("yesterday"))))),
