@@ -57,6 +57,15 @@ impl World {
     async fn new(prefix: &str) -> World {
         Self::with_users(prefix, directory()).await
     }
+
+    /// The Graph writes (mail PATCHes and invitation POSTs) in the simulator's journal.
+    async fn graph_writes(&self) -> Vec<JournalEntry> {
+        self.journal()
+            .await
+            .into_iter()
+            .filter(|e| matches!(e.call, Call::PatchUser | Call::PostInvitation))
+            .collect()
+    }
 }
 
 fn reason_of(obj: &GuestRedemptionReset) -> String {
@@ -696,10 +705,9 @@ async fn writes_are_rate_limited() {
         w.wait_reason(&format!("r{i}"), "Issued").await;
     }
     let writes: Vec<jiff::Timestamp> = w
-        .journal()
+        .graph_writes()
         .await
         .iter()
-        .filter(|e| matches!(e.call, Call::PatchUser | Call::PostInvitation))
         .map(|e| e.at.parse().unwrap())
         .collect();
     assert_eq!(writes.len(), 10);
@@ -1127,12 +1135,7 @@ async fn sigterm_during_a_graph_outage_exits_within_5_s_and_nothing_is_written_a
     let (exit, took) = exit_within(&mut w, op, signalled, STOP_WITHOUT_POST).await;
     println!("SIGTERM during a Graph outage: exit {exit:?} after {took:?}");
     assert!(exit.success(), "{exit:?}");
-    let writes: Vec<_> = w
-        .journal()
-        .await
-        .into_iter()
-        .filter(|e| matches!(e.call, Call::PatchUser | Call::PostInvitation))
-        .collect();
+    let writes: Vec<_> = w.graph_writes().await;
     assert!(
         writes.is_empty(),
         "nothing reached the directory after SIGTERM: {writes:#?}"
@@ -1275,12 +1278,7 @@ async fn a_foreign_secret_is_refused_before_any_graph_write_and_left_alone() {
     .await;
     let denied = w.wait_reason("alice", "PolicyDenied").await;
     assert!(ready(&denied).message.contains("app-creds"));
-    let writes: Vec<_> = w
-        .journal()
-        .await
-        .into_iter()
-        .filter(|e| matches!(e.call, Call::PatchUser | Call::PostInvitation))
-        .collect();
+    let writes: Vec<_> = w.graph_writes().await;
     assert!(writes.is_empty(), "nothing written to Graph: {writes:#?}");
     let after = secrets.get("app-creds").await.unwrap();
     assert_eq!(
@@ -1367,11 +1365,10 @@ async fn a_tenant_block_survives_a_restart_and_holds_for_every_replica() {
     w.wait_reason("bob", "TenantBlocked").await;
     w.wait_reason("carol", "TenantBlocked").await;
     let writes: Vec<_> = w
-        .journal()
+        .graph_writes()
         .await
         .into_iter()
         .filter(|e| e.seq > before_restart)
-        .filter(|e| matches!(e.call, Call::PatchUser | Call::PostInvitation))
         .collect();
     assert!(
         writes.is_empty(),
@@ -1529,11 +1526,10 @@ async fn bob_is_stopped_by_a_block_recorded_elsewhere(w: &World) {
     w.create("bob", by_id(BOB, "bob@newco.example")).await;
     w.wait_reason("bob", "TenantBlocked").await;
     let writes: Vec<JournalEntry> = w
-        .journal()
+        .graph_writes()
         .await
         .into_iter()
         .filter(|e| e.seq > seq)
-        .filter(|e| matches!(e.call, Call::PatchUser | Call::PostInvitation))
         .collect();
     assert!(
         writes.is_empty(),
