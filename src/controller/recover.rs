@@ -3,10 +3,10 @@
 //! Evidence is a change of the user's redemption state strictly after the state recorded
 //! right before the POST (`attempt.userStateBefore`, compared at the precision the status kept
 //! it with), to `PendingAcceptance` or `Accepted`, and not before the attempt began (less a
-//! clock-skew allowance). An earlier invitation, by
-//! another admin or an older generation, is never evidence. Absence of evidence is concluded
-//! only after the replication window, counted from the last moment the POST could have taken
-//! effect: the latest `postStartedAt` plus the Graph request timeout.
+//! clock-skew allowance). An earlier invitation, by another admin or an older generation, is
+//! never evidence. Absence of evidence is concluded only after the replication window, counted
+//! from the last moment the POST could have taken effect: the latest `postStartedAt` plus the
+//! Graph request timeout.
 
 use std::time::Duration;
 
