@@ -610,7 +610,7 @@ async fn connection_lost_with_no_effect_ends_outcome_unknown_until_a_human_retri
     assert_eq!(w.posts().await.len(), 2);
 }
 
-/// Issue 26: Graph's change time carries milliseconds, the status kept whole seconds, and the
+/// Defect: Graph's change time carries milliseconds, the status kept whole seconds, and the
 /// change read right before the POST, read again, looked strictly later than itself: a POST
 /// refused with a 503 before it took effect ended `Issued` (recovered), no invitation sent.
 #[tokio::test(flavor = "multi_thread")]

@@ -1337,7 +1337,7 @@ fn an_invitation_by_someone_else_seconds_before_is_not_evidence_of_ours() {
     assert!(before.is_none(), "nothing recorded as issued: {before:?}");
 }
 
-/// Defect (issue 26): the status kept `userStateBefore.changedAt` to the whole second, and the
+/// Defect: the status kept `userStateBefore.changedAt` to the whole second, and the
 /// same change read again with its milliseconds looked strictly later: a reset that never took
 /// effect ended `Issued` (recovered), after an invitation by someone else seconds before.
 #[test]
