@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// API group of the resource.
 mod approval;
+pub mod precision;
 mod redemption;
 pub use approval::{Approval, Decision, REQUESTED_BY_ANNOTATION};
 pub use redemption::{Redemption, RedemptionState};
@@ -313,8 +314,14 @@ pub struct UserStateBefore {
     /// `PendingAcceptance`, `Accepted`, or absent when the user was never invited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_user_state: Option<String>,
-    /// `externalUserStateChangeDateTime`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `externalUserStateChangeDateTime`, with the fraction of a second Graph gave (a status
+    /// written by an earlier controller holds whole seconds). Recovery compares a fresh read
+    /// with it at the precision it has here: equal within that precision is not later.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "precision::serialize_exact"
+    )]
     pub changed_at: Option<Time>,
 }
 

@@ -610,6 +610,74 @@ async fn connection_lost_with_no_effect_ends_outcome_unknown_until_a_human_retri
     assert_eq!(w.posts().await.len(), 2);
 }
 
+/// Defect: Graph's change time carries milliseconds, the status kept whole seconds, and the
+/// change read right before the POST, read again, looked strictly later than itself: a POST
+/// refused with a 503 before it took effect ended `Issued` (recovered), no invitation sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invitation_by_someone_else_seconds_before_with_milliseconds_is_not_evidence() {
+    let mut w = World::new("precision").await;
+    let mut alice = directory().remove(0);
+    let invited = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(3);
+    let changed = format!("{}.408Z", invited.strftime("%Y-%m-%dT%H:%M:%S"));
+    alice.external_user_state = Some("PendingAcceptance".into());
+    alice.external_user_state_change_date_time = Some(changed.clone());
+    w.admin.put_user(&alice).await.unwrap();
+    w.admin
+        .add_fault(FaultRule::once(
+            Call::PostInvitation,
+            FaultAction::ServerErrorBefore { status: 503 },
+        ))
+        .await
+        .unwrap();
+    // The absence of evidence is concluded 5 s + the harness's 6 s window after the POST.
+    w.start_operator(&["--graph-timeout", "5s"]);
+    w.create("alice", by_id(ALICE, "alice@newco.example")).await;
+    let api = w.api.clone();
+    // While recovery re-reads (11 s), the API server holds the change time with its fraction.
+    let recorded = wait_until("the refused POST's attempt", WAIT, || {
+        let api = api.clone();
+        async move {
+            let obj = api.get("alice").await.ok()?;
+            let attempt = obj.status?.attempt?;
+            attempt.post_started_at?;
+            attempt.user_state_before?.changed_at
+        }
+    })
+    .await;
+    assert_eq!(recorded.0, changed.parse::<jiff::Timestamp>().unwrap());
+    let settled = wait_until("alice to settle", WAIT, || {
+        let api = api.clone();
+        async move {
+            let obj = api.get("alice").await.ok()?;
+            let conditions = &obj.status.as_ref()?.conditions;
+            let reason = &conditions.iter().find(|c| c.type_ == "Ready")?.reason;
+            ["Issued", "OutcomeUnknown"]
+                .contains(&reason.as_str())
+                .then_some(obj)
+        }
+    })
+    .await;
+    assert_eq!(
+        reason_of(&settled),
+        "OutcomeUnknown",
+        "{:?}",
+        ready(&settled)
+    );
+    assert_eq!(
+        status(&settled).invitation,
+        None,
+        "nothing recorded as issued"
+    );
+    assert_eq!(
+        w.posts().await.len(),
+        1,
+        "the refused POST, and no blind second one"
+    );
+    assert!(w.admin.invitations().await.unwrap().is_empty());
+    let read = w.admin.user(ALICE).await.unwrap().unwrap();
+    assert_eq!(read.external_user_state_change_date_time, Some(changed));
+}
+
 // ---------------------------------------------------------------- two controllers
 
 #[tokio::test(flavor = "multi_thread")]
