@@ -4,12 +4,14 @@
 //! The view follows the record with a watch of that one object, so the check right before each
 //! Graph write reads memory instead of asking the API server twice per reset. A watch can go
 //! quiet without a word (a black-holed connection, a stream that is alive but stale), so the
-//! view is trusted only while it heard from the API server (the list, an event or a bookmark)
-//! within the last [`FRESH`]; otherwise the check reads the record, at most once per
-//! [`FRESH`] for all passes together. Each watch asks the API server to end it after
-//! [`WATCH_TIMEOUT_SECS`], which sends a bookmark about 2 s before: a healthy watch is heard
-//! from every few seconds, and a stream that says nothing for [`WATCH_TIMEOUT_SECS`] plus
-//! [`STREAM_MARGIN`] is given up and listed again.
+//! view is trusted only while it heard from the API server within the last [`FRESH`];
+//! otherwise the check reads the record, at most once per [`FRESH`] for all passes together.
+//! Each watch is a streaming list that the API server ends after [`WATCH_TIMEOUT_SECS`]: it
+//! begins with the record as it is and a bookmark that says so, then sends its changes; the
+//! next watch starts at once. A healthy watch is so heard from every few seconds even when the
+//! record never changes (the API server's own bookmarks come about once a minute, and only
+//! when something of the kind changed), and a stream that says nothing for
+//! [`WATCH_TIMEOUT_SECS`] plus [`STREAM_MARGIN`] is given up.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,7 +19,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions, WatchEvent, WatchParams};
+use kube::api::{Api, DeleteParams, PostParams, Preconditions, WatchEvent, WatchParams};
 use kube::core::Status;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -31,8 +33,8 @@ pub const BLOCKED_AT_KEY: &str = "blockedAt";
 /// (docs/design.md, "The tenant pause"); older, the record is read, and a read is trusted as
 /// long.
 pub const FRESH: Duration = Duration::from_secs(10);
-/// The API server ends each watch after this long (after a bookmark about 2 s before the
-/// end), and the watch starts again from where it was.
+/// The API server ends each watch after this long; the next one begins with the record as it
+/// is, so the view hears from the API server at least this often.
 const WATCH_TIMEOUT_SECS: u32 = 6;
 /// A stream that says nothing for the watch timeout and this long is given up: its
 /// connection died without a word.
@@ -182,66 +184,64 @@ impl Record {
         }
     }
 
-    /// Lists and watches the record, listed again after every failure (the view is unknown
-    /// meanwhile).
+    /// Watches the record, again after every failure (the view is unknown meanwhile).
     async fn keep_following(self) {
+        let mut fold = Fold::default();
         let mut failures = 0;
         loop {
-            let err = self.follow_once(&mut failures).await;
+            let err = self.follow_once(&mut fold, &mut failures).await;
+            fold.lost();
             failures += 1;
             self.set_view(View::Unknown);
-            warn!(error = %err, record = %self.name, "lost the watch of the tenant-pause record; reading it before each Graph write until it is listed again");
+            warn!(error = %err, record = %self.name, "lost the watch of the tenant-pause record; reading it before each Graph write until it is followed again");
             tokio::time::sleep(RESTART.ceiling(failures)).await;
         }
     }
 
-    /// Lists the record, then watches it from there until something fails; `failures` is
-    /// reset once the record is followed again.
-    async fn follow_once(&self, failures: &mut u32) -> FollowError {
-        let selector = format!("metadata.name={}", self.name);
-        let at = Instant::now();
-        let params = ListParams::default().fields(&selector);
-        let list = match within(READ_TIMEOUT, self.api.list(&params)).await {
-            Ok(list) => list,
-            Err(err) => return FollowError::Kube(err),
-        };
-        let mut version = list.metadata.resource_version.unwrap_or_default();
-        self.set_view(View::Known(list.items.first().and_then(blocked_at_of)));
-        self.heard_at(at);
-        info!(record = %self.name, "following the tenant-pause record");
-        *failures = 0;
-        let params = WatchParams::default()
-            .fields(&selector)
+    /// Watches the record, one watch after another, until something fails; `failures` is
+    /// reset once the record is followed again. Each watch begins with the record as it is
+    /// (a streaming list: the record if it exists, then a bookmark), so the view is heard
+    /// from at least once per watch even when the record never changes.
+    async fn follow_once(&self, fold: &mut Fold, failures: &mut u32) -> FollowError {
+        let params = WatchParams::streaming_lists()
+            .fields(&format!("metadata.name={}", self.name))
             .timeout(WATCH_TIMEOUT_SECS);
+        let quiet = Duration::from_secs(WATCH_TIMEOUT_SECS.into()) + STREAM_MARGIN;
         loop {
-            let stream = match within(READ_TIMEOUT, self.api.watch(&params, &version)).await {
+            let stream = match within(READ_TIMEOUT, self.api.watch(&params, "")).await {
                 Ok(stream) => stream,
                 Err(err) => return FollowError::Kube(err),
             };
             let mut stream = std::pin::pin!(stream);
-            let quiet = Duration::from_secs(WATCH_TIMEOUT_SECS.into()) + STREAM_MARGIN;
+            fold.start();
             loop {
                 let event = match tokio::time::timeout(quiet, stream.next()).await {
                     Err(_) => return FollowError::Quiet,
-                    // The API server ended the watch: watch again from where it was.
+                    // The API server ended the watch: the next one starts at once.
                     Ok(None) => break,
                     Ok(Some(Err(err))) => return FollowError::Kube(err),
                     Ok(Some(Ok(event))) => event,
                 };
-                match on_event(event) {
-                    Ok(change) => {
-                        self.heard_at(Instant::now());
-                        self.set_ended(change.ended);
-                        if let Some(blocked_at) = change.record {
-                            self.set_view(View::Known(blocked_at));
-                        }
-                        version = change.version;
-                    }
+                let was_followed = matches!(self.view(), View::Known(_));
+                let change = match fold.on(event) {
+                    Ok(change) => change,
                     Err(status) => return FollowError::Watch(status),
+                };
+                self.set_ended(change.ended);
+                if let Some(blocked_at) = change.record {
+                    if !was_followed {
+                        info!(record = %self.name, "following the tenant-pause record");
+                        *failures = 0;
+                    }
+                    self.set_view(View::Known(blocked_at));
+                }
+                if !fold.listing() {
+                    self.heard_at(Instant::now());
                 }
             }
         }
     }
+
     /// Writes the later of the recorded block and `at`, with the ConfigMap's resourceVersion as
     /// precondition, so two replicas blocking at once keep the later time.
     pub async fn record_block(&self, at: Timestamp) -> Result<(), kube::Error> {
@@ -353,37 +353,89 @@ enum FollowError {
     Quiet,
 }
 
-/// What one watch event says: the pure part of following the record.
-#[derive(Debug, PartialEq, Eq)]
+/// The bookmark that ends the record as it was when a watch began.
+const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
+
+/// The view that a stream of watch events leads to: the pure part of following the record.
+#[derive(Debug, Default)]
+struct Fold {
+    /// While a watch sends the record as it is: what it has found so far.
+    initial: Option<Option<Timestamp>>,
+    /// The record as last followed; `None` while unknown.
+    known: Option<Option<Timestamp>>,
+}
+
+/// What one watch event changes.
+#[derive(Debug, Default, PartialEq, Eq)]
 struct Change {
-    /// Where to watch again from.
-    version: String,
-    /// The record now (the time of the block, or none); `None` for a bookmark.
+    /// The record now (the time of the block, or none), when the event says.
     record: Option<Option<Timestamp>>,
     /// The block whose record was deleted.
     ended: Option<Timestamp>,
 }
 
-fn on_event(event: WatchEvent<ConfigMap>) -> Result<Change, Box<Status>> {
-    let version_of = |map: &ConfigMap| map.metadata.resource_version.clone().unwrap_or_default();
-    Ok(match event {
-        WatchEvent::Added(map) | WatchEvent::Modified(map) => Change {
-            version: version_of(&map),
-            record: Some(blocked_at_of(&map)),
-            ended: None,
-        },
-        WatchEvent::Deleted(map) => Change {
-            version: version_of(&map),
-            record: Some(None),
-            ended: blocked_at_of(&map),
-        },
-        WatchEvent::Bookmark(bookmark) => Change {
-            version: bookmark.metadata.resource_version,
-            record: None,
-            ended: None,
-        },
-        WatchEvent::Error(status) => return Err(status),
-    })
+impl Fold {
+    /// A watch begins: the record as it is comes first.
+    fn start(&mut self) {
+        self.initial = Some(None);
+    }
+
+    /// The watch failed: nothing is known.
+    fn lost(&mut self) {
+        *self = Fold::default();
+    }
+
+    /// Whether the watch is still sending the record as it was when it began.
+    fn listing(&self) -> bool {
+        self.initial.is_some()
+    }
+
+    fn on(&mut self, event: WatchEvent<ConfigMap>) -> Result<Change, Box<Status>> {
+        let change = match event {
+            WatchEvent::Added(map) | WatchEvent::Modified(map) => match &mut self.initial {
+                Some(found) => {
+                    *found = blocked_at_of(&map);
+                    Change::default()
+                }
+                None => Change {
+                    record: Some(blocked_at_of(&map)),
+                    ended: None,
+                },
+            },
+            WatchEvent::Deleted(map) => Change {
+                record: Some(None),
+                ended: blocked_at_of(&map),
+            },
+            WatchEvent::Bookmark(bookmark) => {
+                let ends_initial = bookmark.metadata.annotations.contains_key(INITIAL_EVENTS_END);
+                match self.initial.take_if(|_| ends_initial) {
+                    Some(found) => self.found(found),
+                    None => Change::default(),
+                }
+            }
+            WatchEvent::Error(status) => {
+                self.lost();
+                return Err(status);
+            }
+        };
+        if let Some(record) = change.record {
+            self.known = Some(record);
+        }
+        Ok(change)
+    }
+
+    /// The record as a watch found it when it began. A record that was followed and is gone
+    /// was deleted between two watches: its block ended, as if the deletion had been seen.
+    fn found(&self, found: Option<Timestamp>) -> Change {
+        let ended = match (self.known, found) {
+            (Some(Some(before)), None) => Some(before),
+            _ => None,
+        };
+        Change {
+            record: Some(found),
+            ended,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -413,26 +465,84 @@ mod tests {
         Record::new(client, "ns", "r", metrics.clone())
     }
 
+    fn bookmark(initial_events_end: bool) -> WatchEvent<ConfigMap> {
+        let annotations = if initial_events_end {
+            serde_json::json!({INITIAL_EVENTS_END: "true"})
+        } else {
+            serde_json::json!({})
+        };
+        WatchEvent::Bookmark(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"resourceVersion": "9", "annotations": annotations}
+            }))
+            .unwrap(),
+        )
+    }
+
     #[test]
-    fn events_change_the_record_and_bookmarks_only_say_the_watch_is_alive() {
+    fn nothing_is_known_until_the_record_as_it_is_has_been_sent() {
+        let mut fold = Fold::default();
+        fold.start();
         let blocked = "2026-12-02T10:00:00Z";
-        let change = on_event(WatchEvent::Modified(record(Some(blocked)))).unwrap();
+        let added = fold.on(WatchEvent::Added(record(Some(blocked)))).unwrap();
+        assert_eq!(added, Change::default());
+        assert!(fold.listing());
+        assert_eq!(fold.on(bookmark(false)).unwrap(), Change::default());
+        let end = fold.on(bookmark(true)).unwrap();
+        assert_eq!(end.record, Some(Some(at(blocked))));
+        assert!(!fold.listing());
+    }
+
+    #[test]
+    fn no_record_at_the_start_of_a_watch_means_no_block() {
+        let mut fold = Fold::default();
+        fold.start();
+        let end = fold.on(bookmark(true)).unwrap();
+        let nothing = Change {
+            record: Some(None),
+            ended: None,
+        };
+        assert_eq!(end, nothing);
+    }
+
+    #[test]
+    fn changes_and_deletion_are_followed() {
+        let mut fold = Fold::default();
+        fold.start();
+        fold.on(bookmark(true)).unwrap();
+        let blocked = "2026-12-02T10:00:00Z";
+        let change = fold.on(WatchEvent::Modified(record(Some(blocked)))).unwrap();
         assert_eq!(change.record, Some(Some(at(blocked))));
-        assert_eq!(change.version, "7");
-        let change = on_event(WatchEvent::Deleted(record(Some(blocked)))).unwrap();
+        let change = fold.on(WatchEvent::Deleted(record(Some(blocked)))).unwrap();
         assert_eq!(change.record, Some(None));
         assert_eq!(change.ended, Some(at(blocked)), "the deleted block is over");
         // A record without a readable time pauses nothing (as when read from the API server).
-        let change = on_event(WatchEvent::Added(record(Some("yesterday")))).unwrap();
-        assert_eq!(change.record, Some(None));
-        let bookmark: kube::core::watch::Bookmark = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"resourceVersion": "9"}
-        }))
-        .unwrap();
-        let change = on_event(WatchEvent::Bookmark(bookmark)).unwrap();
-        assert_eq!((change.record, change.version.as_str()), (None, "9"));
+        let change = fold.on(WatchEvent::Added(record(Some("yesterday")))).unwrap();
+        assert_eq!((change.record, change.ended), (Some(None), None));
+        // A plain bookmark only says that the watch is alive.
+        assert_eq!(fold.on(bookmark(false)).unwrap(), Change::default());
+    }
+
+    #[test]
+    fn a_record_deleted_between_two_watches_ended_its_block() {
+        let mut fold = Fold::default();
+        let blocked = "2026-12-02T10:00:00Z";
+        fold.start();
+        fold.on(WatchEvent::Added(record(Some(blocked)))).unwrap();
+        fold.on(bookmark(true)).unwrap();
+        fold.start();
+        let end = fold.on(bookmark(true)).unwrap();
+        assert_eq!((end.record, end.ended), (Some(None), Some(at(blocked))));
+        // After a failure nothing was followed: an absent record ends nothing.
+        fold.lost();
+        fold.start();
+        fold.on(WatchEvent::Added(record(Some(blocked)))).unwrap();
         let gone = Status::failure("too old", "Expired").with_code(410);
-        assert!(on_event(WatchEvent::Error(Box::new(gone))).is_err());
+        assert!(fold.on(WatchEvent::Error(Box::new(gone))).is_err());
+        assert!(!fold.listing(), "what the broken watch found is dropped");
+        fold.start();
+        assert_eq!(fold.on(bookmark(true)).unwrap().ended, None);
     }
 
     #[test]
