@@ -11,6 +11,7 @@
 mod renewals;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
@@ -165,7 +166,7 @@ where
     ctx.readiness.set_ready(true);
     let fence = ctx.graph.write_fence().clone();
     let renewals = Renewals::new(ctx.client.clone(), config, fence.clone());
-    let expired = std::sync::atomic::AtomicBool::new(false);
+    let expired = AtomicBool::new(false);
     let leading_work = || async {
         // Ready again once this process's own watch cache has synced.
         ctx.readiness.set_ready(false);
@@ -173,9 +174,7 @@ where
         if unless_stopped(shutdown, renewals.first()).await.is_none() {
             return;
         }
-        if within_renew_deadline(&renewals, &fence, shutdown, work()).await {
-            expired.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
+        within_renew_deadline(&renewals, &fence, shutdown, &expired, work()).await;
     };
     let outcome = run_until_deadline(
         shutdown,
@@ -187,7 +186,7 @@ where
     ctx.metrics.leader.set(0);
     fence.close();
     let lost = !lease.is_held();
-    let expired = expired.load(std::sync::atomic::Ordering::SeqCst);
+    let expired = expired.load(Ordering::SeqCst);
     lease.release().await;
     Ok(if (outcome == Outcome::Abandoned && lost) || expired {
         Outcome::Lost
@@ -197,26 +196,27 @@ where
 }
 
 /// Runs `work` until it returns; if the renew deadline passes first, closes the fence (no
-/// Graph write leaves from here on, not even one already past its checks), begins the stop,
-/// lets the work drain and returns true: this process gives up leadership and exits, so that
-/// a fresh process stands by.
+/// Graph write leaves from here on, not even one already past its checks), notes `expired`,
+/// begins the stop and lets the work drain: this process gives up leadership and exits with
+/// an error, so that a fresh process stands by.
 async fn within_renew_deadline(
     renewals: &Renewals,
     fence: &WriteFence,
     shutdown: &Shutdown,
+    expired: &AtomicBool,
     work: impl Future<Output = ()>,
-) -> bool {
+) {
     let mut work = std::pin::pin!(work);
     tokio::select! {
         biased;
-        () = &mut work => return false,
+        () = &mut work => return,
         () = renewals.until_expired() => {}
     }
     fence.close();
+    expired.store(true, Ordering::SeqCst);
     error!("the leader Lease was not renewed within the renew deadline; no more Graph writes, stepping down");
     shutdown.begin();
     work.await;
-    true
 }
 
 /// The choreography over kube-lease-manager's leading flag: stand by until `leading` is true
@@ -258,7 +258,7 @@ where
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+
 
     /// Work that runs until the stop, noting whether it started and whether the Lease was
     /// still held (the receiver alive) when it returned.

@@ -155,7 +155,8 @@ async fn post_started(w: &World, name: &str) -> Option<()> {
 /// from the API server kept leading, and a POST already past its checks went out after its
 /// Lease had expired, when another replica could lead and recover the same attempt. Now the
 /// leader stops every Graph write at its renew deadline (10 s after the last confirmed
-/// renewal, 5 s before the Lease can expire) and steps down.
+/// renewal, 5 s before the Lease can expire) and steps down. The POST here is due 12 s after
+/// the cut: broken, it goes out.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_leader_cut_off_from_the_api_server_stops_graph_writes_before_its_lease_can_expire() {
     let (mut w, proxy, kubeconfig) = proxied_world("cut-off").await;
@@ -171,8 +172,9 @@ async fn a_leader_cut_off_from_the_api_server_stops_graph_writes_before_its_leas
     ]);
     cmd.env("KUBECONFIG", &kubeconfig)
         .env("POD_NAME", "op-a")
-        // The pass holds 16 s between its sending mark and the POST: longer than the Lease.
-        .env("GUESTRESET_FAILPOINT", "stall-before-post=16");
+        // The pass holds 12 s between its sending mark and the POST: past the renew deadline,
+        // before the Lease could expire.
+        .env("GUESTRESET_FAILPOINT", "stall-before-post=12");
     let op = w.start_operator_with(cmd);
     let client = w.client.clone();
     wait_until("op-a to lead", WAIT, || async {
@@ -213,3 +215,4 @@ async fn a_leader_cut_off_from_the_api_server_stops_graph_writes_before_its_leas
         "the POST past its checks was stopped at the fence: {log}"
     );
 }
+

@@ -52,20 +52,25 @@ impl Renewals {
         }
     }
 
-    /// Keeps moving the fence with every confirmed renewal; returns once the renew deadline
-    /// passed without one.
+    /// Keeps moving the fence with every confirmed renewal; returns as soon as the renew
+    /// deadline passed without one (a read under way does not delay that).
     pub async fn until_expired(&self) {
         loop {
-            let now = Timestamp::now();
             let Some(until) = self.fence.until() else {
                 return std::future::pending().await;
             };
-            if until <= now {
+            let Ok(left) = Duration::try_from(until - Timestamp::now()) else {
+                return;
+            };
+            if left.is_zero() {
                 return;
             }
-            let left = Duration::try_from(until - now).unwrap_or_default();
-            tokio::time::sleep(self.period.min(left)).await;
-            self.confirm().await;
+            let next = async {
+                tokio::time::sleep(self.period).await;
+                self.confirm().await;
+            };
+            // On time, the loop looks at the fence again: moved by the read, or passed.
+            let _ = tokio::time::timeout(left, next).await;
         }
     }
 
