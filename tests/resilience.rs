@@ -216,3 +216,37 @@ async fn a_leader_cut_off_from_the_api_server_stops_graph_writes_before_its_leas
     );
 }
 
+
+/// Defect: a failed write of the pause record was never tried again: the replica that met
+/// Graph's block paused, every other replica kept writing for the whole cool-down. Now the
+/// write is retried until it lands, and the pause holds in this process meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pause_record_that_could_not_be_written_is_written_once_the_api_server_answers() {
+    use guestreset::controller::decide::TenantGate;
+    use guestreset::controller::tenant::TenantGuard;
+    let (w, proxy, _) = proxied_world("record-retry").await;
+    let mut config = w.cp.config().await;
+    config.cluster_url = proxy.url().parse().unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    let cooldown = jiff::SignedDuration::from_hours(1);
+    let guard = TenantGuard::persisted(cooldown, client, &w.ns, RECORD, Default::default());
+
+    proxy.set_mode(Mode::CutOff);
+    let now = jiff::Timestamp::now();
+    assert!(guard.block(now).await.is_err(), "the API server is out of reach");
+    assert_eq!(
+        guard.local_gate(now),
+        TenantGate::Paused {
+            until: now + cooldown
+        },
+        "the pause holds in this process"
+    );
+
+    proxy.set_mode(Mode::Forward);
+    let maps: Api<ConfigMap> = Api::namespaced(w.client.clone(), &w.ns);
+    let recorded = wait_until("the pause to be recorded", WAIT, || async {
+        maps.get_opt(RECORD).await.unwrap()?.data?.remove("blockedAt")
+    })
+    .await;
+    assert_eq!(recorded, now.to_string());
+}
