@@ -22,8 +22,8 @@ use tracing::{error, info, warn};
 use crate::cli::RunArgs;
 use crate::controller::Context;
 use crate::fence::WriteFence;
-use renewals::Renewals;
 use crate::shutdown::{Shutdown, StopBounds, run_until_deadline, unless_stopped};
+use renewals::Renewals;
 
 /// How long the release of the Lease may take before the process exits anyway: the Lease
 /// then expires on its own, a standby takes over one Lease duration later.
@@ -214,7 +214,9 @@ async fn within_renew_deadline(
     }
     fence.close();
     expired.store(true, Ordering::SeqCst);
-    error!("the leader Lease was not renewed within the renew deadline; no more Graph writes, stepping down");
+    error!(
+        "the leader Lease was not renewed within the renew deadline; no more Graph writes, stepping down"
+    );
     shutdown.begin();
     work.await;
 }
@@ -258,7 +260,6 @@ where
 mod tests {
     use super::*;
     use std::sync::Arc;
-
 
     /// Work that runs until the stop, noting whether it started and whether the Lease was
     /// still held (the receiver alive) when it returned.

@@ -187,7 +187,10 @@ impl Io for KubeIo<'_> {
         request: &ResetRedemptionRequest,
     ) -> Result<(Posted, RedeemUrl), Failure> {
         if let Some(Failpoint::StallBeforePost(stall)) = self.ctx.failpoint {
-            warn!(stall_ms = stall.as_millis() as u64, "failpoint stall-before-post reached");
+            warn!(
+                stall_ms = stall.as_millis() as u64,
+                "failpoint stall-before-post reached"
+            );
             tokio::time::sleep(stall).await;
         }
         let slot = self.slot().await;
@@ -333,7 +336,9 @@ impl Failpoint {
             return Some(Failpoint::HangAfterIntent);
         }
         let secs = value.strip_prefix("stall-before-post=")?.parse().ok()?;
-        Some(Failpoint::StallBeforePost(std::time::Duration::from_secs(secs)))
+        Some(Failpoint::StallBeforePost(std::time::Duration::from_secs(
+            secs,
+        )))
     }
 }
 

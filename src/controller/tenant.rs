@@ -169,7 +169,9 @@ impl TenantGuard {
                     info!(tries, "recorded the tenant pause for every replica");
                     return;
                 }
-                Err(err) => warn!(error = %err, tries, "still cannot record the tenant pause; trying again"),
+                Err(err) => {
+                    warn!(error = %err, tries, "still cannot record the tenant pause; trying again")
+                }
             }
         }
     }

@@ -257,8 +257,11 @@ impl Record {
                     let at = blocked_at_of(&existing).map_or(at, |t| t.max(at));
                     let rv = existing.metadata.resource_version.clone();
                     let map = self.map(at, rv);
-                    within(READ_TIMEOUT, self.api.replace(&self.name, &PostParams::default(), &map))
-                        .await
+                    within(
+                        READ_TIMEOUT,
+                        self.api.replace(&self.name, &PostParams::default(), &map),
+                    )
+                    .await
                 }
             };
             match result {
@@ -407,7 +410,10 @@ impl Fold {
                 ended: blocked_at_of(&map),
             },
             WatchEvent::Bookmark(bookmark) => {
-                let ends_initial = bookmark.metadata.annotations.contains_key(INITIAL_EVENTS_END);
+                let ends_initial = bookmark
+                    .metadata
+                    .annotations
+                    .contains_key(INITIAL_EVENTS_END);
                 match self.initial.take_if(|_| ends_initial) {
                     Some(found) => self.found(found),
                     None => Change::default(),
@@ -512,13 +518,17 @@ mod tests {
         fold.start();
         fold.on(bookmark(true)).unwrap();
         let blocked = "2026-12-02T10:00:00Z";
-        let change = fold.on(WatchEvent::Modified(record(Some(blocked)))).unwrap();
+        let change = fold
+            .on(WatchEvent::Modified(record(Some(blocked))))
+            .unwrap();
         assert_eq!(change.record, Some(Some(at(blocked))));
         let change = fold.on(WatchEvent::Deleted(record(Some(blocked)))).unwrap();
         assert_eq!(change.record, Some(None));
         assert_eq!(change.ended, Some(at(blocked)), "the deleted block is over");
         // A record without a readable time pauses nothing (as when read from the API server).
-        let change = fold.on(WatchEvent::Added(record(Some("yesterday")))).unwrap();
+        let change = fold
+            .on(WatchEvent::Added(record(Some("yesterday"))))
+            .unwrap();
         assert_eq!((change.record, change.ended), (Some(None), None));
         // A plain bookmark only says that the watch is alive.
         assert_eq!(fold.on(bookmark(false)).unwrap(), Change::default());
@@ -551,7 +561,10 @@ mod tests {
             blocked_at: None,
             at: Instant::now(),
         };
-        assert_eq!(heard.fresh(heard.at + Duration::from_millis(9_999)), Some(None));
+        assert_eq!(
+            heard.fresh(heard.at + Duration::from_millis(9_999)),
+            Some(None)
+        );
         assert_eq!(heard.fresh(heard.at + FRESH), None);
     }
 
@@ -569,7 +582,11 @@ mod tests {
         assert_eq!(record.blocked_at().await.unwrap(), Some(blocked));
         record.set_view(View::Known(None));
         assert_eq!(record.blocked_at().await.unwrap(), None);
-        assert_eq!(metrics.reads.get(), 2, "no read while the watch is heard from");
+        assert_eq!(
+            metrics.reads.get(),
+            2,
+            "no read while the watch is heard from"
+        );
         // Known, but the watch has said nothing for longer than the bound: a stalled stream.
         record.heard_at(Instant::now().checked_sub(FRESH).unwrap());
         assert!(record.blocked_at().await.is_err(), "stale: read it");

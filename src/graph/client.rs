@@ -349,7 +349,10 @@ impl GraphClient {
         let auth = self.authorization(call).await?;
         // The last moment before the write leaves: nothing may wait between here and Graph.
         if call.is_write() && !inner.fence.allows_now() {
-            warn!(call = call.as_str(), "not sent: this process is past its leader renew deadline");
+            warn!(
+                call = call.as_str(),
+                "not sent: this process is past its leader renew deadline"
+            );
             return Err(GraphError::new(
                 call,
                 FailureKind::Fenced,

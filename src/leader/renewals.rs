@@ -28,11 +28,7 @@ pub struct Renewals {
 }
 
 impl Renewals {
-    pub fn new(
-        client: kube::Client,
-        config: &super::LeaseConfig,
-        fence: WriteFence,
-    ) -> Self {
+    pub fn new(client: kube::Client, config: &super::LeaseConfig, fence: WriteFence) -> Self {
         Renewals {
             leases: Api::namespaced(client, &config.namespace),
             name: config.name.clone(),
@@ -103,8 +99,7 @@ impl Renewals {
 /// if it holds it.
 fn renewal_by(lease: &Lease, identity: &str) -> Option<Timestamp> {
     let spec = lease.spec.as_ref()?;
-    (spec.holder_identity.as_deref() == Some(identity))
-        .then_some(spec.renew_time.as_ref()?.0)
+    (spec.holder_identity.as_deref() == Some(identity)).then_some(spec.renew_time.as_ref()?.0)
 }
 
 #[cfg(test)]

@@ -453,7 +453,9 @@ impl ControlPlane {
     /// The API server's address, for a proxy in front of it.
     pub fn server_addr(&self) -> std::net::SocketAddr {
         let authority = self.server.trim_start_matches("https://");
-        authority.parse().expect("the API server listens on an IP address")
+        authority
+            .parse()
+            .expect("the API server listens on an IP address")
     }
 
     /// Directory holding `etcd`, `kube-apiserver` and `kubectl`.

@@ -92,7 +92,11 @@ impl TcpProxy {
 impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.task.abort();
-        let connections = self.state.connections.lock().unwrap_or_else(|e| e.into_inner());
+        let connections = self
+            .state
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         for connection in connections.iter() {
             connection.abort();
         }
@@ -166,7 +170,10 @@ async fn pump_up(
         if state.mode() == Mode::CutOff {
             std::future::pending::<()>().await;
         }
-        *conn.last_client_bytes.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        *conn
+            .last_client_bytes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Instant::now();
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
