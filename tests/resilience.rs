@@ -17,24 +17,12 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use serde_json::{Value, json};
 
-const ALICE: &str = "3f0a6c1e-8d2b-4c55-9b0e-2f6a1d9c7e41";
-const BOB: &str = "5b7e2a10-4c3d-4e5f-8a9b-0c1d2e3f4a5b";
 const WAIT: Duration = Duration::from_secs(60);
 const RECORD: &str = "guestreset-tenant";
 
-fn directory() -> Vec<SeedUser> {
-    vec![
-        SeedUser::guest(
-            ALICE,
-            "alice_contoso.com#EXT#@fabrikam.onmicrosoft.com",
-            "alice@contoso.com",
-        ),
-        SeedUser::guest(
-            BOB,
-            "bob_partner.example#EXT#@fabrikam.onmicrosoft.com",
-            "bob@partner.example",
-        ),
-    ]
+/// Two guests, `g0@x.example` and `g1@x.example`; their ids.
+fn directory() -> (Vec<SeedUser>, Vec<String>) {
+    common::guests("g", '4', 2)
 }
 
 /// A reset to the address the guest already has: one Graph write, the POST.
@@ -43,12 +31,13 @@ fn same_mail(id: &str, email: &str) -> Value {
 }
 
 /// A world whose operators reach the API server through a proxy; the kubeconfig to use.
-async fn proxied_world(prefix: &str) -> (World, TcpProxy, std::path::PathBuf) {
-    let w = World::with_users(prefix, directory()).await;
+async fn proxied_world(prefix: &str) -> (World, TcpProxy, std::path::PathBuf, Vec<String>) {
+    let (users, ids) = directory();
+    let w = World::with_users(prefix, users).await;
     let proxy = TcpProxy::start(w.cp.server_addr()).await;
     let path = w._state.path().join("proxied.kubeconfig");
     let kubeconfig = w.cp.kubeconfig_via(&proxy, &path);
-    (w, proxy, kubeconfig)
+    (w, proxy, kubeconfig, ids)
 }
 
 fn reason_of(obj: &GuestRedemptionReset) -> Option<String> {
@@ -95,7 +84,7 @@ async fn metric(w: &World, op: usize, name: &str) -> f64 {
 /// stream is given up.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replica_whose_watch_of_the_pause_record_stalls_makes_no_write_into_the_pause() {
-    let (mut w, proxy, kubeconfig) = proxied_world("stalled-view").await;
+    let (mut w, proxy, kubeconfig, ids) = proxied_world("stalled-view").await;
     // A write every 20 s: bob's turn comes well after the watch stalled.
     let mut cmd = w.operator_command(&["--max-writes-per-minute", "3", "--write-burst", "1"]);
     cmd.env("KUBECONFIG", &kubeconfig);
@@ -104,10 +93,9 @@ async fn a_replica_whose_watch_of_the_pause_record_stalls_makes_no_write_into_th
         (metric(&w, op, "guestreset_tenant_record_followed").await == 1.0).then_some(())
     })
     .await;
-    w.create("alice", same_mail(ALICE, "alice@contoso.com"))
-        .await;
+    w.create("alice", same_mail(&ids[0], "g0@x.example")).await;
     w.wait_reason("alice", "Issued").await;
-    w.create("bob", same_mail(BOB, "bob@partner.example")).await;
+    w.create("bob", same_mail(&ids[1], "g1@x.example")).await;
     w.wait_reason("bob", "Pending").await;
 
     // The record changes once more (nothing paused yet); the watch carries that event, then
@@ -158,7 +146,7 @@ async fn post_started(w: &World, name: &str) -> Option<()> {
 /// the cut: broken, it goes out.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_leader_cut_off_from_the_api_server_stops_graph_writes_before_its_lease_can_expire() {
-    let (mut w, proxy, kubeconfig) = proxied_world("cut-off").await;
+    let (mut w, proxy, kubeconfig, ids) = proxied_world("cut-off").await;
     let ns = w.ns.clone();
     let mut cmd = w.operator_command(&[
         "--leader-elect",
@@ -181,8 +169,7 @@ async fn a_leader_cut_off_from_the_api_server_stops_graph_writes_before_its_leas
     })
     .await;
 
-    w.create("alice", same_mail(ALICE, "alice@contoso.com"))
-        .await;
+    w.create("alice", same_mail(&ids[0], "g0@x.example")).await;
     wait_until("the POST to be marked as sending", WAIT, || {
         post_started(&w, "alice")
     })
@@ -229,7 +216,7 @@ async fn a_leader_cut_off_from_the_api_server_stops_graph_writes_before_its_leas
 async fn a_pause_record_that_could_not_be_written_is_written_once_the_api_server_answers() {
     use guestreset::controller::decide::TenantGate;
     use guestreset::controller::tenant::TenantGuard;
-    let (w, proxy, _) = proxied_world("record-retry").await;
+    let (w, proxy, _, _) = proxied_world("record-retry").await;
     let mut config = w.cp.config().await;
     config.cluster_url = proxy.url().parse().unwrap();
     let client = kube::Client::try_from(config).unwrap();

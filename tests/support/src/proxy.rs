@@ -130,8 +130,14 @@ async fn carry(client: TcpStream, state: Arc<State>) {
         streaming: AtomicU8::new(0),
         frozen: AtomicU8::new(0),
     });
-    let up = pump_up(client_read, server_write, conn.clone(), state.clone());
-    let down = pump_down(server_read, client_write, conn, state);
+    let up = pump(
+        client_read,
+        server_write,
+        conn.clone(),
+        state.clone(),
+        Direction::Up,
+    );
+    let down = pump(server_read, client_write, conn, state, Direction::Down);
     // Either side closing ends the connection.
     tokio::select! {
         () = up => {}
@@ -150,12 +156,22 @@ struct Connection {
     frozen: AtomicU8,
 }
 
-/// Client to server.
-async fn pump_up(
+/// Which way a pump carries bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// Client to server.
+    Up,
+    /// Server to client.
+    Down,
+}
+
+/// Carries one direction of a connection until either side closes it.
+async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     conn: Arc<Connection>,
     state: Arc<State>,
+    direction: Direction,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -163,55 +179,41 @@ async fn pump_up(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        if conn.frozen.load(Ordering::SeqCst) == 1 {
+        if direction == Direction::Up && conn.frozen.load(Ordering::SeqCst) == 1 {
             // A request on a frozen connection: close it.
             return;
         }
         if state.mode() == Mode::CutOff {
             std::future::pending::<()>().await;
         }
-        *conn
-            .last_client_bytes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        note(&conn, direction);
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
-    }
-}
-
-/// Server to client.
-async fn pump_down(
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
-    conn: Arc<Connection>,
-    state: Arc<State>,
-) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if state.mode() == Mode::CutOff {
-            std::future::pending::<()>().await;
-        }
-        let since_client = conn
-            .last_client_bytes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .elapsed();
-        if since_client > LATE {
-            conn.streaming.store(1, Ordering::SeqCst);
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-        if state.mode() == Mode::StallStreams && conn.streaming.load(Ordering::SeqCst) == 1 {
+        if direction == Direction::Down
+            && state.mode() == Mode::StallStreams
+            && conn.streaming.load(Ordering::SeqCst) == 1
+        {
             conn.frozen.store(1, Ordering::SeqCst);
             state.frozen.fetch_add(1, Ordering::SeqCst);
             // Frozen: the connection stays open, nothing more comes.
             std::future::pending::<()>().await;
         }
+    }
+}
+
+/// What the bytes just read say about the connection: when the client last spoke, and
+/// whether the server speaks on its own (a stream).
+fn note(conn: &Connection, direction: Direction) {
+    let mut last_client_bytes = conn
+        .last_client_bytes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    match direction {
+        Direction::Up => *last_client_bytes = Instant::now(),
+        Direction::Down if last_client_bytes.elapsed() > LATE => {
+            conn.streaming.store(1, Ordering::SeqCst);
+        }
+        Direction::Down => {}
     }
 }
