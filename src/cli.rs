@@ -10,6 +10,7 @@ use jiff::SignedDuration;
 use crate::controller::decide::Settings;
 use crate::controller::schedule::Schedule;
 use crate::controller::tenant::TenantGuard;
+use crate::fence::WriteFence;
 use crate::graph::{self, GraphClient, GraphSettings, ReadBudget, WriteLimiter};
 use crate::metrics::Metrics;
 
@@ -92,6 +93,11 @@ pub struct RunArgs {
     /// How long a Lease holds without renewal; a standby takes over after it expires.
     #[arg(long, env = "LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     pub leader_election_lease_duration: SignedDuration,
+    /// A leader that has not renewed its Lease for this long stops every Graph write and
+    /// exits, before a standby can take the Lease over; at most two thirds of the Lease
+    /// duration.
+    #[arg(long, env = "LEADER_ELECTION_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub leader_election_renew_deadline: SignedDuration,
     /// No Graph write for a generation before a person other than its requester approved it
     /// (docs/resource.md, "Approval"). The controller is not ready until the admission policy
     /// named by --admission-policy is installed and bound.
@@ -146,7 +152,13 @@ impl RunArgs {
             max_reads_per_minute = self.max_reads_per_minute,
             "starting guestreset"
         );
-        Ok(GraphClient::new(settings, http, credential, limiter))
+        // A replica that elects a leader writes only while its Lease is confirmed.
+        let fence = if self.leader_elect {
+            WriteFence::closed()
+        } else {
+            WriteFence::open()
+        };
+        Ok(GraphClient::new(settings, http, credential, limiter).with_write_fence(fence))
     }
 
     /// The namespace to watch; an empty WATCH_NAMESPACE (as a chart renders "all namespaces")

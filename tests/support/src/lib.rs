@@ -41,6 +41,7 @@ pub mod chart;
 mod identity;
 #[cfg(feature = "operator")]
 pub mod operator;
+pub mod proxy;
 
 pub use identity::Identity;
 
@@ -437,6 +438,24 @@ impl ControlPlane {
     /// `https://127.0.0.1:PORT`.
     pub fn server_url(&self) -> &str {
         &self.server
+    }
+
+    /// A copy of the admin kubeconfig, written to `path`, that reaches the API server through
+    /// `proxy` (a [`proxy::TcpProxy`] in front of [`ControlPlane::server_url`]).
+    pub fn kubeconfig_via(&self, proxy: &proxy::TcpProxy, path: &Path) -> PathBuf {
+        let original = fs::read_to_string(&self.kubeconfig).unwrap();
+        let servers = original.matches(self.server.as_str()).count();
+        assert_eq!(servers, 1, "one server in {}", self.kubeconfig.display());
+        fs::write(path, original.replace(self.server.as_str(), &proxy.url())).unwrap();
+        path.to_owned()
+    }
+
+    /// The API server's address, for a proxy in front of it.
+    pub fn server_addr(&self) -> std::net::SocketAddr {
+        let authority = self.server.trim_start_matches("https://");
+        authority
+            .parse()
+            .expect("the API server listens on an IP address")
     }
 
     /// Directory holding `etcd`, `kube-apiserver` and `kubectl`.
