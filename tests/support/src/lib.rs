@@ -12,6 +12,7 @@
 //! * [`chart`]: Helm (built by `scripts/helm.sh`), the chart rendered with it, and the
 //!   example RBAC of `examples/rbac/`.
 //! * [`run_bounded`]: a command with a deadline, for tools that could hang.
+//! * [`gitops`]: kstatus's verdict and an Argo CD health script over live objects.
 //! * `operator` (feature `operator`): the world of an end-to-end test, a namespace,
 //!   the Graph simulator and `guestreset run` processes.
 //!
@@ -38,6 +39,7 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 pub mod chart;
+pub mod gitops;
 mod identity;
 #[cfg(feature = "operator")]
 pub mod operator;
