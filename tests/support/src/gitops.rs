@@ -10,8 +10,6 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
-use crate::repo_root;
-
 /// One object as the tools see it.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -29,29 +27,7 @@ pub struct Verdict {
 /// every test that needs it, with the script's reason.
 pub fn gitops_check() -> &'static Path {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let built = BIN.get_or_init(|| {
-        let script = repo_root().join("scripts/gitops-check.sh");
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .arg("build")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("run {}: {e}", script.display()))?;
-        let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if !out.status.success() || !bin.is_file() {
-            return Err(format!(
-                "{} build failed ({}): {}",
-                script.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(bin)
-    });
-    match built {
-        Ok(bin) => bin,
-        Err(e) => panic!("gitops-check is unavailable: {e}"),
-    }
+    crate::tool_or_panic(BIN.get_or_init(|| crate::build_tool("gitops-check")))
 }
 
 /// The verdicts on `objects` (one object, or a List as `kubectl get -o json` prints it), with
