@@ -754,8 +754,71 @@ async fn rbac_decides_who_may_approve_and_the_approver_is_who_the_server_says() 
     );
 }
 
-/// A Role in the test namespace: read the resets, patch `patchable` subresources.
+/// kubectl's `--as` and `--as-group`: every command that talks to the API server does so as
+/// the impersonated user, so a user without rights is refused each of them by name; an
+/// approval records the approver (and groups) as the API server authenticated the
+/// impersonation, and a group given with `--as-group` is what grants the right.
+#[tokio::test(flavor = "multi_thread")]
+async fn as_and_as_group_act_as_the_impersonated_user() {
+    let ns = Ns::new("plugin-as").await;
+    ns.create("alice", "alice@newco.example").await;
+    ns.set_status("alice", awaiting_approval(1)).await;
+    let nobody = format!("nobody-{}", ns.name);
+    let commands = [
+        "status".to_owned(),
+        "status alice".into(),
+        "plan alice".into(),
+        "approve alice --reason r".into(),
+        "deny alice --reason r".into(),
+        "retry alice --yes".into(),
+        format!("new x --apply --user {GUID} --email x@newco.example"),
+    ];
+    for line in &commands {
+        let args = words(line).into_iter().chain(["--as", &nobody]);
+        let (_, stderr) = ns
+            .expect(&args.collect::<Vec<_>>(), code(Exit::Refused))
+            .await;
+        let refusal = format!(r#"User "{nobody}" cannot"#);
+        assert!(stderr.contains(&refusal), "{line}: {stderr}");
+    }
+    assert_eq!(approval_of(&ns.get("alice").await), None);
+
+    let (bob, approvers) = (format!("bob-{}", ns.name), format!("approvers-{}", ns.name));
+    grant(&ns, &bob, &["guestredemptionresets/status"]).await;
+    grant_to(&ns, "Group", &approvers, &["guestredemptionresets/status"]).await;
+    ns.expect(&words(&format!("approve alice --reason r --as {bob}")), 0)
+        .await;
+    let approval = approval_of(&ns.get("alice").await).unwrap();
+    assert_eq!(approval.by, bob, "the impersonated approver");
+    assert!(
+        !approval.groups.iter().any(|g| g == "system:masters"),
+        "not the admin's groups: {:?}",
+        approval.groups
+    );
+
+    ns.create("carol", "carol@newco.example").await;
+    ns.set_status("carol", awaiting_approval(1)).await;
+    let carol = format!("carol-{}", ns.name);
+    let approve = format!("approve carol --reason r --as {carol}");
+    ns.expect(&words(&approve), code(Exit::Refused)).await;
+    let in_group = format!("{approve} --as-group {approvers} --as-group system:authenticated");
+    ns.expect(&words(&in_group), 0).await;
+    let approval = approval_of(&ns.get("carol").await).unwrap();
+    assert_eq!(approval.by, carol);
+    assert!(
+        approval.groups.contains(&approvers),
+        "{:?}",
+        approval.groups
+    );
+}
+
+/// A Role in the test namespace for `user`: read the resets, patch `patchable` subresources.
 async fn grant(ns: &Ns, user: &str, patchable: &[&str]) {
+    grant_to(ns, "User", user, patchable).await
+}
+
+/// [`grant`] for a subject of `kind` (User or Group).
+async fn grant_to(ns: &Ns, kind: &str, user: &str, patchable: &[&str]) {
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     let client = ns.cp.client().await;
     let read = json!({"apiGroups": ["guestreset.io"], "resources": ["guestredemptionresets"],
@@ -771,7 +834,7 @@ async fn grant(ns: &Ns, user: &str, patchable: &[&str]) {
     let binding: RoleBinding = serde_json::from_value(json!({
         "metadata": {"name": user},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": user},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": user}],
     }))
     .unwrap();
     let pp = Default::default();
