@@ -12,7 +12,9 @@ use guestreset::plugin::{Exit, decide, retry, write};
 use guestreset::resource::{
     Approval, Decision, GuestRedemptionReset, REQUESTED_BY_ANNOTATION, RETRY_ANNOTATION,
 };
-use guestreset_testsupport::wait_until;
+use std::path::{Path, PathBuf};
+
+use guestreset_testsupport::{repo_root, wait_until};
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 use world::*;
@@ -925,4 +927,104 @@ async fn install_requester_policy(ns: &Ns, message: &str) -> String {
     })
     .await;
     name
+}
+
+// ------------------------------------------------------------------------ installing
+
+/// `scripts/plugin-archive.sh` packs a binary with LICENSE and README.md, reproducibly, and
+/// `scripts/krew-manifest.sh` describes the archives as krew's Plugin: one platform per
+/// archive, selected by os and arch, downloaded from the release URL, with the sha256 of
+/// the very file and the binary's name inside it.
+#[tokio::test]
+async fn release_archives_and_their_krew_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("kubectl-guestreset");
+    std::fs::write(&binary, "#!/bin/sh\necho guestreset\n").unwrap();
+    let script = |name: &str| repo_root().join("scripts").join(name);
+    let archive = |os: &str, arch: &str, out: &Path| {
+        let mut command = tokio::process::Command::new(script("plugin-archive.sh"));
+        command
+            .arg("--binary")
+            .arg(&binary)
+            .args([os, arch])
+            .arg(out);
+        command
+    };
+    let dist = dir.path().join("dist");
+    let platforms = [
+        ("linux", "amd64"),
+        ("darwin", "arm64"),
+        ("windows", "amd64"),
+    ];
+    let mut archives = vec![];
+    for (os, arch) in platforms {
+        let (stdout, _) = expect_exit(&run(archive(os, arch, &dist)).await, 0);
+        archives.push(PathBuf::from(stdout.trim()));
+    }
+    let version = format!("v{}", env!("CARGO_PKG_VERSION"));
+    let linux = &archives[0];
+    let name = format!("kubectl-guestreset_{version}_linux_amd64.tar.gz");
+    assert_eq!(linux.file_name().unwrap().to_str(), Some(name.as_str()));
+    let mut list = tokio::process::Command::new("tar");
+    list.arg("-tvzf").arg(linux);
+    let (listing, _) = expect_exit(&run(list).await, 0);
+    let entries: Vec<(&str, &str)> = listing
+        .lines()
+        .map(|l| {
+            (
+                l.split_whitespace().next().unwrap(),
+                l.rsplit(' ').next().unwrap(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("-rwxr-xr-x", "kubectl-guestreset"),
+        ("-rw-r--r--", "LICENSE"),
+        ("-rw-r--r--", "README.md"),
+    ];
+    assert_eq!(entries, expected, "{listing}");
+    let again = dir.path().join("again");
+    let (stdout, _) = expect_exit(&run(archive("linux", "amd64", &again)).await, 0);
+    let same = std::fs::read(stdout.trim()).unwrap() == std::fs::read(linux).unwrap();
+    assert!(same, "the same binary gives the same archive");
+
+    let mut manifest = tokio::process::Command::new(script("krew-manifest.sh"));
+    manifest
+        .args(&archives)
+        .env("RELEASE_URL", "https://downloads.example/guestreset");
+    let (yaml, _) = expect_exit(&run(manifest).await, 0);
+    let plugin: Value = serde_yaml::from_str(&yaml).expect("YAML");
+    assert_eq!(
+        plugin["apiVersion"],
+        "krew.googlecontainertools.github.com/v1alpha2"
+    );
+    assert_eq!(plugin["kind"], "Plugin");
+    assert_eq!(plugin["metadata"]["name"], "guestreset");
+    assert_eq!(plugin["spec"]["version"], version.as_str());
+    let short = plugin["spec"]["shortDescription"].as_str().unwrap();
+    assert!(short.len() <= 50, "krew-index asks for at most 50: {short}");
+    let listed = plugin["spec"]["platforms"].as_array().unwrap();
+    assert_eq!(listed.len(), platforms.len(), "{yaml}");
+    for ((os, arch), (platform, file)) in platforms.iter().zip(listed.iter().zip(&archives)) {
+        let labels = json!({"matchLabels": {"os": os, "arch": arch}});
+        assert_eq!(platform["selector"], labels, "{yaml}");
+        let file_name = file.file_name().unwrap().to_str().unwrap();
+        let uri = format!("https://downloads.example/guestreset/{file_name}");
+        assert_eq!(platform["uri"], uri);
+        assert_eq!(platform["sha256"], sha256(file).await, "{file_name}");
+        let bin = if *os == "windows" {
+            "kubectl-guestreset.exe"
+        } else {
+            "kubectl-guestreset"
+        };
+        assert_eq!(platform["bin"], bin);
+    }
+}
+
+/// The sha256 of `file`, by coreutils.
+async fn sha256(file: &Path) -> String {
+    let mut command = tokio::process::Command::new("sha256sum");
+    command.arg(file);
+    let (out, _) = expect_exit(&run(command).await, 0);
+    out.split_whitespace().next().unwrap().to_owned()
 }
