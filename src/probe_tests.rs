@@ -25,7 +25,7 @@ async fn server() -> String {
                 )
             }),
         )
-        .route("/hang", get(|| std::future::pending::<&str>()));
+        .route("/hang", get(std::future::pending::<&str>));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
