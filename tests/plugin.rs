@@ -709,6 +709,18 @@ async fn kubectl_finds_the_plugin_on_path() {
     assert!(row(&table, "alice").starts_with("alice "), "{table}");
     let missing = format!("guestreset retry ghost -n {}", ns.name);
     expect_exit(&run(kubectl(&missing)).await, code(Exit::NotFound));
+
+    // kubectl's completion of the plugin's words, through the binary's second name.
+    let complete = installed.path().join("kubectl_complete-guestreset");
+    std::os::unix::fs::symlink(PLUGIN, complete).unwrap();
+    let (offered, _) = expect_exit(&run(kubectl("__complete guestreset st")).await, 0);
+    assert_eq!(offered.lines().next(), Some("status"), "{offered}");
+    assert!(offered.contains("\n:4\n"), "no file names: {offered}");
+    let (offered, _) = expect_exit(
+        &run(kubectl("__complete guestreset retry a --as-")).await,
+        0,
+    );
+    assert_eq!(offered.lines().next(), Some("--as-group"), "{offered}");
 }
 
 // ------------------------------------------------------------ the API server is the authority
