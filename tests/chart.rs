@@ -1478,6 +1478,8 @@ async fn helm_installs_upgrades_and_uninstalls() {
         "NOTES must name {subject}:\n{notes}"
     );
     assert!(notes.contains("allowedEmailDomains is empty"), "{notes}");
+    let test = format!("helm test {release} -n {ns} --logs");
+    assert!(notes.contains(&test), "NOTES must name {test}:\n{notes}");
     assert!(
         notes.contains(&format!(
             "ValidatingAdmissionPolicy {fullname} lets only the controller"
