@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 /// API group of the resource.
 mod approval;
 mod redemption;
-pub use approval::{Approval, Decision, REQUESTED_BY_ANNOTATION};
+pub use approval::{
+    Approval, Decision, PolicyVersion, REQUESTED_BY_ANNOTATION, RETRY_REQUESTED_BY_ANNOTATION,
+    spec_digest,
+};
 pub use redemption::{Redemption, RedemptionState};
 
 pub const GROUP: &str = "guestreset.io";
@@ -238,6 +241,12 @@ pub struct GuestRedemptionResetStatus {
     /// What the controller will do once the generation is approved: the preflight's findings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
+
+    /// The approval policy and binding in force when the controller planned (with
+    /// --require-approval); an approver copies it into the decision, which counts only while
+    /// they are still in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admitted_under: Option<PolicyVersion>,
 }
 
 /// The user as Graph described it in the preflight read.

@@ -511,7 +511,10 @@ async fn requester_annotation_changes_only_with_the_spec() {
         .patch(
             &fx.carol,
             "asked",
-            json!({"metadata": {"annotations": {"guestreset.io/retry": "1"}}}),
+            json!({"metadata": {"annotations": {
+                "guestreset.io/retry": "1",
+                "guestreset.io/retry-requested-by": "carol",
+            }}}),
         )
         .await
         .expect("another annotation");

@@ -112,6 +112,7 @@ fn observed<'a>(
         generation,
         retry_annotation: None,
         requested_by: None,
+        retry_requested_by: None,
         status,
         failures: 0,
     }

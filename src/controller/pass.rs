@@ -21,6 +21,7 @@ use super::status::{self, Stamp};
 use crate::graph::{DirectoryUser, InvitationMessage, RedeemUrl, ResetRedemptionRequest};
 use crate::resource::{
     GuestRedemptionReset, GuestRedemptionResetStatus, REQUESTED_BY_ANNOTATION, RETRY_ANNOTATION,
+    RETRY_REQUESTED_BY_ANNOTATION,
 };
 
 /// Steps one pass may take before it is cut short (a guard: a pass takes about a dozen).
@@ -121,6 +122,13 @@ impl PassRunner {
             .map(String::as_str)
     }
 
+    fn retry_requested_by(&self) -> Option<&str> {
+        self.current
+            .annotations()
+            .get(RETRY_REQUESTED_BY_ANNOTATION)
+            .map(String::as_str)
+    }
+
     fn stamp(&self, now: Timestamp) -> Stamp<'_> {
         Stamp {
             generation: self.generation,
@@ -140,6 +148,7 @@ impl PassRunner {
             generation: self.generation,
             retry_annotation: self.retry_annotation(),
             requested_by: self.requested_by(),
+            retry_requested_by: self.retry_requested_by(),
             status: &status,
             failures: self.failures,
         };
@@ -164,6 +173,14 @@ impl PassRunner {
                     .await?
                     .map_err(Error::CheckApprover)?;
                 self.pass.approver_allowed = Some(allowed);
+                Ok(())
+            }
+            Step::ReadPolicy => {
+                let version = self
+                    .unless_stopping(io, |io| io.policy_version())
+                    .await?
+                    .map_err(Error::CheckApprover)?;
+                self.pass.policy = Some(version);
                 Ok(())
             }
             Step::ReadEvidence { user_id } => {

@@ -284,6 +284,7 @@ pub fn apply_report(
     set_ready(&mut next, stamp, report.reason, &report.message);
     if report.plan.is_some() {
         next.plan.clone_from(&report.plan);
+        next.admitted_under.clone_from(&report.admitted_under);
     }
     if let Some(follow_up) = &report.redemption {
         super::follow::set_redemption(&mut next, follow_up, stamp.now);
@@ -395,6 +396,7 @@ pub fn acknowledge(next: &mut GuestRedemptionResetStatus, stamp: Stamp<'_>) {
     // Who asked for this generation; the plan of the previous one no longer applies.
     next.requested_by = stamp.requested_by.map(str::to_owned);
     next.plan = None;
+    next.admitted_under = None;
 }
 
 #[cfg(test)]
@@ -425,6 +427,9 @@ mod tests {
             groups: vec![],
             at: Time(Timestamp::from_second(1_800_000_000).unwrap()),
             reason: "CHG-1 reviewed".to_owned(),
+            retry: None,
+            admitted_under: None,
+            digest: None,
         }
     }
 
