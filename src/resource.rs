@@ -288,6 +288,9 @@ pub struct IssuedInvitation {
     /// The `client-request-id` the controller sent with the POST.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_request_id: Option<String>,
+    /// Who asked, who approved and the change, from the attempt this invitation came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditNames>,
 }
 
 /// The record of an issuance in flight.
@@ -313,6 +316,26 @@ pub struct Attempt {
     /// is evidence that this attempt's reset happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_state_before: Option<UserStateBefore>,
+    /// Who asked, who approved and the change, as they were when the intent was recorded: the
+    /// audit line and the Event of the outcome take them from here, so a spec or annotation
+    /// change during the POST cannot rewrite them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditNames>,
+}
+
+/// The people and the change of one issuance, captured with its intent.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditNames {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub requested_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub approved_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub change_ref: Option<String>,
 }
 
 /// `externalUserState` and its change time, as the preflight read them.

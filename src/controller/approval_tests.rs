@@ -203,9 +203,16 @@ fn a_retry_of_an_issued_generation_waits_for_an_approval_of_that_retry() {
     w.annotation = Some("r1".into());
     w.retry_by = Some("carol".into());
     let report = w.settle(6);
-    assert_eq!(report.reason, Reason::AwaitingApproval, "{}", report.message);
+    assert_eq!(
+        report.reason,
+        Reason::AwaitingApproval,
+        "{}",
+        report.message
+    );
     assert!(
-        report.message.contains("retry r1 of generation 1 requested by carol"),
+        report
+            .message
+            .contains("retry r1 of generation 1 requested by carol"),
         "{}",
         report.message
     );
@@ -214,7 +221,11 @@ fn a_retry_of_an_issued_generation_waits_for_an_approval_of_that_retry() {
     decide_on(&mut w, Decision::Approved, "carol");
     w.status.approval.as_mut().unwrap().retry = Some("r1".into());
     let report = w.settle(4);
-    assert!(report.message.contains("asked for retry r1"), "{}", report.message);
+    assert!(
+        report.message.contains("asked for retry r1"),
+        "{}",
+        report.message
+    );
     assert_eq!(w.posts_sent, 1);
     decide_on(&mut w, Decision::Approved, "bob");
     w.status.approval.as_mut().unwrap().retry = Some("r1".into());

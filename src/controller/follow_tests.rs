@@ -61,6 +61,7 @@ fn issued(dry_run: bool) -> GuestRedemptionResetStatus {
             post_started_at: Some(Time(t(-1))),
             email: Some(spec.email.clone()),
             user_state_before: None,
+            audit: None,
         }),
         ..Default::default()
     };

@@ -319,7 +319,8 @@ impl PassRunner {
         now: Timestamp,
     ) -> Flow {
         let id = io.new_attempt_id();
-        let attempt = status::new_attempt(id, &self.current.spec.email, user, self.stamp(now));
+        let mut attempt = status::new_attempt(id, &self.current.spec.email, user, self.stamp(now));
+        attempt.audit = Some(super::events::capture(&self.current));
         let next = status::with_intent(&self.status(), &attempt, user, self.stamp(now));
         self.guarded(io, next, Error::RecordIntent).await?;
         info!(attempt = %attempt.id, "intent recorded");
@@ -336,6 +337,9 @@ impl PassRunner {
     ) -> Flow {
         let next = status::with_sending(&self.status(), user, self.stamp(now));
         self.guarded(io, next, Error::MarkSending).await?;
+        if let Some(attempt) = &self.status().attempt {
+            super::events::log_sending(&self.current, attempt);
+        }
         self.pass.marked_sending = true;
         self.pass.marked_at = Some(now);
         io.sending();
@@ -383,16 +387,18 @@ impl PassRunner {
         self.store_redeem_url(io, &mut report).await;
         let before = self.status();
         let previous = (status::ready_reason(&before), before.observed_generation);
+        // The audit line before the outcome's write: a resource deleted during the POST (the
+        // write then finds nothing) loses no record of what was issued.
+        if let Some(issued) = &report.issued {
+            let user_id = before.user.as_ref().map(|u| u.id.as_str());
+            super::events::log_issuance(&self.current, issued, user_id, before.attempt.as_ref());
+        }
         if !self.write_report(io, &report, now).await? {
             warn!(
                 reason = %report.reason,
                 "the status moved on from this pass's attempt; its report is dropped"
             );
             return Err(End::Done(Outcome::Superseded));
-        }
-        if let Some(issued) = &report.issued {
-            let user_id = self.status().user.map(|u| u.id);
-            super::events::log_issuance(&self.current, issued, user_id.as_deref());
         }
         if previous != (Some(report.reason), Some(self.generation)) {
             if report.reason.is_warning() {

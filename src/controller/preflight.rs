@@ -284,14 +284,23 @@ fn graph_values(spec: &GuestRedemptionResetSpec, user: &DirectoryUser, needs_mai
         (
             "mail change",
             match needs_mail {
-                true => format!("{} -> {}", user.mail.as_deref().unwrap_or("(none)"), spec.email),
+                true => format!(
+                    "{} -> {}",
+                    user.mail.as_deref().unwrap_or("(none)"),
+                    spec.email
+                ),
                 false => "none".to_owned(),
             },
         ),
-        ("invitation e-mail sent", spec.send_invitation_message.to_string()),
+        (
+            "invitation e-mail sent",
+            spec.send_invitation_message.to_string(),
+        ),
         (
             "cc recipient",
-            message.and_then(|m| m.cc_recipient.clone()).unwrap_or_else(none),
+            message
+                .and_then(|m| m.cc_recipient.clone())
+                .unwrap_or_else(none),
         ),
         (
             "message language",
@@ -306,7 +315,9 @@ fn graph_values(spec: &GuestRedemptionResetSpec, user: &DirectoryUser, needs_mai
         ("redirect URL", spec.redirect_url.clone()),
         (
             "redeem URL Secret",
-            spec.redeem_url_secret.as_ref().map_or_else(none, |s| s.name.clone()),
+            spec.redeem_url_secret
+                .as_ref()
+                .map_or_else(none, |s| s.name.clone()),
         ),
         ("spec digest", crate::resource::spec_digest(spec)),
     ];

@@ -260,6 +260,7 @@ pub fn apply_report(
             recovered: issued.recovered,
             request_id: issued.request_id.clone(),
             client_request_id: issued.client_request_id.clone(),
+            audit: status.attempt.as_ref().and_then(|a| a.audit.clone()),
         };
         next.history.insert(0, HistoryEntry::from(&invitation));
         next.history.truncate(HISTORY_LIMIT);
@@ -301,6 +302,7 @@ pub fn new_attempt(id: String, email: &str, user: &DirectoryUser, stamp: Stamp<'
         post_started_at: None,
         email: Some(email.to_owned()),
         user_state_before: Some(state_of(user)),
+        audit: None,
     }
 }
 

@@ -9,7 +9,8 @@ use super::report::Report;
 use super::schedule::Schedule;
 use crate::graph::DirectoryUser;
 use crate::resource::{
-    Approval, Attempt, GuestRedemptionResetSpec, PolicyVersion, GuestRedemptionResetStatus, Redemption, UserKey,
+    Approval, Attempt, GuestRedemptionResetSpec, GuestRedemptionResetStatus, PolicyVersion,
+    Redemption, UserKey,
 };
 
 /// The resource as the controller sees it now (after this pass's own writes).

@@ -149,8 +149,7 @@ mod tests {
     #[test]
     fn the_record_is_for_the_generation_retry_spec_and_policy_that_were_read() {
         let mut obj = object(3, None);
-        obj.metadata.annotations =
-            Some([(RETRY_ANNOTATION.to_owned(), "r-7".to_owned())].into());
+        obj.metadata.annotations = Some([(RETRY_ANNOTATION.to_owned(), "r-7".to_owned())].into());
         let admitted = crate::resource::PolicyVersion {
             policy_uid: "p-uid".into(),
             policy_generation: 2,
