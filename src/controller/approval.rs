@@ -160,9 +160,11 @@ fn denied(o: &Observed<'_>, approval: &Approval) -> Report {
     )
 }
 
-/// The status already shows this generation waiting for approval.
+/// The status already shows this generation waiting for approval, planned for the current
+/// retry (a new retry value is a new request: planned again, with the policy in force now).
 fn awaiting_already(o: &Observed<'_>) -> bool {
     o.status.observed_generation == Some(o.generation)
+        && o.status.retry_token.as_deref() == o.retry_annotation
         && o.status.conditions.iter().any(|c| {
             c.type_ == super::status::READY
                 && c.reason == Reason::AwaitingApproval.as_str()

@@ -250,3 +250,23 @@ fn an_approval_of_another_spec_digest_is_not_acted_on() {
     w.status.approval.as_mut().unwrap().digest = Some(digest);
     assert_eq!(w.settle(4).reason, Reason::Issued);
 }
+
+/// A new retry value while the generation waits is a new request: planned again, naming it.
+#[test]
+fn a_retry_while_waiting_is_planned_again() {
+    let mut w = world();
+    assert_eq!(w.settle(4).reason, Reason::AwaitingApproval);
+    w.annotation = Some("r2".into());
+    w.retry_by = Some("carol".into());
+    let report = w.settle(4);
+    assert!(
+        report
+            .message
+            .contains("retry r2 of generation 1 requested by carol"),
+        "{}",
+        report.message
+    );
+    assert_eq!(w.status.retry_token.as_deref(), Some("r2"));
+    assert!(w.pass(None).is_none(), "then it waits without reading");
+    assert_eq!(w.posts_sent, 0);
+}
