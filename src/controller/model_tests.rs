@@ -413,12 +413,15 @@ impl ModelIo<'_> {
         }
         if self.w.settings.require_approval {
             let generation = generation_of(&request.email);
-            // Every POST follows a decision confirmed for that generation and that retry.
-            if !self
+            // Every POST follows a decision confirmed for that generation and that retry: the
+            // retry value its pass saw, which its sending mark recorded as seen.
+            let retry = self
                 .w
-                .confirmed
-                .contains(&(generation, self.w.retry_value()))
-            {
+                .obj
+                .status
+                .as_ref()
+                .and_then(|s| s.retry_token.clone());
+            if !self.w.confirmed.contains(&(generation, retry)) {
                 let approval = self.w.obj.status.as_ref().and_then(|s| s.approval.as_ref());
                 return Err(format!(
                     "a POST for generation {generation} without a confirmed approval by another person (approval: {approval:?})"

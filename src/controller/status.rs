@@ -163,10 +163,11 @@ fn set_approved(status: &mut GuestRedemptionResetStatus, stamp: Stamp<'_>, ready
         status.conditions.retain(|c| c.type_ != APPROVED);
         return;
     }
+    // A decision on this generation and, for an approval, this retry (a retry is a new request).
     let decision = status
         .approval
         .as_ref()
-        .filter(|a| a.generation == stamp.generation);
+        .filter(|a| a.covers(stamp.generation, stamp.retry_annotation));
     let acted_on = !matches!(ready, Reason::AwaitingApproval | Reason::Pending);
     let approved = match decision {
         Some(a) if acted_on && a.decision == Decision::Approved => condition(
