@@ -198,7 +198,8 @@ async fn decide_on_plan(ns: &Ns, verb: &str, reason: &str) -> (String, GuestRede
     ns.create("alice", "alice@newco.example").await;
     ns.set_status("alice", awaiting_approval(1)).await;
     let before = jiff::Timestamp::now();
-    let (stdout, _) = ns.expect(&[verb, "alice", "--reason", reason], 0).await;
+    let args = [verb, "alice", "--generation", "1", "--reason", reason];
+    let (stdout, _) = ns.expect(&args, 0).await;
     let obj = ns.get("alice").await;
     let approval = approval_of(&obj).expect("a decision was written");
     let elapsed = approval.at.0.duration_since(before).as_secs();
@@ -282,7 +283,14 @@ async fn decisions_need_a_plan_for_the_current_generation() {
     );
     assert_eq!(approval_of(&ns.get("alice").await), None, "nothing written");
 
-    let without = words("approve alice --reason r --without-plan");
+    // --without-plan only with a name for what was reviewed.
+    let blind = words("approve alice --reason r --without-plan");
+    let (_, stderr) = ns.expect(&blind, code(Exit::NotNow)).await;
+    assert!(
+        stderr.contains("needs --generation or --digest"),
+        "{stderr}"
+    );
+    let without = words("approve alice --reason r --without-plan --generation 2");
     let (_, stderr) = ns.expect(&without, 0).await;
     assert!(stderr.contains("deciding without a plan"), "{stderr}");
     let approval = approval_of(&ns.get("alice").await).unwrap();
@@ -314,7 +322,7 @@ async fn a_write_built_on_an_older_version_is_refused() {
             .patch_status("alice", &PatchParams::default(), &patch)
             .await,
     );
-    let patch = Patch::Merge(retry::patch(&read, "x"));
+    let patch = Patch::Merge(retry::patch(&read, "x", ADMIN));
     conflict(ns.api.patch("alice", &PatchParams::default(), &patch).await);
 
     let obj = ns.get("alice").await;
@@ -331,7 +339,7 @@ async fn a_spec_change_between_read_and_write_fails_the_command_with_a_conflict(
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let ns = Ns::new("plugin-race").await;
     ns.create("alice", "alice@newco.example").await;
-    for (i, line) in ["approve alice --reason r", "retry alice"]
+    for (i, line) in ["approve alice --generation 1 --reason r", "retry alice"]
         .into_iter()
         .enumerate()
     {
@@ -744,7 +752,7 @@ async fn rbac_decides_who_may_approve_and_the_approver_is_who_the_server_says() 
             impersonate: Some(user),
         }];
         let file = kubeconfig(ns.cp, &dir.path().join(user), &me);
-        let mut command = ns.plugin_command(&words("approve alice --reason r"));
+        let mut command = ns.plugin_command(&words("approve alice --generation 1 --reason r"));
         command.env("KUBECONFIG", file);
         command
     };
@@ -871,7 +879,7 @@ async fn an_admission_refusal_is_shown_verbatim() {
     let status = json!({"observedGeneration": 1, "plan": PLAN, "requestedBy": ADMIN,
         "conditions": [waiting]});
     ns.set_status("alice", status).await;
-    let mine = words("approve alice --reason mine");
+    let mine = words("approve alice --generation 1 --reason mine");
     let (_, stderr) = ns.expect(&mine, code(Exit::Refused)).await;
     let expected = format!(
         "Error from server (Invalid): guestredemptionresets.guestreset.io \"alice\" is forbidden: \

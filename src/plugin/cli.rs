@@ -24,7 +24,7 @@ Examples:
 
   # A second person reviews the plan and approves it
   kubectl guestreset plan alice-to-newco -n identity
-  kubectl guestreset approve alice-to-newco -n identity --reason \"CHG-20931 reviewed\"
+  kubectl guestreset approve alice-to-newco -n identity --generation 1 --reason \"CHG-20931 reviewed\"
 
   # Where everything stands, and one more try after a failure
   kubectl guestreset status -n identity
@@ -85,7 +85,7 @@ pub enum Command {
     New(Box<NewArgs>),
     /// Approve the current generation after reviewing its plan (four eyes; docs/plugin.md).
     #[command(after_help = format!("{DECIDE_HELP}\n\nExample:\n  \
-kubectl guestreset approve alice-to-newco -n identity --reason \"CHG-20931 reviewed\""))]
+kubectl guestreset approve alice-to-newco -n identity --generation 1 --reason \"CHG-20931 reviewed\""))]
     Approve(DecideArgs),
     /// Deny the current generation; final for that generation.
     #[command(after_help = format!("{DECIDE_HELP}\n\nExample:\n  \
@@ -122,9 +122,12 @@ Examples:
   kubectl guestreset completion fish > ~/.config/fish/completions/kubectl-guestreset.fish";
 
 const DECIDE_HELP: &str = "\
-Prints the plan of the current generation, then writes status.approval (generation, decision, \
-by: you as the API server knows you, at, reason) through the status subresource, and only onto \
-the version it printed. The API server's admission decides whether you may decide.";
+Prints the plan of the current generation, then writes status.approval (generation, retry, spec \
+digest, decision, by: you as the API server knows you, at, reason) through the status \
+subresource, and only onto the version it printed. The decision names what you reviewed: \
+--generation N or --digest sha256:..., or your confirmation of the plan shown on a terminal; \
+nothing is written when that is no longer current. The API server's admission decides whether \
+you may decide.";
 
 const NEW_HELP: &str = "\
 --user recognises the key by its shape: a GUID is the object id, a value with #EXT# the \
@@ -212,7 +215,15 @@ pub struct DecideArgs {
     /// Why: a review note or a change ticket (required, at most 1024 characters).
     #[arg(long, required = true, value_parser = validate::reason)]
     pub reason: String,
-    /// Decide although the status shows no plan for the current generation.
+    /// The generation you reviewed: nothing is written when it is no longer the current one.
+    #[arg(long)]
+    pub generation: Option<i64>,
+    /// The spec digest you reviewed (the plan's "spec digest"): nothing is written when the
+    /// spec no longer has it.
+    #[arg(long)]
+    pub digest: Option<String>,
+    /// Decide although the status shows no plan for the current generation (only with
+    /// --generation or --digest, naming what you reviewed).
     #[arg(long)]
     pub without_plan: bool,
 }
