@@ -166,23 +166,18 @@ const DEFAULT_RATE: Profile = Profile {
         burst: 3,
     },
     resources: 5,
-    seconds: 100,
+    seconds: 90,
     settle: Duration::from_secs(100),
     cooldown: SignedDuration::from_secs(15),
     replication_window_secs: 6,
     evidence_delay: Duration::from_secs(2),
-    pace_ms: (300, 1200),
+    pace_ms: (1500, 3500),
     minimums: Minimums {
-        kills: 3,
+        kills: 2,
         tenant_blocks: 1,
         recoveries: 0,
         conversions: 1,
-        fault_kinds: &[
-            "Throttle",
-            "ServerErrorBefore",
-            "DropConnectionBefore",
-            "AbuseBlock",
-        ],
+        fault_kinds: ALL_FAULT_KINDS,
     },
 };
 
@@ -370,6 +365,8 @@ struct Figures {
     generations: usize,
     effective_posts: usize,
     posts_sent: usize,
+    /// Mail PATCHes and POSTs the journal holds.
+    writes_sent: usize,
     kills: usize,
     faults: usize,
     edits: usize,
@@ -472,7 +469,7 @@ impl SeedReport {
         let excused: usize = f.excused_races.values().sum();
         format!(
             "chaos seed={} profile={} resources={} generations={} effective_posts={} \
-             posts_sent={} kills={} faults={} fired={:?} edits={} retries={} foreign_resets={} \
+             posts_sent={} writes_sent={} kills={} faults={} fired={:?} edits={} retries={} foreign_resets={} \
              redeems={} conversions={} recoveries={} hazards={} excused_races={excused} {:?} \
              tenant_blocks={} writes_in_grace={} pauses_lost_to_kills={} probes={} \
              statuses_seen={} watch_errors={} violations={} by_invariant={broken:?} final={} \
@@ -483,6 +480,7 @@ impl SeedReport {
             f.generations,
             f.effective_posts,
             f.posts_sent,
+            f.writes_sent,
             f.kills,
             f.faults,
             f.fired,
@@ -823,7 +821,14 @@ impl Chaos {
         let mut creations = creations.into_iter().peekable();
         // Every seed converts a guest, from 30 % of the phase on, if chance did not before.
         let convert_at = start + phase * 3 / 10;
+        // The deck of fault kinds is dealt on a clock too, one every twelfth of the phase,
+        // so that a slow profile (few actions) fires them all.
+        let mut deal_at = start;
         while Instant::now() < end {
+            if deal_at <= Instant::now() && self.dealt.last() != Some(&u32::MAX) {
+                self.inject_fault().await;
+                deal_at = Instant::now() + phase / 12;
+            }
             if self.figures.conversions == 0 && convert_at <= Instant::now() {
                 self.convert(end).await;
             }
@@ -1200,24 +1205,23 @@ impl Chaos {
             _ => Call::ListUsers,
         };
         let status = [500, 503, 504][self.rng.random_range(0..3)];
-        // The lowest roll of each kind below.
-        const DECK: [u32; 10] = [0, 14, 28, 44, 56, 66, 78, 86, 95, 97];
+        // The lowest roll of each kind below; the abuse block first, on the first POST to
+        // come (at the default rate there are few), the others on reads, which are many.
+        const ABUSE: u32 = 86;
+        const DECK: [u32; 9] = [0, 14, 28, 44, 56, 66, 78, 95, 97];
         if self.dealt.is_empty() {
             self.dealt = DECK.to_vec();
             self.dealt.shuffle(&mut self.rng);
             self.dealt.insert(0, u32::MAX);
+            self.dealt.push(ABUSE);
         }
-        let roll = match self.dealt.pop() {
-            Some(roll) if roll != u32::MAX => roll,
+        let (roll, call) = match self.dealt.pop() {
+            Some(ABUSE) => (ABUSE, Call::PostInvitation),
+            Some(roll) if roll != u32::MAX => (roll, Call::GetUser),
             _ => {
                 self.dealt.push(u32::MAX);
-                self.rng.random_range(0..100)
+                (self.rng.random_range(0..100), call)
             }
-        };
-        let call = if (86..95).contains(&roll) {
-            Call::PostInvitation
-        } else {
-            call
         };
         let action = match roll {
             0..14 => FaultAction::Throttle {
@@ -1315,6 +1319,10 @@ impl Chaos {
         f.posts_sent = journal
             .iter()
             .filter(|e| e.call == Call::PostInvitation)
+            .count();
+        f.writes_sent = journal
+            .iter()
+            .filter(|e| matches!(e.call, Call::PostInvitation | Call::PatchUser))
             .count();
         for e in &journal {
             if let Some(kind) = &e.fault {
