@@ -292,6 +292,16 @@ mod tests {
         entry(seq, ms, Call::PostInvitation, 201, None)
     }
 
+    fn pauses_with_a_3_s_cooldown(
+        journal: &[JournalEntry],
+        kills: &[Timestamp],
+    ) -> (Vec<Violation>, Figures) {
+        let mut figures = Figures::default();
+        let cooldown = SignedDuration::from_secs(3);
+        let v = pauses(journal, &one_life(), kills, cooldown, &mut figures);
+        (v, figures)
+    }
+
     fn one_life() -> Vec<Life> {
         vec![Life {
             start: t(-100_000),
@@ -313,14 +323,7 @@ mod tests {
             post(6, 3200), // the probe, which goes through
             post(7, 4000), // after the probe's answer
         ];
-        let mut figures = Figures::default();
-        let v = pauses(
-            &journal,
-            &one_life(),
-            &[],
-            SignedDuration::from_secs(3),
-            &mut figures,
-        );
+        let (v, figures) = pauses_with_a_3_s_cooldown(&journal, &[]);
         let found: Vec<&str> = v.iter().map(|v| v.summary.as_str()).collect();
         assert_eq!(v.len(), 2, "{found:#?}");
         assert!(
@@ -341,26 +344,12 @@ mod tests {
         // The probe hangs; four more writes of the same process follow at once.
         journal.push(entry(2, 3000, Call::PostInvitation, 200, Some("HangAfter")));
         journal.extend((3..7).map(|seq| entry(seq, 3000 + seq as i64, Call::PatchUser, 204, None)));
-        let mut figures = Figures::default();
-        let v = pauses(
-            &journal,
-            &one_life(),
-            &[],
-            SignedDuration::from_secs(3),
-            &mut figures,
-        );
+        let (v, _) = pauses_with_a_3_s_cooldown(&journal, &[]);
         assert_eq!(v.len(), 1, "{v:#?}");
         assert!(v[0].invariant.starts_with("9 "), "{v:#?}");
         // A kill right after the abuse answer may have lost the block: excused.
         let kills = [t(300)];
-        let mut figures = Figures::default();
-        let v = pauses(
-            &journal,
-            &one_life(),
-            &kills,
-            SignedDuration::from_secs(3),
-            &mut figures,
-        );
+        let (v, figures) = pauses_with_a_3_s_cooldown(&journal, &kills);
         assert!(v.is_empty(), "{v:#?}");
         assert_eq!(figures.pauses_lost_to_kills, 1);
     }
