@@ -824,7 +824,13 @@ impl Chaos {
         // The deck of fault kinds is dealt on a clock too, one every twelfth of the phase,
         // so that a slow profile (few actions) fires them all.
         let mut deal_at = start;
+        // And kills, from 40 % of the phase on, one every tenth, until the minimum is met.
+        let mut kill_at = start + phase * 4 / 10;
         while Instant::now() < end {
+            if self.figures.kills < self.profile.minimums.kills && kill_at <= Instant::now() {
+                self.kill_one();
+                kill_at = Instant::now() + phase / 10;
+            }
             if deal_at <= Instant::now() && self.dealt.last() != Some(&u32::MAX) {
                 self.inject_fault().await;
                 deal_at = Instant::now() + phase / 12;
@@ -912,6 +918,19 @@ impl Chaos {
                 give_up,
             },
         ));
+    }
+
+    /// SIGKILLs one running controller; it comes back a little later.
+    fn kill_one(&mut self) {
+        let running: Vec<usize> = (0..2).filter(|&s| self.slots[s].is_some()).collect();
+        if running.is_empty() {
+            return;
+        }
+        let slot = running[self.rng.random_range(0..running.len())];
+        let index = self.slots[slot].take().expect("running");
+        self.kill(index);
+        let back = Instant::now() + self.millis(200, 2500);
+        self.later.push((back, Later::Restart(slot)));
     }
 
     /// SIGKILLs operator `index`, noting when (the journal's invariants need the lives).
@@ -1078,17 +1097,7 @@ impl Chaos {
         // hardest, and a fault on every other call would leave most resources stopped early.
         match self.rng.random_range(0..100) {
             // SIGKILL one running controller; it comes back a little later.
-            0..8 => {
-                let running: Vec<usize> = (0..2).filter(|&s| self.slots[s].is_some()).collect();
-                if running.is_empty() {
-                    return;
-                }
-                let slot = running[self.rng.random_range(0..running.len())];
-                let index = self.slots[slot].take().expect("running");
-                self.kill(index);
-                let back = Instant::now() + self.millis(200, 2500);
-                self.later.push((back, Later::Restart(slot)));
-            }
+            0..8 => self.kill_one(),
             8..30 => self.inject_fault().await,
             30..52 => {
                 if let Some(i) = self.editable() {
@@ -1282,12 +1291,17 @@ impl Chaos {
             .iter()
             .filter_map(|o| {
                 let json = serde_json::to_value(o).ok()?;
-                let reason = current_ready(&json)
+                let ready = current_ready(&json);
+                let reason = ready
                     .and_then(|r| r["reason"].as_str())
                     .unwrap_or("(none)")
                     .to_owned();
-                (!SETTLED.contains(&reason.as_str()))
-                    .then(|| format!("{} {reason}", o.metadata.name.as_deref().unwrap_or("")))
+                // The message says what it waits for (a turn, a pause, a re-read).
+                let message = ready.and_then(|r| r["message"].as_str()).unwrap_or("");
+                (!SETTLED.contains(&reason.as_str())).then(|| {
+                    let name = o.metadata.name.as_deref().unwrap_or("");
+                    format!("{name} {reason} ({message})")
+                })
             })
             .collect())
     }
