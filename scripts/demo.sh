@@ -420,7 +420,8 @@ note "redeem URLs found in the controller log, the resources or the events: $lea
 
 say "The controller's own count (http://$METRICS_ADDR/metrics)"
 curl -sf --max-time 5 "http://$METRICS_ADDR/metrics" |
-  grep -E '^guestreset_(outcomes_total|graph_requests_total|tenant_paused|leader)[{ ]' | sed 's/^/    /' || true
+  grep -E '^guestreset_(outcomes_total|graph_requests_total|tenant_paused|leader)[{ ]' |
+  grep -vE '^guestreset_outcomes_total.* 0$' | sed 's/^/    /' || true
 
 say "Following through: has each guest redeemed the new invitation? (Redeemed condition)"
 note "alice redeems hers now (the simulator plays the guest: externalUserState Accepted);"

@@ -64,6 +64,16 @@ echo "    $helm"
 helm_seconds=$((SECONDS - started))
 
 started=$SECONDS
+echo "==> gitops-check (scripts/gitops-check.sh build; cold: about a minute): kstatus and Argo CD's Lua VM"
+scripts/gitops-check.sh build
+gitops_seconds=$((SECONDS - started))
+
+started=$SECONDS
+echo "==> promtool (scripts/promtool.sh build; cold: several minutes): the chart's alert rules"
+scripts/promtool.sh build
+promtool_seconds=$((SECONDS - started))
+
+started=$SECONDS
 echo "==> image (scripts/image.sh build; cold: the first run makes a release build)"
 # Built here rather than by the test, so that its time (cold: a release build) shows on its
 # own and does not count against the tests' deadline; tests/image.rs loads this archive.
@@ -110,6 +120,8 @@ echo
 echo "==> summary"
 printf '    control plane binaries  %4ds\n' "$build_seconds"
 printf '    helm                    %4ds\n' "$helm_seconds"
+printf '    gitops-check            %4ds\n' "$gitops_seconds"
+printf '    promtool                %4ds\n' "$promtool_seconds"
 printf '    image                   %4ds\n' "$image_seconds"
 printf '    cargo test              %4ds   %d test binaries: %d passed, %d failed, %d ignored\n' \
   "$test_seconds" "$binaries" "$passed" "$failed" "$ignored"

@@ -10,6 +10,7 @@ use jiff::SignedDuration;
 use crate::controller::decide::Settings;
 use crate::controller::schedule::Schedule;
 use crate::controller::tenant::TenantGuard;
+use crate::fence::WriteFence;
 use crate::graph::{self, GraphClient, GraphSettings, ReadBudget, WriteLimiter};
 use crate::metrics::Metrics;
 
@@ -27,6 +28,9 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the CustomResourceDefinition YAML (identical to the file under crds/).
     Crd,
+    /// GET a URL once (the chart's `helm test` hook checks /readyz with it): exit 0 on a 2xx
+    /// answer, 1 with the reason otherwise.
+    Probe(crate::probe::ProbeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -92,6 +96,11 @@ pub struct RunArgs {
     /// How long a Lease holds without renewal; a standby takes over after it expires.
     #[arg(long, env = "LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     pub leader_election_lease_duration: SignedDuration,
+    /// A leader that has not renewed its Lease for this long stops every Graph write and
+    /// exits, before a standby can take the Lease over; at most two thirds of the Lease
+    /// duration.
+    #[arg(long, env = "LEADER_ELECTION_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub leader_election_renew_deadline: SignedDuration,
     /// No Graph write for a generation before a person other than its requester approved it
     /// (docs/resource.md, "Approval"). The controller is not ready until the admission policy
     /// named by --admission-policy is installed and bound.
@@ -146,7 +155,13 @@ impl RunArgs {
             max_reads_per_minute = self.max_reads_per_minute,
             "starting guestreset"
         );
-        Ok(GraphClient::new(settings, http, credential, limiter))
+        // A replica that elects a leader writes only while its Lease is confirmed.
+        let fence = if self.leader_elect {
+            WriteFence::closed()
+        } else {
+            WriteFence::open()
+        };
+        Ok(GraphClient::new(settings, http, credential, limiter).with_write_fence(fence))
     }
 
     /// The namespace to watch; an empty WATCH_NAMESPACE (as a chart renders "all namespaces")
@@ -249,7 +264,7 @@ pub fn parse_duration(text: &str) -> Result<SignedDuration, String> {
 }
 
 /// A duration that also fits a timer (the Graph timeout bounds the stop, too).
-fn parse_timeout(text: &str) -> Result<Duration, String> {
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
     let duration = parse_duration(text)?;
     Duration::try_from(duration).map_err(|_| format!("{text:?} is too long a duration"))
 }
@@ -264,7 +279,7 @@ mod tests {
             .chain(args.iter().copied());
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Run(args) => *args,
-            Command::Crd => panic!("run"),
+            Command::Crd | Command::Probe(_) => panic!("run"),
         }
     }
 

@@ -4,9 +4,14 @@
 //! The choreography: stand by until the Lease is held, then reconcile. A stop (SIGTERM) ends
 //! the passes first and releases the Lease only after they drained, so that a standby never
 //! works on a resource a stopping leader still works on. A lost Lease begins the stop at once
-//! and ends the process with an error: a fresh process stands by cleanly.
+//! and ends the process with an error: a fresh process stands by cleanly. So does a renew
+//! deadline passed without a renewal the API server confirmed ([`renewals`]): the write fence
+//! closes first, then the stop begins.
+
+mod renewals;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
@@ -16,7 +21,9 @@ use tracing::{error, info, warn};
 
 use crate::cli::RunArgs;
 use crate::controller::Context;
+use crate::fence::WriteFence;
 use crate::shutdown::{Shutdown, StopBounds, run_until_deadline, unless_stopped};
+use renewals::Renewals;
 
 /// How long the release of the Lease may take before the process exits anyway: the Lease
 /// then expires on its own, a standby takes over one Lease duration later.
@@ -42,6 +49,9 @@ pub struct LeaseConfig {
     pub namespace: String,
     pub identity: String,
     pub duration_secs: u64,
+    /// How long after its last confirmed renewal this process stops every Graph write and
+    /// gives up leadership; shorter than the Lease duration (at most two thirds of it).
+    pub renew_deadline: Duration,
 }
 
 impl LeaseConfig {
@@ -51,15 +61,40 @@ impl LeaseConfig {
             .ok()
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| format!("guestreset-{}", uuid::Uuid::new_v4()));
+        let duration_secs = args.leader_election_lease_duration.as_secs().max(2) as u64;
+        let wanted = Duration::try_from(args.leader_election_renew_deadline).unwrap_or_default();
         LeaseConfig {
             name: args.leader_election_lease_name.clone(),
             namespace: args
                 .lease_namespace()
                 .unwrap_or_else(|| own_namespace.to_owned()),
             identity,
-            duration_secs: args.leader_election_lease_duration.as_secs().max(2) as u64,
+            duration_secs,
+            renew_deadline: renew_deadline(wanted, duration_secs),
         }
     }
+
+    /// How often the Lease is renewed (and the renewal confirmed): a fifth of the renew
+    /// deadline in whole seconds, at least 1 s, so that several tries fit before it.
+    pub fn retry_period(&self) -> Duration {
+        let secs = (self.renew_deadline.as_secs() / 5).clamp(1, self.duration_secs - 1);
+        Duration::from_secs(secs)
+    }
+}
+
+/// The renew deadline asked for, if it is shorter than two thirds of the Lease duration: that
+/// much is left for clock skew between replicas and for a write on its way out.
+fn renew_deadline(wanted: Duration, duration_secs: u64) -> Duration {
+    let most = Duration::from_millis(duration_secs * 2000 / 3);
+    if wanted > most || wanted.is_zero() {
+        warn!(
+            wanted_ms = wanted.as_millis() as u64,
+            renew_deadline_ms = most.as_millis() as u64,
+            "the leader renew deadline must be shorter than the Lease duration; using two thirds of it"
+        );
+        return most;
+    }
+    wanted
 }
 
 /// A joined Lease: `leading` says whether this process holds it. Dropping `leading` makes
@@ -75,11 +110,14 @@ impl Lease {
         config: &LeaseConfig,
         client: kube::Client,
     ) -> Result<Self, LeaseManagerError> {
+        // kube-lease-manager renews `grace` seconds before the Lease would expire: once per
+        // retry period.
+        let grace = config.duration_secs - config.retry_period().as_secs();
         let manager = LeaseManagerBuilder::new(client, &config.name)
             .with_namespace(&config.namespace)
             .with_identity(&config.identity)
             .with_duration(config.duration_secs)
-            .with_grace((config.duration_secs / 3).max(1))
+            .with_grace(grace.max(1))
             .with_field_manager(format!("guestreset-{}", config.identity))
             .build()
             .await?;
@@ -126,11 +164,17 @@ where
     );
     // A standby is ready: it is doing what it should.
     ctx.readiness.set_ready(true);
-    let leading_work = || {
+    let fence = ctx.graph.write_fence().clone();
+    let renewals = Renewals::new(ctx.client.clone(), config, fence.clone());
+    let expired = AtomicBool::new(false);
+    let leading_work = || async {
         // Ready again once this process's own watch cache has synced.
         ctx.readiness.set_ready(false);
         ctx.metrics.leader.set(1);
-        work()
+        if unless_stopped(shutdown, renewals.first()).await.is_none() {
+            return;
+        }
+        within_renew_deadline(&renewals, &fence, shutdown, &expired, work()).await;
     };
     let outcome = run_until_deadline(
         shutdown,
@@ -140,13 +184,41 @@ where
     .await
     .unwrap_or(Outcome::Abandoned);
     ctx.metrics.leader.set(0);
+    fence.close();
     let lost = !lease.is_held();
+    let expired = expired.load(Ordering::SeqCst);
     lease.release().await;
-    Ok(if outcome == Outcome::Abandoned && lost {
+    Ok(if (outcome == Outcome::Abandoned && lost) || expired {
         Outcome::Lost
     } else {
         outcome
     })
+}
+
+/// Runs `work` until it returns; if the renew deadline passes first, closes the fence (no
+/// Graph write leaves from here on, not even one already past its checks), notes `expired`,
+/// begins the stop and lets the work drain: this process gives up leadership and exits with
+/// an error, so that a fresh process stands by.
+async fn within_renew_deadline(
+    renewals: &Renewals,
+    fence: &WriteFence,
+    shutdown: &Shutdown,
+    expired: &AtomicBool,
+    work: impl Future<Output = ()>,
+) {
+    let mut work = std::pin::pin!(work);
+    tokio::select! {
+        biased;
+        () = &mut work => return,
+        () = renewals.until_expired() => {}
+    }
+    fence.close();
+    expired.store(true, Ordering::SeqCst);
+    error!(
+        "the leader Lease was not renewed within the renew deadline; no more Graph writes, stepping down"
+    );
+    shutdown.begin();
+    work.await;
 }
 
 /// The choreography over kube-lease-manager's leading flag: stand by until `leading` is true
@@ -188,7 +260,6 @@ where
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
 
     /// Work that runs until the stop, noting whether it started and whether the Lease was
     /// still held (the receiver alive) when it returned.

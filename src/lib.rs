@@ -6,6 +6,7 @@
 //! - [`metrics`] and [`admin`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
 //! - [`admission_policy`]: whether the API server enforces the approval rules.
 //! - [`shutdown`]: the stop of the process, shared by the binary and the controller.
+//! - [`fence`]: until when this process may send Graph writes (a leader's renew deadline).
 //! - [`cli`], [`leader`] and [`telemetry`]: the binary's flags, Lease choreography and logging.
 //! - [`plugin`]: the kubectl plugin, `kubectl guestreset` (the second binary).
 
@@ -14,10 +15,12 @@ pub mod admission_policy;
 pub mod backoff;
 pub mod cli;
 pub mod controller;
+pub mod fence;
 pub mod graph;
 pub mod leader;
 pub mod metrics;
 pub mod plugin;
+pub mod probe;
 pub mod resource;
 pub mod shutdown;
 pub mod telemetry;

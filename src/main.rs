@@ -19,9 +19,13 @@ fn main() -> ExitCode {
     // Before anything else, even the flags: from here on a SIGTERM begins a clean stop.
     let shutdown = Shutdown::new();
     let signals = runtime.block_on(async { stop_on_signals(&shutdown) });
-    let Command::Run(args) = Cli::parse().command else {
-        print!("{}", guestreset::resource::crd_yaml());
-        return ExitCode::SUCCESS;
+    let args = match Cli::parse().command {
+        Command::Run(args) => args,
+        Command::Crd => {
+            print!("{}", guestreset::resource::crd_yaml());
+            return ExitCode::SUCCESS;
+        }
+        Command::Probe(args) => return runtime.block_on(guestreset::probe::run(&args)),
     };
     guestreset::telemetry::init(args.log_format);
     let result = signals.map_err(StartError::Signals);

@@ -1,8 +1,11 @@
 //! Prometheus metrics, served on `/metrics` by [`crate::admin`].
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -54,6 +57,69 @@ pub struct Metrics {
     pub redemption_oldest_pending: AgeGauge,
     pub redemption_outcomes: Family<StateLabel, Counter>,
     pub redemption_checks: Family<ResultOnlyLabel, Counter>,
+    /// One series per condition of each live reset, read from the watch cache at each scrape.
+    pub resources: ResourceStates,
+}
+
+/// One condition of one live reset (`Ready`, `Redeemed`, `Approved`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceCondition {
+    pub namespace: String,
+    pub name: String,
+    pub condition: &'static str,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+}
+
+/// A condition and its `lastTransitionTime` in Unix seconds.
+pub type ResourceRow = (ResourceCondition, i64);
+type RowSource = Box<dyn Fn() -> Vec<ResourceRow> + Send + Sync>;
+
+/// The per-resource series: computed at each scrape from the rows the controller's watch cache
+/// gives (so a deleted reset's series disappear with it, and nothing is kept between scrapes).
+/// Empty until the controller installs its source, and on a replica that does not lead.
+#[derive(Clone, Default)]
+pub struct ResourceStates(Arc<OnceLock<RowSource>>);
+
+impl ResourceStates {
+    /// Installs where the rows come from (the first call wins).
+    pub fn follow(&self, source: impl Fn() -> Vec<ResourceRow> + Send + Sync + 'static) {
+        let _ = self.0.set(Box::new(source));
+    }
+}
+
+impl std::fmt::Debug for ResourceStates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResourceStates")
+            .field("following", &self.0.get().is_some())
+            .finish()
+    }
+}
+
+impl Collector for ResourceStates {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let rows = self.0.get().map(|source| source()).unwrap_or_default();
+        let mut present = encoder.encode_descriptor(
+            "resource_condition",
+            "1 for each condition of each live GuestRedemptionReset, labelled with its status and reason",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, _) in &rows {
+            present.encode_family(labels)?.encode_gauge(&1i64)?;
+        }
+        let mut since = encoder.encode_descriptor(
+            "resource_condition_transition_timestamp_seconds",
+            "When each condition of each live GuestRedemptionReset last changed status (Unix seconds)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, at) in &rows {
+            since.encode_family(labels)?.encode_gauge(at)?;
+        }
+        Ok(())
+    }
 }
 
 /// How the check before each Graph write learns of the persisted tenant pause.
@@ -152,7 +218,25 @@ impl Metrics {
             leader.clone(),
         );
         let follow = register_follow_through(&mut registry);
+        // Every reason's counter exists from the start at 0: a series that appears with its
+        // first increment already at 1 shows no increase() to an alert rule.
+        for reason in Reason::ALL {
+            let _zero = outcomes.get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            });
+        }
+        for state in [RedemptionState::Accepted, RedemptionState::NotRedeemed] {
+            let _zero = follow.outcomes.get_or_create(&StateLabel {
+                state: state.as_str(),
+            });
+        }
+        for result in ["read", "deferred"] {
+            let _zero = follow.checks.get_or_create(&ResultOnlyLabel { result });
+        }
+        let resources = ResourceStates::default();
+        registry.register_collector(Box::new(resources.clone()));
         Metrics {
+            resources,
             registry,
             redemptions_pending: follow.pending,
             redemption_oldest_pending: follow.oldest,
@@ -318,9 +402,22 @@ mod tests {
         metrics.record_redemption(RedemptionState::NotRedeemed);
         metrics.record_redemption_check("deferred");
         metrics.set_pending_redemptions(3, Duration::from_secs(7200));
+        metrics.resources.follow(|| {
+            vec![(
+                ResourceCondition {
+                    namespace: "identity".into(),
+                    name: "alice".into(),
+                    condition: "Ready",
+                    status: "False".into(),
+                    reason: "NotAGuest".into(),
+                },
+                1_800_000_000,
+            )]
+        });
         let text = metrics.encode();
         for needle in [
             r#"guestreset_outcomes_total{reason="Issued"} 1"#,
+            r#"guestreset_outcomes_total{reason="OutcomeUnknown"} 0"#,
             r#"guestreset_reconciles_total{result="ok",step=""} 1"#,
             r#"guestreset_reconciles_total{result="error",step="MarkSending"} 1"#,
             r#"guestreset_graph_requests_total{call="POST /invitations",status="201"} 1"#,
@@ -336,6 +433,8 @@ mod tests {
             r#"guestreset_redemption_checks_total{result="deferred"} 1"#,
             "guestreset_redemptions_pending 3",
             "guestreset_redemption_oldest_pending_age_seconds 7200.0",
+            r#"guestreset_resource_condition{namespace="identity",name="alice",condition="Ready",status="False",reason="NotAGuest"} 1"#,
+            r#"guestreset_resource_condition_transition_timestamp_seconds{namespace="identity",name="alice",condition="Ready",status="False",reason="NotAGuest"} 1800000000"#,
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }

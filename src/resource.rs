@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// API group of the resource.
 mod approval;
+pub mod precision;
 mod redemption;
 pub use approval::{Approval, Decision, REQUESTED_BY_ANNOTATION};
 pub use redemption::{Redemption, RedemptionState};
@@ -57,7 +58,7 @@ const EMAIL_MESSAGE: &str = "must be an e-mail address: one '@', a dotted domain
     printcolumn = r#"{"name": "Reason", "type": "string", "description": "Reason of the Ready condition", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name": "Redeemed", "type": "string", "description": "Reason of the Redeemed condition: PendingAcceptance, Accepted or NotRedeemed", "jsonPath": ".status.conditions[?(@.type==\"Redeemed\")].reason"}"#,
     printcolumn = r#"{"name": "Requested-By", "type": "string", "priority": 1, "description": "Who asked for the observed generation (admission's record)", "jsonPath": ".status.requestedBy"}"#,
-    printcolumn = r#"{"name": "Approval", "type": "string", "priority": 1, "description": "The approver's decision, when approval is required", "jsonPath": ".status.approval.decision"}"#,
+    printcolumn = r#"{"name": "Approved", "type": "string", "priority": 1, "description": "Reason of the Approved condition, when approval is required: AwaitingApproval, Approved or Denied (as the controller acted on it, for the observed generation)", "jsonPath": ".status.conditions[?(@.type==\"Approved\")].reason"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -313,8 +314,14 @@ pub struct UserStateBefore {
     /// `PendingAcceptance`, `Accepted`, or absent when the user was never invited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_user_state: Option<String>,
-    /// `externalUserStateChangeDateTime`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `externalUserStateChangeDateTime`, with the fraction of a second Graph gave (a status
+    /// written by an earlier controller holds whole seconds). Recovery compares a fresh read
+    /// with it at the precision it has here: equal within that precision is not later.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "precision::serialize_exact"
+    )]
     pub changed_at: Option<Time>,
 }
 

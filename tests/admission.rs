@@ -40,7 +40,7 @@ const WIDE_COLUMNS: [&str; 9] = [
     "REASON",
     "REDEEMED",
     "REQUESTED-BY",
-    "APPROVAL",
+    "APPROVED",
     "AGE",
 ];
 /// Bound on anything the API server does asynchronously (establishing the CRD,
@@ -486,6 +486,14 @@ async fn kubectl_get_shows_the_printer_columns() {
         status: "Unknown".into(),
         reason: "PendingAcceptance".into(),
         message: "issued 1m ago; the guest has not redeemed the invitation yet".into(),
+        observed_generation: Some(1),
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+    });
+    status.conditions.push(Condition {
+        type_: "Approved".into(),
+        status: "True".into(),
+        reason: "Approved".into(),
+        message: "approved by bob@fabrikam.example".into(),
         observed_generation: Some(1),
         last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
     });

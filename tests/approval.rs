@@ -206,6 +206,31 @@ async fn wait_generation(
     obj
 }
 
+/// The `Approved` condition's status and reason.
+fn approved(obj: &GuestRedemptionReset) -> (String, String) {
+    let c = obj
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Approved"))
+        .expect("an Approved condition with --require-approval");
+    assert_eq!(c.observed_generation, obj.metadata.generation);
+    (c.status.clone(), c.reason.clone())
+}
+
+fn approved_is(obj: &GuestRedemptionReset, status: &str, reason: &str) {
+    assert_eq!(approved(obj), (status.to_owned(), reason.to_owned()));
+}
+
+/// kstatus's and Argo CD's verdicts on `obj` (tests/gitops.rs checks every other state).
+async fn gitops_verdict(obj: &GuestRedemptionReset) -> (String, String) {
+    let json = serde_json::to_value(obj).unwrap();
+    let health = guestreset_testsupport::repo_root().join("examples/argocd/health.lua");
+    let verdict = guestreset_testsupport::gitops::judge(&json, &health)
+        .await
+        .remove(0);
+    (verdict.kstatus, verdict.argo)
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -232,6 +257,12 @@ async fn a_reset_is_issued_once_only_after_another_person_approved_it() {
             .get(REQUESTED_BY_ANNOTATION)
             .map(String::as_str),
         Some("alice")
+    );
+    approved_is(&obj, "Unknown", "AwaitingApproval");
+    // Waiting for a person: Flux waits, Argo CD shows it suspended.
+    assert_eq!(
+        gitops_verdict(&obj).await,
+        ("InProgress".to_owned(), "Suspended".to_owned())
     );
     let status = obj.status.unwrap();
     assert_eq!(status.requested_by.as_deref(), Some("alice"));
@@ -286,6 +317,20 @@ async fn a_reset_is_issued_once_only_after_another_person_approved_it() {
     );
     let obj = wait_generation(&w, name, 1, "Issued").await;
     assert_eq!(w.posts().await.len(), 1);
+    approved_is(&obj, "True", "Approved");
+    let waited =
+        w.cp.kubectl()
+            .args([
+                "wait",
+                "--for=condition=Approved",
+                "--timeout=10s",
+                "-n",
+                &w.ns,
+            ])
+            .arg(format!("grr/{name}"))
+            .output()
+            .unwrap();
+    assert!(waited.status.success(), "{}", describe(&waited));
     // With the chart's rights the tenant-pause record is followed by a watch of its one name:
     // the checks before the PATCH and the POST read nothing from the API server.
     let metrics = format!("http://{}/metrics", admin_addr(&w.operators[0]).await);
@@ -389,6 +434,11 @@ async fn a_denied_generation_is_never_issued() {
     let obj = wait_generation(&w, name, 1, "Denied").await;
     let message = fixture_ready_message(&obj);
     assert!(message.contains("bob denied generation 1"), "{message}");
+    approved_is(&obj, "False", "Denied");
+    assert_eq!(
+        gitops_verdict(&obj).await,
+        ("Failed".to_owned(), "Degraded".to_owned())
+    );
     let retry = plugin(&alice, &w.ns, &["retry", name, "--yes"]).await;
     assert!(
         retry.status.success(),
@@ -438,6 +488,7 @@ async fn an_approval_by_someone_who_lost_the_right_is_not_acted_on() {
     let obj = wait_generation(&w, name, 1, "AwaitingApproval").await;
     let message = fixture_ready_message(&obj);
     assert!(message.contains("bob may not approve"), "{message}");
+    approved_is(&obj, "Unknown", "AwaitingApproval");
     assert!(w.posts().await.is_empty());
     // The right back (a group binding: the approval's groups make the check see it).
     let rbac = guestreset_testsupport::chart::example_rbac(&w.ns, &fx.policy);

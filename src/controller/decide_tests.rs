@@ -17,6 +17,17 @@ const OTHER: &str = "11111111-2222-4333-8444-555555555555";
 const NEW: &str = "alice@newco.example";
 
 use crate::controller::fixtures::{at as t, guest};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+/// The fraction of a second in the directory's change time of a POST that took effect: Graph's
+/// times may carry one, the model's clock has whole seconds.
+const GRAPH_FRACTION: SignedDuration = SignedDuration::from_millis(408);
+
+/// The status as the API server keeps it: what the controller's serialisation writes (a
+/// Kubernetes `Time` to the whole second).
+fn as_stored(status: &GuestRedemptionResetStatus) -> GuestRedemptionResetStatus {
+    serde_json::from_value(serde_json::to_value(status).unwrap()).unwrap()
+}
 
 fn spec() -> GuestRedemptionResetSpec {
     crate::controller::fixtures::spec(ID, NEW)
@@ -1046,8 +1057,7 @@ fn waits_survive_the_api_servers_second_precision() {
         took_effect: false,
     }];
     assert_eq!(w.pass(None).unwrap().reason, Reason::Throttled);
-    // The API server keeps whole seconds.
-    w.status = serde_json::from_value(serde_json::to_value(&w.status).unwrap()).unwrap();
+    // The model's status is as the API server keeps it (`as_stored`): whole seconds.
     w.now = t(7) + SignedDuration::from_millis(300);
     assert!(w.pass(None).is_none(), "7 s have not passed since the 429");
     assert_eq!(w.posts_sent, 1);
@@ -1203,7 +1213,7 @@ impl Io for ModelIo<'_> {
                 panic!("HAZARD: an invitation was posted for a member");
             }
             user.external_user_state = Some("PendingAcceptance".into());
-            user.external_user_state_change_date_time = Some(w.now);
+            user.external_user_state_change_date_time = Some(w.now + GRAPH_FRACTION);
             if let Some(happen) = w.after_post.take() {
                 happen(w);
             }
@@ -1248,6 +1258,7 @@ impl Io for ModelIo<'_> {
             self.crashed = true;
             return Ok(Some(self.w.object()));
         }
+        let next = as_stored(&next);
         self.w.written.push(next.clone());
         self.w.status = next;
         if sending {
@@ -1326,6 +1337,80 @@ fn an_invitation_by_someone_else_seconds_before_is_not_evidence_of_ours() {
     assert_eq!(w.posts_took_effect, 0);
     let before = w.status.history.first();
     assert!(before.is_none(), "nothing recorded as issued: {before:?}");
+}
+
+/// Defect: the status kept `userStateBefore.changedAt` to the whole second, and the
+/// same change read again with its milliseconds looked strictly later: a reset that never took
+/// effect ended `Issued` (recovered), after an invitation by someone else seconds before.
+#[test]
+fn the_change_read_before_with_its_milliseconds_is_not_evidence() {
+    let mut w = World::new();
+    w.users[0].external_user_state = Some("PendingAcceptance".into());
+    w.users[0].external_user_state_change_date_time =
+        Some(t(-5) + SignedDuration::from_millis(408));
+    w.post = vec![PostBehaviour::Fail {
+        failure: Failure::Ambiguous("HTTP 503 after sending".into()),
+        took_effect: false,
+    }];
+    w.pass(None);
+    let before = w.status.attempt.as_ref().unwrap().user_state_before.clone();
+    assert_eq!(w.settle(50).reason, Reason::OutcomeUnknown);
+    assert_eq!((w.posts_sent, w.posts_took_effect), (1, 0));
+    assert_eq!(w.status.invitation, None);
+    let changed_at = before.unwrap().changed_at.unwrap().0;
+    assert_eq!(
+        changed_at,
+        t(-5) + SignedDuration::from_millis(408),
+        "kept as Graph gave it"
+    );
+}
+
+/// A status written by a controller that kept whole seconds: the change it recorded stands for
+/// its whole second, so the same change read with milliseconds is not evidence, and our reset a
+/// later second is.
+#[test]
+fn a_whole_second_recorded_before_is_compared_to_the_second() {
+    for (took_effect, expected) in [(false, Reason::OutcomeUnknown), (true, Reason::Issued)] {
+        let mut w = World::new();
+        w.users[0].external_user_state = Some("PendingAcceptance".into());
+        w.users[0].external_user_state_change_date_time =
+            Some(t(-5) + SignedDuration::from_millis(408));
+        assert!(w.pass(Some(Crash::AfterMarkSending)).is_none());
+        let attempt = w.status.attempt.as_mut().unwrap();
+        attempt.user_state_before.as_mut().unwrap().changed_at = Some(Time(t(-5)));
+        if took_effect {
+            w.users[0].external_user_state_change_date_time = Some(t(1) + GRAPH_FRACTION);
+        }
+        w.now = t(5);
+        assert_eq!(w.settle(50).reason, expected, "took effect: {took_effect}");
+        assert_eq!(w.posts_sent, 0);
+    }
+}
+
+/// Kept at Graph's precision, a change of ours in the same second as the one read before it is
+/// still told apart: evidence, not an unknown outcome.
+#[test]
+fn our_reset_in_the_same_second_as_the_change_before_is_evidence() {
+    let mut w = World::new();
+    w.users[0].external_user_state = Some("PendingAcceptance".into());
+    // Someone else's invitation 0.3 s before ours took effect (at `GRAPH_FRACTION`).
+    w.users[0].external_user_state_change_date_time = Some(t(0) + SignedDuration::from_millis(100));
+    w.run_clock = false;
+    w.post = vec![PostBehaviour::Fail {
+        failure: Failure::Ambiguous("HTTP 504 after sending".into()),
+        took_effect: true,
+    }];
+    assert_eq!(w.pass(None).unwrap().reason, Reason::InProgress);
+    let changed = w.users[0].external_user_state_change_date_time.unwrap();
+    assert_eq!(
+        changed,
+        t(0) + GRAPH_FRACTION,
+        "the same second as the change before"
+    );
+    w.run_clock = true;
+    assert_eq!(w.settle(50).reason, Reason::Issued);
+    assert!(w.status.invitation.as_ref().unwrap().recovered);
+    assert_eq!(w.posts_sent, 1);
 }
 
 /// Defect: a guest who redeemed within seconds of our POST left the outcome unknown.

@@ -186,6 +186,13 @@ impl Io for KubeIo<'_> {
         &mut self,
         request: &ResetRedemptionRequest,
     ) -> Result<(Posted, RedeemUrl), Failure> {
+        if let Some(Failpoint::StallBeforePost(stall)) = self.ctx.failpoint {
+            warn!(
+                stall_ms = stall.as_millis() as u64,
+                "failpoint stall-before-post reached"
+            );
+            tokio::time::sleep(stall).await;
+        }
         let slot = self.slot().await;
         let invitation = self
             .graph()
@@ -247,7 +254,7 @@ impl Io for KubeIo<'_> {
         let until = match self.ctx.tenant.block(now).await {
             Ok(until) => until,
             Err(err) => {
-                warn!(error = %err, "could not persist the tenant pause; it holds in this process");
+                warn!(error = %err, "could not persist the tenant pause; it holds in this process and the record is retried until it lands");
                 now + self.ctx.tenant.cooldown()
             }
         };
@@ -309,11 +316,14 @@ impl Io for KubeIo<'_> {
 }
 
 /// Test-only fault injection, read from `GUESTRESET_FAILPOINT` at start-up: `hang-after-intent`
-/// stops a pass right after the intent was recorded, so a test can kill the process there. Only
-/// a build with the `failpoints` feature reads the variable.
+/// stops a pass right after the intent was recorded, so a test can kill the process there;
+/// `stall-before-post=SECS` holds a pass that far between its sending mark and the POST (a
+/// process descheduled or paused there), so a test can cut the process off meanwhile. Only a
+/// build with the `failpoints` feature reads the variable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failpoint {
     HangAfterIntent,
+    StallBeforePost(std::time::Duration),
 }
 
 impl Failpoint {
@@ -321,10 +331,14 @@ impl Failpoint {
         if !cfg!(feature = "failpoints") {
             return None;
         }
-        match std::env::var("GUESTRESET_FAILPOINT").ok().as_deref() {
-            Some("hang-after-intent") => Some(Failpoint::HangAfterIntent),
-            _ => None,
+        let value = std::env::var("GUESTRESET_FAILPOINT").ok()?;
+        if value == "hang-after-intent" {
+            return Some(Failpoint::HangAfterIntent);
         }
+        let secs = value.strip_prefix("stall-before-post=")?.parse().ok()?;
+        Some(Failpoint::StallBeforePost(std::time::Duration::from_secs(
+            secs,
+        )))
     }
 }
 

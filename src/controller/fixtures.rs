@@ -1,5 +1,5 @@
 //! What the pure tests of the controller share: a guest as Graph returns it and a spec that
-//! names it by id, on one clock of whole seconds.
+//! names it by id, on one clock of whole seconds (Graph's change times may carry a fraction).
 
 use jiff::Timestamp;
 
@@ -11,7 +11,8 @@ pub fn at(secs: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + secs).unwrap()
 }
 
-/// A guest who redeemed a day ago, with `mail` as its only address.
+/// A guest who redeemed a day ago (Graph's change time with milliseconds), with `mail` as its
+/// only address.
 pub fn guest(id: &str, mail: &str) -> DirectoryUser {
     DirectoryUser {
         id: id.into(),
@@ -23,7 +24,9 @@ pub fn guest(id: &str, mail: &str) -> DirectoryUser {
         mail: Some(mail.into()),
         other_mails: vec![],
         external_user_state: Some("Accepted".into()),
-        external_user_state_change_date_time: Some(at(-86_400)),
+        external_user_state_change_date_time: Some(
+            at(-86_400) + jiff::SignedDuration::from_millis(250),
+        ),
     }
 }
 

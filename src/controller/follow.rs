@@ -237,22 +237,17 @@ pub fn set_redemption(
     now: Timestamp,
 ) {
     let redemption = &follow_up.redemption;
-    let condition_status = redemption.state.condition_status();
-    let last_transition_time = match status.conditions.iter().find(|c| c.type_ == REDEEMED) {
-        Some(previous) if previous.status == condition_status => {
-            previous.last_transition_time.clone()
-        }
-        _ => Time(now),
-    };
-    status.conditions.retain(|c| c.type_ != REDEEMED);
-    status.conditions.push(Condition {
-        type_: REDEEMED.to_owned(),
-        status: condition_status.to_owned(),
-        reason: redemption.state.as_str().to_owned(),
-        message: follow_up.message.clone(),
-        observed_generation: Some(redemption.generation),
-        last_transition_time,
-    });
+    super::status::put_condition(
+        status,
+        Condition {
+            type_: REDEEMED.to_owned(),
+            status: redemption.state.condition_status().to_owned(),
+            reason: redemption.state.as_str().to_owned(),
+            message: follow_up.message.clone(),
+            observed_generation: Some(redemption.generation),
+            last_transition_time: Time(now),
+        },
+    );
     status.redemption = Some(redemption.clone());
 }
 

@@ -98,6 +98,7 @@ fn stamp(generation: i64, now: Timestamp) -> Stamp<'static> {
         retry_annotation: None,
         key: None,
         requested_by: None,
+        approval_required: false,
     }
 }
 

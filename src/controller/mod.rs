@@ -8,7 +8,9 @@
 //! holds the pure status transitions. [`approval`] is the four-eyes stage (with
 //! `--require-approval`), [`approver`] the API server's second look at an approver.
 //! [`follow`] is the follow-through after `Issued` (did the
-//! guest redeem?) on the schedule of [`schedule`]; [`events`] the Events on the resource.
+//! guest redeem?) on the schedule of [`schedule`]; [`events`] the Events on the resource;
+//! [`gauges`] the metrics counted over the watch cache (pending redemptions, a series per
+//! resource).
 //! [`tenant`] is the tenant pause and [`tenant_record`] its persisted record with the watch
 //! that follows it; [`failures`] and [`error`] are the backoff counts and the errors of the
 //! effects.
@@ -21,6 +23,7 @@ pub mod error;
 pub mod events;
 pub mod failures;
 pub mod follow;
+pub mod gauges;
 pub mod io;
 pub mod pass;
 pub mod preflight;

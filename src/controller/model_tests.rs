@@ -41,6 +41,12 @@ const ALLOWED: &str = "newco.example";
 
 use super::fixtures::{self, at};
 
+/// Graph's time of a change made in model second `now`: with a fraction of a second, as Graph
+/// may give it, a different one from second to second (none in one second of seven).
+fn change_time(now: i64) -> Timestamp {
+    at(now) + SignedDuration::from_millis(now.rem_euclid(7) * 143)
+}
+
 /// What Graph answers to the call a step makes (a step makes at most one).
 #[derive(Clone, Copy, Debug)]
 enum Answer {
@@ -212,7 +218,7 @@ impl World {
     /// Someone else changed the guest's redemption state.
     fn foreign_change(&mut self, state: &str) {
         self.user.external_user_state = Some(state.into());
-        self.user.external_user_state_change_date_time = Some(at(self.now));
+        self.user.external_user_state_change_date_time = Some(change_time(self.now));
         self.foreign_changes.push(self.now);
     }
 
@@ -226,7 +232,7 @@ impl World {
             .map(|t| t.0);
         self.foreign_changes
             .iter()
-            .any(|t| before.is_none_or(|b| at(*t) > b))
+            .any(|t| before.is_none_or(|b| change_time(*t) > b))
     }
 
     fn apply(&mut self, action: &Action) {
@@ -524,7 +530,7 @@ impl Io for ModelIo<'_> {
                 self.w.effective_attempts.insert(id);
             }
             self.w.user.external_user_state = Some("PendingAcceptance".into());
-            self.w.user.external_user_state_change_date_time = Some(at(self.w.now));
+            self.w.user.external_user_state_change_date_time = Some(change_time(self.w.now));
         }
         match self.answer {
             Answer::Ok => Ok((

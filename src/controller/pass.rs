@@ -65,6 +65,8 @@ pub struct PassRunner {
     failures: u32,
     pass: Pass,
     redeem_url: Option<RedeemUrl>,
+    /// `--require-approval`, for the `Approved` condition of the writes.
+    approval_required: bool,
 }
 
 impl PassRunner {
@@ -77,6 +79,7 @@ impl PassRunner {
             failures,
             pass: Pass::default(),
             redeem_url: None,
+            approval_required: false,
         }
     }
 
@@ -88,6 +91,7 @@ impl PassRunner {
     /// Runs the pass to its end.
     pub async fn run<I: Io>(mut self, io: &mut I, settings: &Settings) -> Result<Outcome, Error> {
         self.pass.spread = io.spread();
+        self.approval_required = settings.require_approval;
         for _ in 0..MAX_STEPS {
             match self.step(io, settings).await {
                 Ok(()) => {}
@@ -124,6 +128,7 @@ impl PassRunner {
             retry_annotation: self.retry_annotation(),
             key: self.current.spec.user.key(),
             requested_by: self.requested_by(),
+            approval_required: self.approval_required,
         }
     }
 

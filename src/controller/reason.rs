@@ -97,6 +97,19 @@ impl Reason {
             || matches!(self, Reason::Throttled | Reason::TransientError)
     }
 
+    /// The `Reconciling` condition (kstatus): the controller still works on the generation, or
+    /// waits for a write slot, the end of a tenant pause or an approval.
+    pub fn is_reconciling(self) -> bool {
+        matches!(self.readiness(), Readiness::Unknown) || self == Reason::TenantBlocked
+    }
+
+    /// The `Stalled` condition (kstatus): a failure that needs a person. Every `Ready=False`
+    /// reason but `TenantBlocked`, which ends by itself; `Forbidden` is retried every ten
+    /// minutes, but only a granted permission (or a changed target) ends it.
+    pub fn is_stalled(self) -> bool {
+        matches!(self.readiness(), Readiness::False) && self != Reason::TenantBlocked
+    }
+
     /// Settled reasons need nothing more for their generation until the spec or the retry
     /// annotation changes. Forbidden and TenantBlocked are failures that retry on a schedule.
     pub fn is_settled(self) -> bool {
@@ -115,33 +128,50 @@ mod tests {
     #[test]
     fn table_of_api_md() {
         use Readiness::*;
+        // name, Ready, phase, settled, Reconciling, Stalled
         let expected = [
-            ("Pending", Unknown, Phase::Pending, false),
-            ("InProgress", Unknown, Phase::InProgress, false),
-            ("Throttled", Unknown, Phase::InProgress, false),
-            ("TransientError", Unknown, Phase::InProgress, false),
-            ("Issued", True, Phase::Succeeded, true),
-            ("DryRunComplete", True, Phase::Succeeded, true),
-            ("UserNotFound", False, Phase::Failed, true),
-            ("AmbiguousUser", False, Phase::Failed, true),
-            ("NotAGuest", False, Phase::Failed, true),
-            ("EmailNotOnUser", False, Phase::Failed, true),
-            ("EmailInUse", False, Phase::Failed, true),
-            ("PolicyDenied", False, Phase::Failed, true),
-            ("Forbidden", False, Phase::Failed, false),
-            ("TenantBlocked", False, Phase::Failed, false),
-            ("OutcomeUnknown", False, Phase::Failed, true),
-            ("GraphRejected", False, Phase::Failed, true),
-            ("AwaitingApproval", Unknown, Phase::Pending, false),
-            ("Denied", False, Phase::Failed, true),
+            ("Pending", Unknown, Phase::Pending, false, true, false),
+            ("InProgress", Unknown, Phase::InProgress, false, true, false),
+            ("Throttled", Unknown, Phase::InProgress, false, true, false),
+            (
+                "TransientError",
+                Unknown,
+                Phase::InProgress,
+                false,
+                true,
+                false,
+            ),
+            ("Issued", True, Phase::Succeeded, true, false, false),
+            ("DryRunComplete", True, Phase::Succeeded, true, false, false),
+            ("UserNotFound", False, Phase::Failed, true, false, true),
+            ("AmbiguousUser", False, Phase::Failed, true, false, true),
+            ("NotAGuest", False, Phase::Failed, true, false, true),
+            ("EmailNotOnUser", False, Phase::Failed, true, false, true),
+            ("EmailInUse", False, Phase::Failed, true, false, true),
+            ("PolicyDenied", False, Phase::Failed, true, false, true),
+            ("Forbidden", False, Phase::Failed, false, false, true),
+            ("TenantBlocked", False, Phase::Failed, false, true, false),
+            ("OutcomeUnknown", False, Phase::Failed, true, false, true),
+            ("GraphRejected", False, Phase::Failed, true, false, true),
+            (
+                "AwaitingApproval",
+                Unknown,
+                Phase::Pending,
+                false,
+                true,
+                false,
+            ),
+            ("Denied", False, Phase::Failed, true, false, true),
         ];
         assert_eq!(expected.len(), Reason::ALL.len());
-        for (name, ready, phase, settled) in expected {
+        for (name, ready, phase, settled, reconciling, stalled) in expected {
             let reason = Reason::parse(name).unwrap();
             assert_eq!(reason.as_str(), name);
             assert_eq!(reason.readiness(), ready, "{name}");
             assert_eq!(reason.phase(), phase, "{name}");
             assert_eq!(reason.is_settled(), settled, "{name}");
+            assert_eq!(reason.is_reconciling(), reconciling, "{name}");
+            assert_eq!(reason.is_stalled(), stalled, "{name}");
             assert_eq!(
                 reason.is_warning(),
                 ready == False || matches!(name, "Throttled" | "TransientError")

@@ -1,11 +1,12 @@
 //! Recovery of an interrupted attempt: did the POST that was being sent take effect?
 //!
 //! Evidence is a change of the user's redemption state strictly after the state recorded
-//! right before the POST (`attempt.userStateBefore`), to `PendingAcceptance` or `Accepted`, and
-//! not before the attempt began (less a clock-skew allowance). An earlier invitation, by
-//! another admin or an older generation, is never evidence. Absence of evidence is concluded
-//! only after the replication window, counted from the last moment the POST could have taken
-//! effect: the latest `postStartedAt` plus the Graph request timeout.
+//! right before the POST (`attempt.userStateBefore`, compared at the precision the status kept
+//! it with), to `PendingAcceptance` or `Accepted`, and not before the attempt began (less a
+//! clock-skew allowance). An earlier invitation, by another admin or an older generation, is
+//! never evidence. Absence of evidence is concluded only after the replication window, counted
+//! from the last moment the POST could have taken effect: the latest `postStartedAt` plus the
+//! Graph request timeout.
 
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use super::reason::Reason;
 use super::report::{Issued, Report, report_failure};
 use crate::graph::DirectoryUser;
 use crate::resource::Attempt;
+use crate::resource::precision::later_than_stored;
 
 /// `externalUserState` values that follow a redemption reset.
 const RESET_STATES: [&str; 2] = ["PendingAcceptance", "Accepted"];
@@ -91,14 +93,12 @@ pub fn is_evidence(user: &DirectoryUser, attempt: &Attempt, settings: &Settings)
         .external_user_state
         .as_deref()
         .is_some_and(|s| RESET_STATES.contains(&s));
-    let after_before = match attempt
+    // At the precision the status kept: the same change read again is never later.
+    let after_before = attempt
         .user_state_before
         .as_ref()
         .and_then(|b| b.changed_at.as_ref())
-    {
-        Some(before) => changed > before.0,
-        None => true,
-    };
+        .is_none_or(|before| later_than_stored(changed, before.0));
     state_fits && after_before && changed >= attempt.started_at.0 - settings.clock_skew
 }
 

@@ -62,7 +62,7 @@ pub async fn run(
     // end the watch, or the graceful shutdown would wait for a sync that never comes.
     let resources = crate::shutdown::end_on_stop(resources, ctx.shutdown.clone());
     let controller = Controller::for_stream(resources, reader.clone()).with_config(config);
-    let gauges = tokio::spawn(count_pending_redemptions(reader.clone(), ctx.clone()));
+    let gauges = tokio::spawn(super::gauges::keep(reader.clone(), ctx.clone()));
     // The tenant pause is checked before every Graph write against this watch of its record.
     let _tenant_record = ctx.tenant.follow_record();
     // Ready once the watch cache has synced. Store::wait_until_ready cannot be awaited here:
@@ -86,23 +86,6 @@ pub async fn run(
         })
         .await;
     gauges.abort();
-}
-
-/// How often the gauges of pending redemptions are counted over the watch cache.
-const GAUGE_PERIOD: Duration = Duration::from_secs(10);
-
-/// Keeps the gauges of pending redemptions (count, oldest age) current: counted over the
-/// watch cache, so they cost no API call and agree with what every replica sees.
-async fn count_pending_redemptions(reader: reflector::Store<Watched>, ctx: Arc<Context>) {
-    let mut tick = tokio::time::interval(GAUGE_PERIOD);
-    loop {
-        tick.tick().await;
-        let objects = reader.state();
-        let valid = objects.iter().filter_map(|o| o.0.as_ref().ok());
-        let (count, oldest) = super::follow::pending_summary(valid, Timestamp::now());
-        let oldest = Duration::try_from(oldest).unwrap_or_default();
-        ctx.metrics.set_pending_redemptions(count, oldest);
-    }
 }
 
 /// A failed effect: logged, counted by its step, and told on the resource as a Warning Event.

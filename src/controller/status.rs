@@ -10,11 +10,17 @@ use super::reason::Reason;
 use super::report::{AttemptChange, Report};
 use crate::graph::DirectoryUser;
 use crate::resource::{
-    Attempt, GuestRedemptionResetStatus, HISTORY_LIMIT, HistoryEntry, IssuedInvitation,
+    Attempt, Decision, GuestRedemptionResetStatus, HISTORY_LIMIT, HistoryEntry, IssuedInvitation,
     ResolvedUser, UserKey, UserStateBefore,
 };
 
 pub const READY: &str = "Ready";
+/// kstatus's conditions (read by Flux, kpt and Argo CD's health script): True while the
+/// controller works or waits, True on a failure that needs a person.
+pub const RECONCILING: &str = "Reconciling";
+pub const STALLED: &str = "Stalled";
+/// With `--require-approval`: whether the generation's approval was acted on.
+pub const APPROVED: &str = "Approved";
 
 /// Kubernetes stores times to the second, dropping the fraction. A time that starts a wait is
 /// rounded up instead, so that the stored wait is never shorter than the one decided.
@@ -35,6 +41,44 @@ pub struct Stamp<'a> {
     pub key: Option<UserKey<'a>>,
     /// The requester of the generation (the `guestreset.io/requested-by` annotation).
     pub requested_by: Option<&'a str>,
+    /// The controller runs with `--require-approval`: the status carries `Approved`.
+    pub approval_required: bool,
+}
+
+/// Puts `condition` in place of the one of its type; its `lastTransitionTime` moves only when
+/// its status flips.
+pub fn put_condition(status: &mut GuestRedemptionResetStatus, mut condition: Condition) {
+    if let Some(previous) = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == condition.type_)
+        && previous.status == condition.status
+    {
+        condition.last_transition_time = previous.last_transition_time.clone();
+    }
+    status.conditions.retain(|c| c.type_ != condition.type_);
+    status.conditions.push(condition);
+}
+
+fn condition(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    stamp: Stamp<'_>,
+) -> Condition {
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: Some(stamp.generation),
+        last_transition_time: Time(stamp.now),
+    }
+}
+
+fn true_or_false(value: bool) -> &'static str {
+    if value { "True" } else { "False" }
 }
 
 /// Sets Ready (and `phase`, `observedGeneration`) for `reason`.
@@ -44,22 +88,18 @@ pub fn set_ready(
     reason: Reason,
     message: &str,
 ) {
-    let readiness = reason.readiness().as_str();
-    let previous = status.conditions.iter().find(|c| c.type_ == READY);
-    let last_transition_time = match previous {
-        Some(p) if p.status == readiness => p.last_transition_time.clone(),
-        _ => Time(stamp.now),
-    };
-    let ready = Condition {
-        type_: READY.to_owned(),
-        status: readiness.to_owned(),
-        reason: reason.as_str().to_owned(),
-        message: message.to_owned(),
-        observed_generation: Some(stamp.generation),
-        last_transition_time,
-    };
-    status.conditions.retain(|c| c.type_ != READY);
-    status.conditions.push(ready);
+    put_condition(
+        status,
+        condition(
+            READY,
+            reason.readiness().as_str(),
+            reason.as_str(),
+            message.to_owned(),
+            stamp,
+        ),
+    );
+    set_progress(status, stamp, reason, message);
+    set_approved(status, stamp, reason);
     status.phase = Some(reason.phase());
     status.observed_generation = Some(stamp.generation);
     if let Some(token) = stamp.retry_annotation {
@@ -74,6 +114,87 @@ pub fn set_ready(
     {
         status.target = Some(key.to_string());
     }
+}
+
+/// `Reconciling` and `Stalled` follow Ready's reason, so that kstatus tells a reset that
+/// stopped (Failed) from one still at work (InProgress) and from one done (Current).
+fn set_progress(
+    status: &mut GuestRedemptionResetStatus,
+    stamp: Stamp<'_>,
+    reason: Reason,
+    message: &str,
+) {
+    let reconciling = reason.is_reconciling();
+    let stalled = reason.is_stalled();
+    let said = |on: bool| {
+        if on {
+            message.to_owned()
+        } else {
+            String::new()
+        }
+    };
+    put_condition(
+        status,
+        condition(
+            RECONCILING,
+            true_or_false(reconciling),
+            reason.as_str(),
+            said(reconciling),
+            stamp,
+        ),
+    );
+    put_condition(
+        status,
+        condition(
+            STALLED,
+            true_or_false(stalled),
+            reason.as_str(),
+            said(stalled),
+            stamp,
+        ),
+    );
+}
+
+/// `Approved`, with `--require-approval`: True once the controller acted on an approval of the
+/// generation, False on a denial, Unknown while no decision was acted on (none yet, or one the
+/// controller would not act on: Ready's message says why). Absent without approval.
+fn set_approved(status: &mut GuestRedemptionResetStatus, stamp: Stamp<'_>, ready: Reason) {
+    if !stamp.approval_required {
+        status.conditions.retain(|c| c.type_ != APPROVED);
+        return;
+    }
+    let decision = status
+        .approval
+        .as_ref()
+        .filter(|a| a.generation == stamp.generation);
+    let acted_on = !matches!(ready, Reason::AwaitingApproval | Reason::Pending);
+    let approved = match decision {
+        Some(a) if acted_on && a.decision == Decision::Approved => condition(
+            APPROVED,
+            "True",
+            "Approved",
+            format!("approved by {} at {}: {}", a.by, a.at.0, a.reason),
+            stamp,
+        ),
+        Some(a) if acted_on && a.decision == Decision::Denied => condition(
+            APPROVED,
+            "False",
+            "Denied",
+            format!("denied by {} at {}: {}", a.by, a.at.0, a.reason),
+            stamp,
+        ),
+        _ => condition(
+            APPROVED,
+            "Unknown",
+            Reason::AwaitingApproval.as_str(),
+            format!(
+                "no decision on generation {} was acted on yet",
+                stamp.generation
+            ),
+            stamp,
+        ),
+    };
+    put_condition(status, approved);
 }
 
 /// The Ready condition's reason, if the status has one.
@@ -274,4 +395,102 @@ pub fn acknowledge(next: &mut GuestRedemptionResetStatus, stamp: Stamp<'_>) {
     // Who asked for this generation; the plan of the previous one no longer applies.
     next.requested_by = stamp.requested_by.map(str::to_owned);
     next.plan = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::Approval;
+
+    fn stamp(generation: i64, second: i64, approval_required: bool) -> Stamp<'static> {
+        Stamp {
+            generation,
+            now: Timestamp::from_second(1_800_000_000 + second).unwrap(),
+            retry_annotation: None,
+            key: None,
+            requested_by: Some("alice"),
+            approval_required,
+        }
+    }
+
+    fn get<'a>(status: &'a GuestRedemptionResetStatus, type_: &str) -> Option<&'a Condition> {
+        status.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    fn approval(generation: i64, decision: Decision) -> Approval {
+        Approval {
+            generation,
+            decision,
+            by: "bob".to_owned(),
+            groups: vec![],
+            at: Time(Timestamp::from_second(1_800_000_000).unwrap()),
+            reason: "CHG-1 reviewed".to_owned(),
+        }
+    }
+
+    #[test]
+    fn reconciling_and_stalled_follow_ready_for_the_generation() {
+        for &reason in Reason::ALL {
+            let mut status = GuestRedemptionResetStatus::default();
+            set_ready(&mut status, stamp(3, 0, false), reason, "why");
+            let reconciling = get(&status, RECONCILING).unwrap();
+            let stalled = get(&status, STALLED).unwrap();
+            assert_eq!(reconciling.status == "True", reason.is_reconciling());
+            assert_eq!(stalled.status == "True", reason.is_stalled());
+            for c in [reconciling, stalled] {
+                assert_eq!(c.observed_generation, Some(3), "{reason}");
+                assert_eq!(c.reason, reason.as_str());
+                assert_eq!(c.message == "why", c.status == "True", "{reason}: {c:?}");
+            }
+            assert!(get(&status, APPROVED).is_none(), "no approval, no Approved");
+        }
+    }
+
+    #[test]
+    fn a_condition_moves_its_transition_time_only_when_it_flips() {
+        let mut status = GuestRedemptionResetStatus::default();
+        set_ready(&mut status, stamp(1, 0, false), Reason::Pending, "");
+        set_ready(&mut status, stamp(1, 10, false), Reason::InProgress, "");
+        let since = |s: &GuestRedemptionResetStatus, t| get(s, t).unwrap().last_transition_time.0;
+        assert_eq!(since(&status, RECONCILING), stamp(1, 0, false).now);
+        set_ready(&mut status, stamp(1, 20, false), Reason::NotAGuest, "");
+        assert_eq!(since(&status, RECONCILING), stamp(1, 20, false).now);
+        assert_eq!(since(&status, STALLED), stamp(1, 20, false).now);
+        assert_eq!(since(&status, READY), stamp(1, 20, false).now);
+        let types: Vec<&str> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types.len(), 3, "one condition per type: {types:?}");
+    }
+
+    #[test]
+    fn approved_says_what_the_controller_acted_on() {
+        let approved = |decision: Option<Approval>, ready: Reason| {
+            let mut status = GuestRedemptionResetStatus {
+                approval: decision,
+                ..Default::default()
+            };
+            set_ready(&mut status, stamp(2, 0, true), ready, "");
+            let c = get(&status, APPROVED).unwrap().clone();
+            assert_eq!(c.observed_generation, Some(2));
+            (c.status, c.reason)
+        };
+        let pair = |s: &str, r: &str| (s.to_owned(), r.to_owned());
+        let awaiting = pair("Unknown", "AwaitingApproval");
+        assert_eq!(approved(None, Reason::AwaitingApproval), awaiting);
+        assert_eq!(approved(None, Reason::NotAGuest), awaiting);
+        // A decision the controller would not act on (Ready is still AwaitingApproval).
+        let yes = Some(approval(2, Decision::Approved));
+        let no = Some(approval(2, Decision::Denied));
+        assert_eq!(approved(yes.clone(), Reason::AwaitingApproval), awaiting);
+        assert_eq!(approved(no.clone(), Reason::AwaitingApproval), awaiting);
+        assert_eq!(approved(yes.clone(), Reason::Pending), awaiting);
+        // A decision about another generation approves nothing.
+        let old = Some(approval(1, Decision::Approved));
+        assert_eq!(approved(old, Reason::InProgress), awaiting);
+        assert_eq!(
+            approved(yes.clone(), Reason::InProgress),
+            pair("True", "Approved")
+        );
+        assert_eq!(approved(yes, Reason::Issued), pair("True", "Approved"));
+        assert_eq!(approved(no, Reason::Denied), pair("False", "Denied"));
+    }
 }

@@ -5,15 +5,20 @@
 //! replica; it is never derived from a resource's condition.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
+use tracing::{info, warn};
 
 use super::decide::TenantGate;
 use super::tenant_record::{Following, Record};
+use crate::backoff::Backoff;
 use crate::metrics::TenantRecordMetrics;
 
 /// How long other resources wait while the probe is out.
 const PROBE_WAIT: SignedDuration = SignedDuration::from_secs(30);
+/// Between tries to record a block whose first write failed.
+const RECORD_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
 
 #[derive(Clone, Debug)]
 pub struct TenantGuard {
@@ -136,14 +141,47 @@ impl TenantGuard {
     }
 
     /// Graph blocked invitations: pause every resource for the cool-down, here and for every
-    /// replica. Returns the end of the pause.
+    /// replica. Returns the end of the pause. If the record cannot be written, the pause holds
+    /// in this process and the write is tried again in the background until it lands (the
+    /// error is returned for the log): other replicas must learn of it.
     pub async fn block(&self, now: Timestamp) -> Result<Timestamp, kube::Error> {
         self.remember_block(now);
         self.lock().probe_out = false;
-        if let Some(store) = &self.store {
-            store.record_block(now).await?;
+        if let Some(store) = &self.store
+            && let Err(err) = store.record_block(now).await
+        {
+            tokio::spawn(self.clone().record_until_it_lands(store.clone(), now));
+            return Err(err);
         }
         Ok(now + self.cooldown)
+    }
+
+    /// Tries again to record the block at `blocked_at`, with backoff, until the write lands or
+    /// the pause it records is over (an invitation went through after it).
+    async fn record_until_it_lands(self, store: Record, blocked_at: Timestamp) {
+        for tries in 1.. {
+            tokio::time::sleep(RECORD_RETRY.ceiling(tries)).await;
+            if !self.still_paused_by(blocked_at) {
+                return;
+            }
+            match store.record_block(blocked_at).await {
+                Ok(()) => {
+                    info!(tries, "recorded the tenant pause for every replica");
+                    return;
+                }
+                Err(err) => {
+                    warn!(error = %err, tries, "still cannot record the tenant pause; trying again")
+                }
+            }
+        }
+    }
+
+    /// Whether the pause that the block at `blocked_at` began has not been answered.
+    fn still_paused_by(&self, blocked_at: Timestamp) -> bool {
+        let until = blocked_at + self.cooldown;
+        self.lock()
+            .answered_until
+            .is_none_or(|answered| answered < until)
     }
 
     /// A block recorded elsewhere: keep the pause until its cool-down ends, unless an

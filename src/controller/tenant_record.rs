@@ -2,10 +2,16 @@
 //! this process's view of it (docs/design.md, "The tenant pause").
 //!
 //! The view follows the record with a watch of that one object, so the check right before each
-//! Graph write reads memory that the API server keeps current instead of asking the API server
-//! twice per reset. The view is trusted only between a complete list of the record and the
-//! watch's next error: before the first list, and from an error until the watch has listed
-//! again, the check reads the record from the API server as it always did.
+//! Graph write reads memory instead of asking the API server twice per reset. A watch can go
+//! quiet without a word (a black-holed connection, a stream that is alive but stale), so the
+//! view is trusted only while it heard from the API server within the last [`FRESH`];
+//! otherwise the check reads the record, at most once per [`FRESH`] for all passes together.
+//! Each watch is a streaming list that the API server ends after [`WATCH_TIMEOUT_SECS`]: it
+//! begins with the record as it is and a bookmark that says so, then sends its changes; the
+//! next watch starts at once. A healthy watch is so heard from every few seconds even when the
+//! record never changes (the API server's own bookmarks come about once a minute, and only
+//! when something of the kind changed), and a stream that says nothing for
+//! [`WATCH_TIMEOUT_SECS`] plus [`STREAM_MARGIN`] is given up.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,8 +19,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
-use kube::runtime::watcher;
+use kube::api::{Api, DeleteParams, PostParams, Preconditions, WatchEvent, WatchParams};
+use kube::core::Status;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
@@ -22,9 +29,18 @@ use crate::metrics::TenantRecordMetrics;
 
 /// The ConfigMap key holding the time Graph blocked the tenant (RFC 3339).
 pub const BLOCKED_AT_KEY: &str = "blockedAt";
-/// The API server ends each watch after this long and the watch starts again from where it
-/// was; a connection that died without a word is given up 5 s after that.
-const WATCH_TIMEOUT_SECS: u32 = 30;
+/// How recently the view must have heard from the API server to be trusted for a write
+/// (docs/design.md, "The tenant pause"); older, the record is read, and a read is trusted as
+/// long.
+pub const FRESH: Duration = Duration::from_secs(10);
+/// The API server ends each watch after this long; the next one begins with the record as it
+/// is, so the view hears from the API server at least this often.
+const WATCH_TIMEOUT_SECS: u32 = 6;
+/// A stream that says nothing for the watch timeout and this long is given up: its
+/// connection died without a word.
+const STREAM_MARGIN: Duration = Duration::from_secs(4);
+/// A read (or the start of a watch) that takes longer failed.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Between a failed watch and the next list of the record.
 const RESTART: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
 
@@ -38,12 +54,30 @@ pub enum View {
     Known(Option<Timestamp>),
 }
 
+/// The record as last heard from the API server, and when.
+#[derive(Clone, Copy, Debug)]
+struct Heard {
+    blocked_at: Option<Timestamp>,
+    at: Instant,
+}
+
+impl Heard {
+    fn fresh(self, now: Instant) -> Option<Option<Timestamp>> {
+        (now.saturating_duration_since(self.at) < FRESH).then_some(self.blocked_at)
+    }
+}
+
 /// The persisted record and the view of it.
 #[derive(Clone)]
 pub struct Record {
     api: Api<ConfigMap>,
     name: String,
     view: Arc<Mutex<View>>,
+    /// When the watch last heard from the API server.
+    heard: Arc<Mutex<Option<Instant>>>,
+    /// The last read of the record; held while a read is under way, so that passes checking
+    /// at once share one read.
+    last_read: Arc<tokio::sync::Mutex<Option<Heard>>>,
     /// The latest block whose record the watch saw deleted: a probe went through after it
     /// (or an administrator ended the pause).
     ended: Arc<Mutex<Option<Timestamp>>>,
@@ -70,6 +104,8 @@ impl Record {
             api: Api::namespaced(client, namespace),
             name: name.to_owned(),
             view: Arc::default(),
+            heard: Arc::default(),
+            last_read: Arc::default(),
             ended: Arc::default(),
             metrics,
         }
@@ -96,18 +132,44 @@ impl Record {
             .set(i64::from(matches!(view, View::Known(_))));
     }
 
-    /// The time of the recorded block: from the watch when it is following the record,
-    /// otherwise read from the API server.
+    /// The watch heard from the API server at `at` (an event, a bookmark, a list).
+    fn heard_at(&self, at: Instant) {
+        *self.heard.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+    }
+
+    /// What the watch knows, if it heard from the API server within [`FRESH`].
+    fn fresh_view(&self) -> Option<Option<Timestamp>> {
+        let View::Known(blocked_at) = self.view() else {
+            return None;
+        };
+        let at = (*self.heard.lock().unwrap_or_else(|e| e.into_inner()))?;
+        Heard { blocked_at, at }.fresh(Instant::now())
+    }
+
+    /// The time of the recorded block: from the watch when it heard from the API server
+    /// within [`FRESH`], otherwise from a read of the record no older than that.
     pub async fn blocked_at(&self) -> Result<Option<Timestamp>, kube::Error> {
-        match self.view() {
-            View::Known(blocked_at) => Ok(blocked_at),
-            View::Unknown => self.read().await,
+        if let Some(blocked_at) = self.fresh_view() {
+            return Ok(blocked_at);
         }
+        let mut last_read = self.last_read.lock().await;
+        // Another pass may have read meanwhile, or the watch heard again.
+        if let Some(blocked_at) = self.fresh_view() {
+            return Ok(blocked_at);
+        }
+        if let Some(blocked_at) = last_read.and_then(|read| read.fresh(Instant::now())) {
+            return Ok(blocked_at);
+        }
+        // Trusted from the moment it was sent: the answer may describe any moment after.
+        let at = Instant::now();
+        let blocked_at = self.read().await?;
+        *last_read = Some(Heard { blocked_at, at });
+        Ok(blocked_at)
     }
 
     async fn read(&self) -> Result<Option<Timestamp>, kube::Error> {
         self.metrics.reads.inc();
-        let map = self.api.get_opt(&self.name).await?;
+        let map = within(READ_TIMEOUT, self.api.get_opt(&self.name)).await?;
         Ok(map.as_ref().and_then(blocked_at_of))
     }
 
@@ -122,37 +184,61 @@ impl Record {
         }
     }
 
-    /// One watch of the record, listed again after every error (the view is unknown
-    /// meanwhile).
+    /// Watches the record, again after every failure (the view is unknown meanwhile).
     async fn keep_following(self) {
-        let config = watcher::Config::default()
-            .fields(&format!("metadata.name={}", self.name))
-            .timeout(WATCH_TIMEOUT_SECS);
+        let mut fold = Fold::default();
         let mut failures = 0;
         loop {
-            let mut fold = Fold::default();
-            let mut events = std::pin::pin!(watcher(self.api.clone(), config.clone()));
-            while let Some(event) = events.next().await {
-                if let Err(err) = &event {
-                    failures += 1;
-                    warn!(error = %err, record = %self.name, "lost the watch of the tenant-pause record; reading it before each Graph write until it is listed again");
-                }
-                let failed = event.is_err();
-                let view = fold.on(event);
-                self.set_ended(fold.ended);
-                if let Some(view) = view {
-                    if let (View::Known(_), View::Unknown) = (view, self.view()) {
+            let err = self.follow_once(&mut fold, &mut failures).await;
+            fold.lost();
+            failures += 1;
+            self.set_view(View::Unknown);
+            warn!(error = %err, record = %self.name, "lost the watch of the tenant-pause record; reading it before each Graph write until it is followed again");
+            tokio::time::sleep(RESTART.ceiling(failures)).await;
+        }
+    }
+
+    /// Watches the record, one watch after another, until something fails; `failures` is
+    /// reset once the record is followed again. Each watch begins with the record as it is
+    /// (a streaming list: the record if it exists, then a bookmark), so the view is heard
+    /// from at least once per watch even when the record never changes.
+    async fn follow_once(&self, fold: &mut Fold, failures: &mut u32) -> FollowError {
+        let params = WatchParams::streaming_lists()
+            .fields(&format!("metadata.name={}", self.name))
+            .timeout(WATCH_TIMEOUT_SECS);
+        let quiet = Duration::from_secs(WATCH_TIMEOUT_SECS.into()) + STREAM_MARGIN;
+        loop {
+            let stream = match within(READ_TIMEOUT, self.api.watch(&params, "")).await {
+                Ok(stream) => stream,
+                Err(err) => return FollowError::Kube(err),
+            };
+            let mut stream = std::pin::pin!(stream);
+            fold.start();
+            loop {
+                let event = match tokio::time::timeout(quiet, stream.next()).await {
+                    Err(_) => return FollowError::Quiet,
+                    // The API server ended the watch: the next one starts at once.
+                    Ok(None) => break,
+                    Ok(Some(Err(err))) => return FollowError::Kube(err),
+                    Ok(Some(Ok(event))) => event,
+                };
+                let was_followed = matches!(self.view(), View::Known(_));
+                let change = match fold.on(event) {
+                    Ok(change) => change,
+                    Err(status) => return FollowError::Watch(status),
+                };
+                self.set_ended(change.ended);
+                if let Some(blocked_at) = change.record {
+                    if !was_followed {
                         info!(record = %self.name, "following the tenant-pause record");
-                        failures = 0;
+                        *failures = 0;
                     }
-                    self.set_view(view);
+                    self.set_view(View::Known(blocked_at));
                 }
-                if failed {
-                    break;
+                if !fold.listing() {
+                    self.heard_at(Instant::now());
                 }
             }
-            self.set_view(View::Unknown);
-            tokio::time::sleep(RESTART.ceiling(failures.max(1))).await;
         }
     }
 
@@ -162,18 +248,20 @@ impl Record {
         let mut tries = 0;
         loop {
             tries += 1;
-            let result = match self.api.get_opt(&self.name).await? {
+            let result = match within(READ_TIMEOUT, self.api.get_opt(&self.name)).await? {
                 None => {
-                    self.api
-                        .create(&PostParams::default(), &self.map(at, None))
-                        .await
+                    let map = self.map(at, None);
+                    within(READ_TIMEOUT, self.api.create(&PostParams::default(), &map)).await
                 }
                 Some(existing) => {
                     let at = blocked_at_of(&existing).map_or(at, |t| t.max(at));
                     let rv = existing.metadata.resource_version.clone();
-                    self.api
-                        .replace(&self.name, &PostParams::default(), &self.map(at, rv))
-                        .await
+                    let map = self.map(at, rv);
+                    within(
+                        READ_TIMEOUT,
+                        self.api.replace(&self.name, &PostParams::default(), &map),
+                    )
+                    .await
                 }
             };
             match result {
@@ -245,41 +333,113 @@ fn blocked_at_of(map: &ConfigMap) -> Option<Timestamp> {
     map.data.as_ref()?.get(BLOCKED_AT_KEY)?.parse().ok()
 }
 
+/// `fut`, failing with a timeout error after `limit`: kube's client has no read timeout.
+async fn within<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, kube::Error> {
+    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+        Err(kube::Error::Service(
+            format!("no answer from the API server within {limit:?}").into(),
+        ))
+    })
+}
+
+/// Why a watch of the record ended.
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    #[error("{0}")]
+    Kube(kube::Error),
+    #[error("the API server ended the watch: {}", .0.message)]
+    Watch(Box<Status>),
+    #[error("no event, bookmark or end of the watch within its timeout")]
+    Quiet,
+}
+
+/// The bookmark that ends the record as it was when a watch began.
+const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
+
 /// The view that a stream of watch events leads to: the pure part of following the record.
 #[derive(Debug, Default)]
 struct Fold {
-    /// While a list is under way: what it has found so far.
-    listing: Option<Option<Timestamp>>,
-    /// The latest block whose record was deleted.
+    /// While a watch sends the record as it is: what it has found so far.
+    initial: Option<Option<Timestamp>>,
+    /// The record as last followed; `None` while unknown.
+    known: Option<Option<Timestamp>>,
+}
+
+/// What one watch event changes.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Change {
+    /// The record now (the time of the block, or none), when the event says.
+    record: Option<Option<Timestamp>>,
+    /// The block whose record was deleted.
     ended: Option<Timestamp>,
 }
 
 impl Fold {
-    /// The new view after `event`, if it changes what is known.
-    fn on(&mut self, event: Result<watcher::Event<ConfigMap>, watcher::Error>) -> Option<View> {
-        match event {
-            Ok(watcher::Event::Init) => {
-                self.listing = Some(None);
-                Some(View::Unknown)
-            }
-            Ok(watcher::Event::InitApply(map)) => {
-                if let Some(found) = &mut self.listing {
+    /// A watch begins: the record as it is comes first.
+    fn start(&mut self) {
+        self.initial = Some(None);
+    }
+
+    /// The watch failed: nothing is known.
+    fn lost(&mut self) {
+        *self = Fold::default();
+    }
+
+    /// Whether the watch is still sending the record as it was when it began.
+    fn listing(&self) -> bool {
+        self.initial.is_some()
+    }
+
+    fn on(&mut self, event: WatchEvent<ConfigMap>) -> Result<Change, Box<Status>> {
+        let change = match event {
+            WatchEvent::Added(map) | WatchEvent::Modified(map) => match &mut self.initial {
+                Some(found) => {
                     *found = blocked_at_of(&map);
+                    Change::default()
                 }
-                None
+                None => Change {
+                    record: Some(blocked_at_of(&map)),
+                    ended: None,
+                },
+            },
+            WatchEvent::Deleted(map) => Change {
+                record: Some(None),
+                ended: blocked_at_of(&map),
+            },
+            WatchEvent::Bookmark(bookmark) => {
+                let ends_initial = bookmark
+                    .metadata
+                    .annotations
+                    .contains_key(INITIAL_EVENTS_END);
+                match self.initial.take_if(|_| ends_initial) {
+                    Some(found) => self.found(found),
+                    None => Change::default(),
+                }
             }
-            Ok(watcher::Event::InitDone) => {
-                Some(View::Known(self.listing.take().and_then(|found| found)))
+            WatchEvent::Error(status) => {
+                self.lost();
+                return Err(status);
             }
-            Ok(watcher::Event::Apply(map)) => Some(View::Known(blocked_at_of(&map))),
-            Ok(watcher::Event::Delete(map)) => {
-                self.ended = self.ended.max(blocked_at_of(&map));
-                Some(View::Known(None))
-            }
-            Err(_) => {
-                self.listing = None;
-                Some(View::Unknown)
-            }
+        };
+        if let Some(record) = change.record {
+            self.known = Some(record);
+        }
+        Ok(change)
+    }
+
+    /// The record as a watch found it when it began. A record that was followed and is gone
+    /// was deleted between two watches: its block ended, as if the deletion had been seen.
+    fn found(&self, found: Option<Timestamp>) -> Change {
+        let ended = match (self.known, found) {
+            (Some(Some(before)), None) => Some(before),
+            _ => None,
+        };
+        Change {
+            record: Some(found),
+            ended,
         }
     }
 }
@@ -287,9 +447,14 @@ impl Fold {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     fn record(blocked_at: Option<&str>) -> ConfigMap {
         ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                resource_version: Some("7".to_owned()),
+                ..Default::default()
+            },
             data: blocked_at.map(|at| [(BLOCKED_AT_KEY.to_owned(), at.to_owned())].into()),
             ..Default::default()
         }
@@ -299,101 +464,194 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn failed() -> watcher::Error {
-        watcher::Error::NoResourceVersion
+    /// A record whose API server is nowhere: every read fails.
+    fn unreachable(metrics: &TenantRecordMetrics) -> Record {
+        let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        Record::new(client, "ns", "r", metrics.clone())
+    }
+
+    fn bookmark(initial_events_end: bool) -> WatchEvent<ConfigMap> {
+        let annotations = if initial_events_end {
+            serde_json::json!({INITIAL_EVENTS_END: "true"})
+        } else {
+            serde_json::json!({})
+        };
+        WatchEvent::Bookmark(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"resourceVersion": "9", "annotations": annotations}
+            }))
+            .unwrap(),
+        )
     }
 
     #[test]
-    fn nothing_is_known_until_the_list_is_complete() {
+    fn nothing_is_known_until_the_record_as_it_is_has_been_sent() {
         let mut fold = Fold::default();
-        assert_eq!(fold.on(Ok(watcher::Event::Init)), Some(View::Unknown));
+        fold.start();
         let blocked = "2026-12-02T10:00:00Z";
-        assert_eq!(
-            fold.on(Ok(watcher::Event::InitApply(record(Some(blocked))))),
-            None
-        );
-        assert_eq!(
-            fold.on(Ok(watcher::Event::InitDone)),
-            Some(View::Known(Some(at(blocked))))
-        );
+        let added = fold.on(WatchEvent::Added(record(Some(blocked)))).unwrap();
+        assert_eq!(added, Change::default());
+        assert!(fold.listing());
+        assert_eq!(fold.on(bookmark(false)).unwrap(), Change::default());
+        let end = fold.on(bookmark(true)).unwrap();
+        assert_eq!(end.record, Some(Some(at(blocked))));
+        assert!(!fold.listing());
     }
 
     #[test]
-    fn an_empty_list_means_no_block() {
+    fn no_record_at_the_start_of_a_watch_means_no_block() {
         let mut fold = Fold::default();
-        fold.on(Ok(watcher::Event::Init));
-        assert_eq!(
-            fold.on(Ok(watcher::Event::InitDone)),
-            Some(View::Known(None))
-        );
+        fold.start();
+        let end = fold.on(bookmark(true)).unwrap();
+        let nothing = Change {
+            record: Some(None),
+            ended: None,
+        };
+        assert_eq!(end, nothing);
     }
 
     #[test]
     fn changes_and_deletion_are_followed() {
         let mut fold = Fold::default();
-        fold.on(Ok(watcher::Event::Init));
-        fold.on(Ok(watcher::Event::InitDone));
+        fold.start();
+        fold.on(bookmark(true)).unwrap();
         let blocked = "2026-12-02T10:00:00Z";
-        assert_eq!(
-            fold.on(Ok(watcher::Event::Apply(record(Some(blocked))))),
-            Some(View::Known(Some(at(blocked))))
-        );
-        assert_eq!(
-            fold.on(Ok(watcher::Event::Delete(record(Some(blocked))))),
-            Some(View::Known(None))
-        );
-        assert_eq!(fold.ended, Some(at(blocked)), "the deleted block is over");
+        let change = fold
+            .on(WatchEvent::Modified(record(Some(blocked))))
+            .unwrap();
+        assert_eq!(change.record, Some(Some(at(blocked))));
+        let change = fold.on(WatchEvent::Deleted(record(Some(blocked)))).unwrap();
+        assert_eq!(change.record, Some(None));
+        assert_eq!(change.ended, Some(at(blocked)), "the deleted block is over");
         // A record without a readable time pauses nothing (as when read from the API server).
-        assert_eq!(
-            fold.on(Ok(watcher::Event::Apply(record(Some("yesterday"))))),
-            Some(View::Known(None))
-        );
+        let change = fold
+            .on(WatchEvent::Added(record(Some("yesterday"))))
+            .unwrap();
+        assert_eq!((change.record, change.ended), (Some(None), None));
+        // A plain bookmark only says that the watch is alive.
+        assert_eq!(fold.on(bookmark(false)).unwrap(), Change::default());
     }
 
     #[test]
-    fn an_error_makes_the_view_unknown_even_in_the_middle_of_a_list() {
+    fn a_record_deleted_between_two_watches_ended_its_block() {
         let mut fold = Fold::default();
-        fold.on(Ok(watcher::Event::Init));
-        fold.on(Ok(watcher::Event::InitApply(record(Some(
-            "2026-12-02T10:00:00Z",
-        )))));
-        assert_eq!(fold.on(Err(failed())), Some(View::Unknown));
-        // What the broken list found is not carried into the next one.
-        fold.on(Ok(watcher::Event::Init));
+        let blocked = "2026-12-02T10:00:00Z";
+        fold.start();
+        fold.on(WatchEvent::Added(record(Some(blocked)))).unwrap();
+        fold.on(bookmark(true)).unwrap();
+        fold.start();
+        let end = fold.on(bookmark(true)).unwrap();
+        assert_eq!((end.record, end.ended), (Some(None), Some(at(blocked))));
+        // After a failure nothing was followed: an absent record ends nothing.
+        fold.lost();
+        fold.start();
+        fold.on(WatchEvent::Added(record(Some(blocked)))).unwrap();
+        let gone = Status::failure("too old", "Expired").with_code(410);
+        assert!(fold.on(WatchEvent::Error(Box::new(gone))).is_err());
+        assert!(!fold.listing(), "what the broken watch found is dropped");
+        fold.start();
+        assert_eq!(fold.on(bookmark(true)).unwrap().ended, None);
+    }
+
+    #[test]
+    fn what_was_heard_is_trusted_for_ten_seconds() {
+        let heard = Heard {
+            blocked_at: None,
+            at: Instant::now(),
+        };
         assert_eq!(
-            fold.on(Ok(watcher::Event::InitDone)),
-            Some(View::Known(None))
+            heard.fresh(heard.at + Duration::from_millis(9_999)),
+            Some(None)
         );
+        assert_eq!(heard.fresh(heard.at + FRESH), None);
     }
 
     #[tokio::test]
-    async fn the_check_asks_the_api_server_only_while_the_view_is_unknown() {
-        // Nothing listens at this address: any read from the API server fails.
-        let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+    async fn the_check_asks_the_api_server_unless_the_watch_heard_from_it_lately() {
         let metrics = TenantRecordMetrics::default();
-        let client = kube::Client::try_from(config).unwrap();
-        let record = Record::new(client, "ns", "r", metrics.clone());
+        let record = unreachable(&metrics);
         assert!(record.blocked_at().await.is_err(), "unknown: read it");
         assert_eq!(metrics.reads.get(), 1);
         let blocked = at("2026-12-02T10:00:00Z");
         record.set_view(View::Known(Some(blocked)));
         assert_eq!(metrics.followed.get(), 1);
+        assert!(record.blocked_at().await.is_err(), "never heard: read it");
+        record.heard_at(Instant::now());
         assert_eq!(record.blocked_at().await.unwrap(), Some(blocked));
         record.set_view(View::Known(None));
         assert_eq!(record.blocked_at().await.unwrap(), None);
-        assert_eq!(metrics.reads.get(), 1, "no read while the view is known");
+        assert_eq!(
+            metrics.reads.get(),
+            2,
+            "no read while the watch is heard from"
+        );
+        // Known, but the watch has said nothing for longer than the bound: a stalled stream.
+        record.heard_at(Instant::now().checked_sub(FRESH).unwrap());
+        assert!(record.blocked_at().await.is_err(), "stale: read it");
+        assert_eq!(metrics.reads.get(), 3);
         record.set_view(View::Unknown);
         assert_eq!(metrics.followed.get(), 0);
-        assert!(record.blocked_at().await.is_err(), "unknown again: read it");
-        assert_eq!(metrics.reads.get(), 2);
+    }
+
+    /// An API server that answers GETs of ConfigMap `r` in namespace `ns` with a recorded
+    /// block, slowly enough that checks overlap, counting the reads.
+    async fn slow_api_server(blocked: &'static str) -> (kube::Client, Arc<AtomicU64>) {
+        let gets = Arc::new(AtomicU64::new(0));
+        let counted = gets.clone();
+        let app = axum::Router::new().route(
+            "/api/v1/namespaces/ns/configmaps/r",
+            axum::routing::get(move || {
+                let counted = counted.clone();
+                async move {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let map = serde_json::json!({
+                        "apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": "r", "namespace": "ns", "resourceVersion": "3"},
+                        "data": {BLOCKED_AT_KEY: blocked},
+                    });
+                    ([("content-type", "application/json")], map.to_string())
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        (client, gets)
+    }
+
+    #[tokio::test]
+    async fn concurrent_checks_share_one_read_per_ten_seconds() {
+        let blocked = "2026-12-02T10:00:00Z";
+        let (client, gets) = slow_api_server(blocked).await;
+        let metrics = TenantRecordMetrics::default();
+        let record = Record::new(client, "ns", "r", metrics.clone());
+        let checks = (0..8).map(|_| {
+            let record = record.clone();
+            tokio::spawn(async move { record.blocked_at().await.unwrap() })
+        });
+        for check in futures::future::join_all(checks).await {
+            assert_eq!(check.unwrap(), Some(at(blocked)));
+        }
+        assert_eq!(record.blocked_at().await.unwrap(), Some(at(blocked)));
+        assert_eq!(gets.load(Ordering::SeqCst), 1, "one read for nine checks");
+        assert_eq!(metrics.reads.get(), 1);
+        // The read grows old: the next check reads again.
+        *record.last_read.lock().await = Some(Heard {
+            blocked_at: None,
+            at: Instant::now().checked_sub(FRESH).unwrap(),
+        });
+        assert_eq!(record.blocked_at().await.unwrap(), Some(at(blocked)));
+        assert_eq!(gets.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
     async fn a_view_is_trusted_only_while_its_watch_is_held() {
-        let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
         let metrics = TenantRecordMetrics::default();
-        let client = kube::Client::try_from(config).unwrap();
-        let record = Record::new(client, "ns", "r", metrics.clone());
+        let record = unreachable(&metrics);
         // Left over from an earlier term of leadership.
         record.set_view(View::Known(None));
         let following = record.follow();

@@ -14,6 +14,7 @@ use super::response::{
 };
 use super::retry::{Idempotency, Retry};
 use super::settings::GraphSettings;
+use crate::fence::WriteFence;
 use azure_core::credentials::TokenCredential;
 use reqwest::Method;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
@@ -45,6 +46,8 @@ struct Inner {
     credential: Arc<dyn TokenCredential>,
     limiter: WriteLimiter,
     observer: Option<Arc<dyn GraphObserver>>,
+    /// Checked right before each write leaves: a leader past its renew deadline sends none.
+    fence: WriteFence,
 }
 
 impl fmt::Debug for GraphClient {
@@ -72,6 +75,7 @@ impl GraphClient {
                 credential,
                 limiter,
                 observer: None,
+                fence: WriteFence::open(),
             }),
         }
     }
@@ -80,6 +84,17 @@ impl GraphClient {
     pub fn with_observer(mut self, observer: Arc<dyn GraphObserver>) -> Self {
         Arc::make_mut(&mut self.inner).observer = Some(observer);
         self
+    }
+
+    /// Sends writes only while `fence` allows them (docs/design.md, "Leader election").
+    pub fn with_write_fence(mut self, fence: WriteFence) -> Self {
+        Arc::make_mut(&mut self.inner).fence = fence;
+        self
+    }
+
+    /// The fence this client checks before each write.
+    pub fn write_fence(&self) -> &WriteFence {
+        &self.inner.fence
     }
 
     fn observe(&self, call: GraphCall, status: Option<u16>, took: Duration) {
@@ -332,6 +347,18 @@ impl GraphClient {
 
         // A token failure never reached Graph: no client-request-id to quote.
         let auth = self.authorization(call).await?;
+        // The last moment before the write leaves: nothing may wait between here and Graph.
+        if call.is_write() && !inner.fence.allows_now() {
+            warn!(
+                call = call.as_str(),
+                "not sent: this process is past its leader renew deadline"
+            );
+            return Err(GraphError::new(
+                call,
+                FailureKind::Fenced,
+                "the leader Lease was not renewed in time",
+            ));
+        }
         let mut request = inner
             .http
             .request(method, url)

@@ -91,6 +91,9 @@ pub enum FailureKind {
     /// No access token could be acquired. `transient`: the token service or the network
     /// failed for now; otherwise the credential itself is wrong or unusable.
     Credential { transient: bool },
+    /// Not sent: this process is past its leader renew deadline (docs/design.md, "Leader
+    /// election") and sends no write until it stands by again.
+    Fenced,
 }
 
 /// A failed Graph call, with everything needed to report it and decide what is safe.
@@ -160,6 +163,9 @@ fn describe(e: &GraphError, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         }
         FailureKind::Credential { transient: false } => {
             f.write_str("the Azure credential cannot get an access token")?
+        }
+        FailureKind::Fenced => {
+            f.write_str("not sent, this process is past its leader renew deadline")?
         }
     }
     if let Some(detail) = &e.detail {
@@ -308,6 +314,7 @@ impl GraphError {
             }
             FailureKind::Credential { transient: true } => ErrorClass::TransientBeforeSend,
             FailureKind::Credential { transient: false } => ErrorClass::Definite,
+            FailureKind::Fenced => ErrorClass::TransientBeforeSend,
         }
     }
 

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgGroup, Args, Parser, Subcommand};
+use clap::{ArgAction, ArgGroup, Args, Parser, Subcommand};
 
 use super::error::exit_code_help;
 use super::output::Format;
@@ -63,6 +63,19 @@ pub struct Connection {
     /// How long one request to the API server may take (0: no limit).
     #[arg(long, global = true, default_value = "30s", value_parser = request_timeout)]
     pub request_timeout: Duration,
+    /// The user to impersonate; replaces the kubeconfig's `as`. The API server checks that
+    /// you may impersonate, then authenticates, authorises and records the command as them.
+    #[arg(long = "as", global = true, value_name = "USER", value_parser = validate::user_name)]
+    pub impersonate: Option<String>,
+    /// A group to impersonate, repeatable; replaces the kubeconfig's `as-groups`.
+    #[arg(
+        long = "as-group",
+        global = true,
+        value_name = "GROUP",
+        action = ArgAction::Append,
+        value_parser = validate::user_name
+    )]
+    pub impersonate_groups: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -94,7 +107,19 @@ kubectl guestreset status alice-to-newco -n identity\n  kubectl guestreset statu
         after_help = "Example:\n  kubectl guestreset plan alice-to-newco -n identity -o yaml"
     )]
     Plan(PlanArgs),
+    /// Print a shell completion script for bash, zsh or fish.
+    #[command(after_help = COMPLETION_HELP)]
+    Completion(CompletionArgs),
 }
+
+const COMPLETION_HELP: &str = "\
+Completes `kubectl guestreset ...` (kubectl 1.26 or newer runs the executable \
+kubectl_complete-guestreset for that; docs/plugin.md) and `kubectl-guestreset ...`.
+
+Examples:
+  kubectl guestreset completion bash > ~/.local/share/bash-completion/completions/kubectl-guestreset
+  kubectl guestreset completion zsh > \"${fpath[1]}/_kubectl-guestreset\"
+  kubectl guestreset completion fish > ~/.config/fish/completions/kubectl-guestreset.fish";
 
 const DECIDE_HELP: &str = "\
 Prints the plan of the current generation, then writes status.approval (generation, decision, \
@@ -211,6 +236,21 @@ pub struct StatusArgs {
     /// Print the status as YAML or JSON instead of a table.
     #[arg(short, long, value_enum)]
     pub output: Option<Format>,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+/// The shells `completion` writes scripts for.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Args, Debug)]
@@ -408,6 +448,23 @@ mod tests {
             parse(&["status", "-A", "a"]).is_err(),
             "-A lists, a NAME picks one"
         );
+    }
+
+    #[test]
+    fn impersonation_flags_are_global_and_groups_repeat() {
+        let line = "--as bob approve a --reason r --as-group g1 --as-group g2";
+        let cli = parse(&words_of(line)).unwrap();
+        assert_eq!(cli.connection.impersonate.as_deref(), Some("bob"));
+        assert_eq!(cli.connection.impersonate_groups, ["g1", "g2"]);
+        let cli = parse(&["status"]).unwrap();
+        assert_eq!(cli.connection.impersonate, None);
+        assert!(cli.connection.impersonate_groups.is_empty());
+        let err = usage_error(&["status", "--as", " "]);
+        assert!(err.contains("--as <USER>"), "{err}");
+    }
+
+    fn words_of(line: &str) -> Vec<&str> {
+        line.split_whitespace().collect()
     }
 
     #[test]

@@ -181,11 +181,14 @@ pub(crate) fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-/// Graph's style for date-time properties: whole seconds, `Z`.
+/// Graph's style for date-time properties, `Z`, with milliseconds: Microsoft's examples show
+/// whole seconds, but the type (DateTimeOffset) carries fractions, and a client must not
+/// assume it does not. Always three digits, so that two such times still compare as text.
 pub(crate) fn now_graph_datetime() -> String {
     let now = OffsetDateTime::now_utc();
-    let format =
-        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
     now.format(&format).unwrap_or_default()
 }
 

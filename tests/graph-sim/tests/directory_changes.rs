@@ -26,8 +26,13 @@ async fn a_guest_redeeming_moves_the_state_to_accepted_with_a_new_change_time() 
 
     let redeemed = admin.redeem(ALICE).await.unwrap();
     assert_eq!(redeemed.external_user_state.as_deref(), Some("Accepted"));
-    // Graph's whole-second times compare as text.
+    // The simulator's change times have three digits of milliseconds: they compare as text.
     let changed = redeemed.external_user_state_change_date_time.unwrap();
+    assert!(
+        changed.len() == "2024-01-15T09:30:00.000Z".len() && changed.ends_with('Z'),
+        "{changed}"
+    );
+    assert_eq!(changed.as_bytes()[19], b'.', "{changed}");
     assert!(changed >= pending.external_user_state_change_date_time.unwrap());
     assert_ne!(changed, "2024-01-15T09:30:00Z", "the change time moved");
     // Graph shows it.

@@ -12,6 +12,7 @@
 //! * [`chart`]: Helm (built by `scripts/helm.sh`), the chart rendered with it, and the
 //!   example RBAC of `examples/rbac/`.
 //! * [`run_bounded`]: a command with a deadline, for tools that could hang.
+//! * [`gitops`]: kstatus's verdict and an Argo CD health script over live objects.
 //! * `operator` (feature `operator`): the world of an end-to-end test, a namespace,
 //!   the Graph simulator and `guestreset run` processes.
 //!
@@ -38,9 +39,11 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 pub mod chart;
+pub mod gitops;
 mod identity;
 #[cfg(feature = "operator")]
 pub mod operator;
+pub mod proxy;
 
 pub use identity::Identity;
 
@@ -439,6 +442,24 @@ impl ControlPlane {
         &self.server
     }
 
+    /// A copy of the admin kubeconfig, written to `path`, that reaches the API server through
+    /// `proxy` (a [`proxy::TcpProxy`] in front of [`ControlPlane::server_url`]).
+    pub fn kubeconfig_via(&self, proxy: &proxy::TcpProxy, path: &Path) -> PathBuf {
+        let original = fs::read_to_string(&self.kubeconfig).unwrap();
+        let servers = original.matches(self.server.as_str()).count();
+        assert_eq!(servers, 1, "one server in {}", self.kubeconfig.display());
+        fs::write(path, original.replace(self.server.as_str(), &proxy.url())).unwrap();
+        path.to_owned()
+    }
+
+    /// The API server's address, for a proxy in front of it.
+    pub fn server_addr(&self) -> std::net::SocketAddr {
+        let authority = self.server.trim_start_matches("https://");
+        authority
+            .parse()
+            .expect("the API server listens on an IP address")
+    }
+
     /// Directory holding `etcd`, `kube-apiserver` and `kubectl`.
     pub fn bin_dir(&self) -> &Path {
         &self.bin_dir
@@ -656,6 +677,45 @@ where
         }
         tokio::time::sleep_until(next).await;
     }
+}
+
+// ------------------------------------------------------------------ tools
+
+/// Runs `scripts/NAME.sh build`, which builds a tool from the Go module proxy into the cache
+/// (or finds it there) and prints its path.
+pub fn build_tool(name: &str) -> Result<PathBuf, String> {
+    let script = repo_root().join(format!("scripts/{name}.sh"));
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("build")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("run {}: {e}", script.display()))?;
+    let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if !out.status.success() || !bin.is_file() {
+        return Err(format!(
+            "{} build failed ({}): {}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(bin)
+}
+
+/// The tool, or a panic with the reason its build failed (every test that needs it fails;
+/// none is skipped).
+pub fn tool_or_panic(built: &Result<PathBuf, String>) -> &Path {
+    match built {
+        Ok(bin) => bin,
+        Err(e) => panic!("a tool the test needs is unavailable: {e}"),
+    }
+}
+
+/// promtool, built by `scripts/promtool.sh` on first use.
+pub fn promtool() -> &'static Path {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    tool_or_panic(BIN.get_or_init(|| build_tool("promtool")))
 }
 
 // ------------------------------------------------------------------ messages
