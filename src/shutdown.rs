@@ -238,6 +238,14 @@ mod tests {
     use futures::StreamExt;
     use std::future::pending;
 
+    /// `fut`, or a failure after 30 s: a future that never resolves fails its test at once
+    /// instead of hanging the suite.
+    async fn bounded<F: Future>(fut: F) -> F::Output {
+        tokio::time::timeout(std::time::Duration::from_secs(30), fut)
+            .await
+            .expect("resolved within 30 s")
+    }
+
     /// True when `fut` is already resolved, polling it once.
     fn is_ready<F: Future>(fut: F) -> bool {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -266,7 +274,7 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
         shutdown.begin();
-        waiter.await.unwrap();
+        bounded(waiter).await.unwrap();
     }
 
     #[test]
@@ -296,7 +304,7 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
         drop(guard);
-        waiter.await.unwrap();
+        bounded(waiter).await.unwrap();
     }
 
     #[tokio::test]
@@ -317,8 +325,8 @@ mod tests {
             });
         let shutdown = Shutdown::new();
         let mut events = std::pin::pin!(end_on_stop(watch, shutdown.clone()));
-        assert_eq!(events.next().await, Some(1));
-        assert_eq!(events.next().await, Some(2));
+        assert_eq!(bounded(events.next()).await, Some(1));
+        assert_eq!(bounded(events.next()).await, Some(2));
         shutdown.begin();
         // kube-runtime stops polling at the stop: the drop must not wait for a poll.
         let dropped_soon = async {
@@ -329,7 +337,7 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), dropped_soon)
             .await
             .expect("the stream was dropped at the stop");
-        assert_eq!(events.next().await, None);
+        assert_eq!(bounded(events.next()).await, None);
     }
 
     #[tokio::test]
@@ -355,7 +363,7 @@ mod tests {
             stopper.begin();
             pending::<u8>().await
         };
-        assert_eq!(unless_stopped(&shutdown, hung_step).await, None);
+        assert_eq!(bounded(unless_stopped(&shutdown, hung_step)).await, None);
         assert_eq!(unless_stopped(&shutdown, async { 2 }).await, None);
     }
 
@@ -411,7 +419,7 @@ mod tests {
             tokio::time::sleep(stop_after).await;
             stopper.begin();
         });
-        let out = run_until_deadline(&shutdown, BOUNDS, pending::<()>()).await;
+        let out = bounded(run_until_deadline(&shutdown, BOUNDS, pending::<()>())).await;
         assert_eq!(out, None);
         assert_took(started, stop_after + BOUNDS.grace);
     }
@@ -427,7 +435,7 @@ mod tests {
             tokio::time::sleep(answered_after).await;
             drop(guard);
         });
-        let out = run_until_deadline(&shutdown, BOUNDS, pending::<()>()).await;
+        let out = bounded(run_until_deadline(&shutdown, BOUNDS, pending::<()>())).await;
         assert_eq!(out, None);
         assert_took(started, answered_after + BOUNDS.grace);
     }
@@ -438,7 +446,7 @@ mod tests {
         let _stuck = shutdown.post_in_flight();
         shutdown.begin();
         let started = tokio::time::Instant::now();
-        let out = run_until_deadline(&shutdown, BOUNDS, pending::<()>()).await;
+        let out = bounded(run_until_deadline(&shutdown, BOUNDS, pending::<()>())).await;
         assert_eq!(out, None);
         assert_took(started, BOUNDS.post_timeout + BOUNDS.grace);
     }
@@ -459,7 +467,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
             "outcome recorded"
         };
-        let out = run_until_deadline(&shutdown, bounds, work).await;
+        let out = bounded(run_until_deadline(&shutdown, bounds, work)).await;
         assert_eq!(out, Some("outcome recorded"));
     }
 }

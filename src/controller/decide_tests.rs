@@ -505,6 +505,8 @@ fn stops_without_post(setup: impl Fn(&mut World), reason: Reason, message_has: &
         report.message
     );
     assert_eq!(w.posts_sent, 0, "{reason}: no invitation may be posted");
+    // Every stop here comes from the preflight: no mail changed without a reset (API.md 3.7).
+    assert_eq!(w.patches, 0, "{reason}: the user's mail is left as it was");
     assert_eq!(w.status.phase, Some(crate::resource::Phase::Failed));
     assert_eq!(w.ready().status, "False");
     assert_eq!(w.status.attempt, None);

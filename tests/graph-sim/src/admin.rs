@@ -207,14 +207,28 @@ impl AdminClient {
         self.get("settings").await
     }
 
+    /// A fixed latency of `d` on every Graph response (no spread).
     pub async fn set_latency(&self, d: Duration) -> Result<()> {
-        self.send(
-            reqwest::Method::PUT,
-            "settings",
-            Some(json!({ "latency_ms": d.as_millis() as u64 })),
-        )
-        .await
-        .map(drop)
+        self.put_settings(json!({ "latency_ms": d.as_millis() as u64, "latency_spread_ms": 0 }))
+            .await
+    }
+
+    /// Reads show a `POST /invitations`' effect on the user's redemption state only `d` later.
+    pub async fn set_evidence_delay(&self, d: Duration) -> Result<()> {
+        self.put_settings(json!({ "evidence_delay_ms": d.as_millis() as u64 }))
+            .await
+    }
+
+    /// `Retry-After: seconds` on every 503 Graph answer; `None` for none.
+    pub async fn set_retry_after_on_503(&self, seconds: Option<u64>) -> Result<()> {
+        self.put_settings(json!({ "retry_after_on_503": seconds }))
+            .await
+    }
+
+    async fn put_settings(&self, patch: Value) -> Result<()> {
+        self.send(reqwest::Method::PUT, "settings", Some(patch))
+            .await
+            .map(drop)
     }
 
     pub async fn set_mail_propagation(&self, d: Duration) -> Result<()> {

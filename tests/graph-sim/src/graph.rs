@@ -4,6 +4,7 @@ use crate::filter::{self, FilterError};
 use crate::model::{Hazard, InvitationRecord, SeedUser};
 use crate::reply::{Ctx, Reply};
 use crate::state::{Identity, State, UserRecord, now_graph_datetime, now_rfc3339};
+use crate::unkind;
 use base64::Engine;
 use rand::RngCore;
 use serde_json::{Map, Value, json};
@@ -170,7 +171,8 @@ pub(crate) fn get_user(
     let Some(i) = visible_user(state, key, Instant::now()) else {
         return not_found(ctx, key);
     };
-    let mut body = render_user(&state.users[i].user, selected.as_deref());
+    let user = unkind::as_read(&state.users[i], Instant::now());
+    let mut body = render_user(&user, selected.as_deref());
     body.insert(
         "@odata.context".into(),
         json!(context_url(identity, selected.as_deref(), true)),
@@ -201,7 +203,7 @@ pub(crate) fn list_users(state: &State, identity: &Identity, ctx: &Ctx, query: &
         .iter()
         .filter(|r| r.visible(now))
         .filter(|r| filter.as_ref().is_none_or(|f| f.matches(&r.user)))
-        .map(|r| Value::Object(render_user(&r.user, selected.as_deref())))
+        .map(|r| Value::Object(render_user(&unkind::as_read(r, now), selected.as_deref())))
         .collect();
     Reply::json(
         200,
@@ -500,7 +502,9 @@ pub(crate) fn post_invitation(
     };
 
     let at = now_rfc3339();
+    let evidence_delay = Duration::from_millis(state.settings.evidence_delay_ms);
     let record = &mut state.users[index];
+    let before = record.user.clone();
     let user = &mut record.user;
     if effect == "member converted" {
         user.user_type = "Guest".to_string();
@@ -516,6 +520,8 @@ pub(crate) fn post_invitation(
     user.external_user_state = Some("PendingAcceptance".to_string());
     user.external_user_state_change_date_time = Some(now_graph_datetime());
     let user_id = user.id.clone();
+    unkind::hold_back_reset(record, &before, evidence_delay);
+    let user = &record.user;
     let display_name = text("invitedUserDisplayName")
         .map(str::to_string)
         .or_else(|| user.display_name.clone());

@@ -14,6 +14,7 @@ mod server;
 mod state;
 mod tls;
 mod token;
+mod unkind;
 
 pub use admin::{AdminClient, client_trusting};
 pub use model::{
@@ -32,6 +33,10 @@ pub const DEFAULT_TENANT_ID: &str = "00000000-0000-0000-0000-0000000000aa";
 pub const DEFAULT_CLIENT_ID: &str = "00000000-0000-0000-0000-0000000000bb";
 /// Default client secret accepted by the token endpoint.
 pub const DEFAULT_CLIENT_SECRET: &str = "sim-secret";
+/// The least latency of a Graph response by default.
+pub const DEFAULT_LATENCY: Duration = Duration::from_millis(5);
+/// How much more a Graph response may take by default (drawn per response).
+pub const DEFAULT_LATENCY_SPREAD: Duration = Duration::from_millis(45);
 /// Path of the managed-identity endpoint (`IDENTITY_ENDPOINT = base_url + this`,
 /// `IDENTITY_HEADER = client secret`).
 pub const MANAGED_IDENTITY_PATH: &str = "/msi/token";
@@ -44,8 +49,13 @@ pub struct SimConfig {
     pub client_id: String,
     pub client_secret: String,
     pub users: Vec<SeedUser>,
-    /// Added to every Graph response.
+    /// Added to every Graph response; with `latency_spread`, a response waits a time drawn
+    /// uniformly from `latency ..= latency + latency_spread` (default 5–50 ms; zero both for
+    /// none).
     pub latency: Duration,
+    pub latency_spread: Duration,
+    /// Seeds the latency draws, so that a test's run is repeatable as far as timing allows.
+    pub seed: u64,
 }
 
 impl SimConfig {
@@ -57,7 +67,9 @@ impl SimConfig {
             client_id: DEFAULT_CLIENT_ID.to_string(),
             client_secret: DEFAULT_CLIENT_SECRET.to_string(),
             users: Vec::new(),
-            latency: Duration::ZERO,
+            latency: DEFAULT_LATENCY,
+            latency_spread: DEFAULT_LATENCY_SPREAD,
+            seed: 0,
         }
     }
 
@@ -118,8 +130,10 @@ pub async fn start(config: SimConfig) -> anyhow::Result<Simulator> {
         config.users,
         Settings {
             latency_ms: config.latency.as_millis() as u64,
-            mail_propagation_ms: 0,
+            latency_spread_ms: config.latency_spread.as_millis() as u64,
+            ..Settings::default()
         },
+        config.seed,
     );
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
     let task = tokio::spawn(server::serve(listener, acceptor, shared));

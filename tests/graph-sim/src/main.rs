@@ -1,4 +1,4 @@
-//! `graph-sim --bind 127.0.0.1:0 --state-dir DIR [--seed users.yaml] [--latency-ms N]`
+//! `graph-sim --bind 127.0.0.1:0 --state-dir DIR [--seed users.yaml] [--latency-ms N] [--latency-spread-ms N] [--rng-seed N]`
 
 use clap::Parser;
 use graph_sim::{SimConfig, load_seed};
@@ -22,8 +22,14 @@ struct Args {
     #[arg(long)]
     seed: Option<PathBuf>,
     /// Added to every Graph response.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = graph_sim::DEFAULT_LATENCY.as_millis() as u64)]
     latency_ms: u64,
+    /// Up to this much more per Graph response, drawn uniformly (seeded by --rng-seed).
+    #[arg(long, default_value_t = graph_sim::DEFAULT_LATENCY_SPREAD.as_millis() as u64)]
+    latency_spread_ms: u64,
+    /// Seeds the latency draws.
+    #[arg(long, default_value_t = 0)]
+    rng_seed: u64,
     #[arg(long)]
     tenant_id: Option<String>,
     #[arg(long)]
@@ -38,6 +44,8 @@ async fn main() -> anyhow::Result<()> {
     let mut config = SimConfig::new(&args.state_dir);
     config.bind = args.bind;
     config.latency = Duration::from_millis(args.latency_ms);
+    config.latency_spread = Duration::from_millis(args.latency_spread_ms);
+    config.seed = args.rng_seed;
     if let Some(seed) = &args.seed {
         config.users = load_seed(seed)?;
     }

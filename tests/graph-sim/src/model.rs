@@ -235,11 +235,25 @@ pub struct Secrets {
 pub struct Settings {
     /// Added to every Graph response.
     pub latency_ms: u64,
+    /// Up to this much more, drawn uniformly per Graph response from the simulator's seeded
+    /// generator (`SimConfig::seed`): Graph's latency varies from call to call.
+    #[serde(default)]
+    pub latency_spread_ms: u64,
     /// How long after a `PATCH` of `mail` the invitation service still sees the previous mail.
     pub mail_propagation_ms: u64,
+    /// How long after a `POST /invitations` reads still show the user's previous
+    /// `externalUserState` and change time: the directory replicates a reset's effect late,
+    /// so evidence of an interrupted POST may arrive partway through the replication window.
+    #[serde(default)]
+    pub evidence_delay_ms: u64,
+    /// `Retry-After` (seconds) on every 503 Graph answer (Graph sends one on some 5xx);
+    /// 500 and 504 answers never carry one.
+    #[serde(default)]
+    pub retry_after_on_503: Option<u64>,
 }
 
 impl Settings {
+    /// The fixed part of the latency (see [`Settings::latency_spread_ms`] for the rest).
     pub fn latency(&self) -> Duration {
         Duration::from_millis(self.latency_ms)
     }

@@ -235,10 +235,11 @@ async fn handle(
             }
         }
     };
-    let latency = if is_graph {
-        shared.lock().settings.latency()
+    let (latency, retry_after_503) = if is_graph {
+        let mut state = shared.lock();
+        (state.draw_latency(), state.settings.retry_after_on_503)
     } else {
-        Duration::ZERO
+        (Duration::ZERO, None)
     };
 
     let reply = match &fault {
@@ -281,6 +282,7 @@ async fn handle(
             reply
         }
     };
+    let reply = crate::unkind::retry_after_on_503(reply, retry_after_503);
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -527,7 +529,21 @@ fn to_value<T: serde::Serialize>(value: &T) -> Value {
 #[derive(serde::Deserialize)]
 struct SettingsPatch {
     latency_ms: Option<u64>,
+    latency_spread_ms: Option<u64>,
     mail_propagation_ms: Option<u64>,
+    evidence_delay_ms: Option<u64>,
+    /// `Some(None)` (JSON null) takes the `Retry-After` off 503 answers again.
+    #[serde(default, deserialize_with = "some")]
+    retry_after_on_503: Option<Option<u64>>,
+}
+
+/// Tells a field set to null from a field left out.
+fn some<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 /// `/_sim/...`: inspection and control, no bearer needed, never journaled.
@@ -561,6 +577,7 @@ fn admin(shared: &Shared, method: &hyper::Method, path: &str, body: &[u8]) -> Ht
             let Some(i) = state.user_by_key(id) else {
                 return admin_error(404, "no such user");
             };
+            crate::unkind::forget_replication(&mut state.users[i]);
             let user = &mut state.users[i].user;
             match *change {
                 // The guest redeemed their invitation.
@@ -607,6 +624,15 @@ fn admin(shared: &Shared, method: &hyper::Method, path: &str, body: &[u8]) -> Ht
                 }
                 if let Some(v) = patch.mail_propagation_ms {
                     settings.mail_propagation_ms = v;
+                }
+                if let Some(v) = patch.latency_spread_ms {
+                    settings.latency_spread_ms = v;
+                }
+                if let Some(v) = patch.evidence_delay_ms {
+                    settings.evidence_delay_ms = v;
+                }
+                if let Some(v) = patch.retry_after_on_503 {
+                    settings.retry_after_on_503 = v;
                 }
                 admin_json(200, &to_value(&state.settings))
             }

@@ -27,7 +27,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub fn new(identity: Identity, users: Vec<SeedUser>, settings: Settings) -> Arc<Self> {
+    pub fn new(
+        identity: Identity,
+        users: Vec<SeedUser>,
+        settings: Settings,
+        seed: u64,
+    ) -> Arc<Self> {
         let now = Instant::now();
         let state = State {
             users: users
@@ -35,6 +40,7 @@ impl Shared {
                 .map(|user| UserRecord::new(user, now))
                 .collect(),
             settings,
+            rng: seed,
             ..State::default()
         };
         Arc::new(Shared {
@@ -57,6 +63,9 @@ pub(crate) struct UserRecord {
     /// The mail the invitation service still sees while a PATCHed mail propagates.
     pub previous_mail: Option<String>,
     pub mail_set_at: Option<Instant>,
+    /// What reads show of the redemption state while a reset's effect replicates
+    /// (`Settings::evidence_delay_ms`, see `unkind.rs`).
+    pub replicating: Option<crate::unkind::Replicating>,
 }
 
 impl UserRecord {
@@ -66,6 +75,7 @@ impl UserRecord {
             added: now,
             previous_mail: None,
             mail_set_at: None,
+            replicating: None,
         }
     }
 
@@ -98,6 +108,8 @@ pub(crate) struct State {
     pub assertions: Vec<AssertionClaims>,
     /// Responses currently held by `HangAfter`.
     pub held: u64,
+    /// The state of the seeded generator of latency draws (splitmix64).
+    pub rng: u64,
 }
 
 impl State {

@@ -370,3 +370,78 @@ async fn unauthenticated_calls_do_not_consume_faults() {
         StatusCode::INTERNAL_SERVER_ERROR
     );
 }
+
+/// Graph sends `Retry-After` with some 5xx: here with 503s when the setting asks, never with a
+/// 500 or a 504.
+#[tokio::test]
+async fn retry_after_comes_with_503_answers_when_asked() {
+    let (sim, graph) = setup(
+        "retry-after-503",
+        FaultAction::ServerErrorBefore { status: 503 },
+    )
+    .await;
+    sim.admin().set_retry_after_on_503(Some(4)).await.unwrap();
+    let a = graph.invite(&reset_body(ALICE, NEW_MAIL)).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.header("retry-after"), Some("4"));
+    for status in [500, 504] {
+        sim.admin()
+            .add_fault(FaultRule::once(
+                Call::PostInvitation,
+                FaultAction::ServerErrorBefore { status },
+            ))
+            .await
+            .unwrap();
+        let b = graph.invite(&reset_body(ALICE, NEW_MAIL)).await;
+        assert_eq!(b.status.as_u16(), status);
+        assert_eq!(b.header("retry-after"), None, "{status}");
+    }
+    sim.admin().set_retry_after_on_503(None).await.unwrap();
+    sim.admin()
+        .add_fault(FaultRule::once(
+            Call::PostInvitation,
+            FaultAction::ServerErrorBefore { status: 503 },
+        ))
+        .await
+        .unwrap();
+    let c = graph.invite(&reset_body(ALICE, NEW_MAIL)).await;
+    assert_eq!(c.header("retry-after"), None);
+}
+
+/// With an evidence delay, reads show the user's state before a reset until the delay has
+/// passed; the admin API shows the truth at once.
+#[tokio::test]
+async fn a_reset_shows_in_reads_only_after_the_evidence_delay() {
+    let sim = start("evidence-delay").await;
+    let graph = Graph::new(&sim).await;
+    sim.admin()
+        .set_evidence_delay(Duration::from_millis(1500))
+        .await
+        .unwrap();
+    let read = || async {
+        let a = graph
+            .get(&format!(
+                "/users/{ALICE}?$select=externalUserState,externalUserStateChangeDateTime"
+            ))
+            .await;
+        a.body["externalUserState"].as_str().map(str::to_owned)
+    };
+    assert_eq!(read().await.as_deref(), Some("Accepted"));
+    let sent = Instant::now();
+    let posted = graph.invite(&reset_body(ALICE, NEW_MAIL)).await;
+    assert_eq!(posted.status, StatusCode::CREATED);
+    assert_eq!(
+        alice_state(&sim).await.as_deref(),
+        Some("PendingAcceptance")
+    );
+    let first = read().await;
+    if sent.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(first.as_deref(), Some("Accepted"), "still replicating");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read().await.as_deref() != Some("PendingAcceptance") {
+        assert!(Instant::now() < deadline, "the reset never showed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(sent.elapsed() >= Duration::from_millis(1500));
+}

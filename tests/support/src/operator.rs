@@ -101,14 +101,24 @@ where
     /// Installs the CRD (once per test binary), makes a namespace `prefix-*`, starts a simulator
     /// seeded with `users`; operators started later run `binary`.
     pub async fn start(prefix: &str, users: Vec<SeedUser>, binary: impl Into<PathBuf>) -> Self {
+        Self::start_with(prefix, users, binary, |config| config).await
+    }
+
+    /// [`World::start`] with the simulator's configuration adjusted by `configure` (its seed,
+    /// its latency).
+    pub async fn start_with(
+        prefix: &str,
+        users: Vec<SeedUser>,
+        binary: impl Into<PathBuf>,
+        configure: impl FnOnce(SimConfig) -> SimConfig,
+    ) -> Self {
         let cp = ControlPlane::shared().await;
         CRD.get_or_init(|| async { cp.install_guestreset_crd().unwrap() })
             .await;
         let ns = cp.namespace(prefix).await;
         let state = tempfile::tempdir().unwrap();
-        let sim = graph_sim::start(SimConfig::new(state.path()).with_users(users))
-            .await
-            .unwrap();
+        let config = configure(SimConfig::new(state.path()).with_users(users));
+        let sim = graph_sim::start(config).await.unwrap();
         let admin = sim.admin();
         let client = cp.client().await;
         World {
