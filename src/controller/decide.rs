@@ -124,6 +124,9 @@ fn issue(
         });
     };
     if target.needs_mail && pass.mail_set.is_none() {
+        if pass.slot_writes < 2 {
+            return Err(short_of_slots(user).into());
+        }
         prepare(pass.mail, Write::Mail, now, user)?;
         return Err(Step::SetMail {
             user_id: user.id.clone(),
@@ -199,6 +202,20 @@ fn ready_to_send(o: &Observed<'_>, now: Timestamp, pass: &Pass, user: &Directory
             .into()),
         Some(Ok(())) => Ok(()),
     }
+}
+
+/// A fresh read found the e-mail gone from the user since the slots were taken for the POST
+/// alone: the mail PATCH may not spend the POST's slot (which would leave the POST to wait
+/// after its checks). Nothing was written to Graph: the intent goes, and the next pass asks
+/// for a turn of both writes (docs/design.md, "Waiting for a write slot").
+fn short_of_slots(user: &DirectoryUser) -> Report {
+    Report::new(
+        Reason::Pending,
+        "the e-mail left the user's mail since the write slot was taken; asking for a turn for the mail and the invitation",
+    )
+    .requeue(Duration::from_secs(1))
+    .clear_attempt()
+    .with_user(user)
 }
 
 /// The reset waits for its turn at the write limiter: `Pending`, with the expected time.

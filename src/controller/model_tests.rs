@@ -85,6 +85,9 @@ enum Action {
     GuestRedeems,
     /// An admin turns the guest into a member.
     ConvertToMember,
+    /// An admin puts the spec's e-mail on the user's mail (one write left to make), or takes
+    /// it away (the mail PATCH is needed again) — between a turn's reservation and its claim.
+    AdminMail { to_spec: bool },
     /// Another writer changes the object's metadata: the next guarded write conflicts.
     Touch,
     /// A decision on the current generation: by the approver, or by the requester (which
@@ -120,6 +123,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => Just(Action::ForeignInvite),
         1 => Just(Action::GuestRedeems),
         1 => Just(Action::ConvertToMember),
+        2 => any::<bool>().prop_map(|to_spec| Action::AdminMail { to_spec }),
         2 => Just(Action::Touch),
         3 => (prop::bool::weighted(0.2), prop::bool::weighted(0.8))
             .prop_map(|(by_requester, approve)| Action::Decide { by_requester, approve }),
@@ -217,7 +221,12 @@ impl World {
             approver_may: true,
             confirmed: HashSet::new(),
             base,
-            limiters: [0, 1].map(|_| WriteLimiter::new_at(PER_MINUTE, BURST, base)),
+            // As in production: a process that starts issuing starts with an empty bucket.
+            limiters: [0, 1].map(|_| {
+                let limiter = WriteLimiter::new_at(PER_MINUTE, BURST, base);
+                limiter.start_empty(base);
+                limiter
+            }),
             held: Default::default(),
             marked: [None, None],
             writes: Default::default(),
@@ -335,6 +344,13 @@ impl World {
             Action::ForeignInvite => self.foreign_change("PendingAcceptance"),
             Action::GuestRedeems => self.foreign_change("Accepted"),
             Action::ConvertToMember => self.user.user_type = Some("Member".into()),
+            Action::AdminMail { to_spec } => {
+                self.user.mail = Some(if to_spec {
+                    self.obj.spec.email.clone()
+                } else {
+                    "someone@elsewhere.example".into()
+                });
+            }
             Action::Touch => self.bump(),
             Action::Step(..) | Action::Burst(..) | Action::Crash(_) => {}
         }
@@ -849,10 +865,13 @@ proptest! {
 #[test]
 fn the_model_reaches_issued_with_one_post() {
     let actions: Vec<Action> = std::iter::repeat_n(Action::Step(0, Answer::Ok), 20).collect();
-    let mut world_actions = actions.clone();
+    let mut world_actions = vec![Action::Tick(20)];
+    world_actions.extend(actions);
     world_actions.push(Action::Tick(1));
     run(&world_actions).unwrap();
     let mut world = World::new(false);
+    // The limiter starts empty, as in production: the two slots (mail, POST) are there at 20 s.
+    world.now = 20;
     let mut runner = Some(PassRunner::new(world.obj.clone(), 0));
     for _ in 0..20 {
         let Some(r) = runner.as_mut() else { break };

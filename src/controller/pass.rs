@@ -203,6 +203,7 @@ impl PassRunner {
                     .unless_stopping(io, |io| io.take_slots(&current, writes))
                     .await?;
                 self.pass.slots = Some(turn);
+                self.pass.slot_writes = writes;
                 Ok(())
             }
             Step::CheckTenant { write } => {

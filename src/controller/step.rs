@@ -181,6 +181,8 @@ pub struct Pass {
     pub intent: Option<Attempt>,
     /// The write slots of this reset, reserved before the intent.
     pub slots: Option<SlotTurn>,
+    /// How many writes those slots were taken for.
+    pub slot_writes: u32,
     pub mail: WritePrep,
     pub mail_set: Option<Result<(), Failure>>,
     /// The user and the e-mail holders were read again after the mail PATCH (reads from
