@@ -311,7 +311,7 @@ impl WriteLimiter {
     /// Waits for a write slot and hands it over (a write that queues behind no turn: the
     /// client's own retried writes).
     pub async fn take_slot(&self) -> (WriteSlot, Duration) {
-        let start = Instant::now();
+        let mut waited = Duration::ZERO;
         loop {
             let now = Instant::now();
             let wait = {
@@ -323,11 +323,12 @@ impl WriteLimiter {
                 if wait.is_zero() {
                     let usable_from = ledger.account.claim(1, now)[0];
                     drop(ledger);
-                    return (self.slot(usable_from), now - start);
+                    return (self.slot(usable_from), waited);
                 }
                 wait
             };
             tokio::time::sleep(wait).await;
+            waited += wait;
         }
     }
 
