@@ -151,9 +151,10 @@ async fn a_second_write_after_a_spec_edit_is_in_hand_before_the_checks() {
 /// takes about 80 s rather than 7 minutes); Graph blocks the tenant after a few writes; the
 /// cool-down is 40 s, longer than the burst takes to refill, so that the turns falling due
 /// during it outnumber the burst. In every window of the journal at most burst + rate·w
-/// writes, and none into the pause after 1 s. (Before the fix every turn that fell due during
-/// the pause was handed out when it ended, on top of the probe: 21 writes within a second or
-/// two against a bound of 18.)
+/// writes, and none into the pause after 1 s. A guard, not a reproduction: run against the code
+/// before the fix (and at 30/min, burst 3, a 30 s cool-down) it passed too, because the
+/// requeue's jitter spread the resources that came back after the pause; the saved-up turns
+/// are caught by the limiter's tests and the model test.
 #[tokio::test(flavor = "multi_thread")]
 async fn queued_resets_keep_the_limit_in_every_window_across_a_pause() {
     const N: usize = 40;
