@@ -28,6 +28,9 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the CustomResourceDefinition YAML (identical to the file under crds/).
     Crd,
+    /// Check the installation before the first reset, with the flags of `run`: the token, its
+    /// Graph permission, Graph, the API-server rights, the namespace, the pause record.
+    Check(Box<RunArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -276,7 +279,7 @@ mod tests {
             .chain(args.iter().copied());
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Run(args) => *args,
-            Command::Crd => panic!("run"),
+            _ => panic!("run"),
         }
     }
 

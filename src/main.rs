@@ -19,9 +19,13 @@ fn main() -> ExitCode {
     // Before anything else, even the flags: from here on a SIGTERM begins a clean stop.
     let shutdown = Shutdown::new();
     let signals = runtime.block_on(async { stop_on_signals(&shutdown) });
-    let Command::Run(args) = Cli::parse().command else {
-        print!("{}", guestreset::resource::crd_yaml());
-        return ExitCode::SUCCESS;
+    let args = match Cli::parse().command {
+        Command::Run(args) => args,
+        Command::Crd => {
+            print!("{}", guestreset::resource::crd_yaml());
+            return ExitCode::SUCCESS;
+        }
+        Command::Check(args) => return check(&runtime, &args),
     };
     guestreset::telemetry::init(args.log_format);
     let result = signals.map_err(StartError::Signals);
@@ -32,6 +36,17 @@ fn main() -> ExitCode {
         tracing::error!(error = %err, "guestreset stopped with an error");
     }
     result.map_or(ExitCode::FAILURE, |()| ExitCode::SUCCESS)
+}
+
+/// `guestreset check`: the report on stdout, failure when any check failed.
+fn check(runtime: &tokio::runtime::Runtime, args: &RunArgs) -> ExitCode {
+    let report = runtime.block_on(guestreset::check::run(args));
+    print!("{report}");
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 async fn run(args: RunArgs, shutdown: Shutdown) -> Result<(), StartError> {

@@ -119,6 +119,7 @@ pub async fn start(config: SimConfig) -> anyhow::Result<Simulator> {
         Settings {
             latency_ms: config.latency.as_millis() as u64,
             mail_propagation_ms: 0,
+            tokens_without_roles: false,
         },
     );
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);

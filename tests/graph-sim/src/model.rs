@@ -237,6 +237,9 @@ pub struct Settings {
     pub latency_ms: u64,
     /// How long after a `PATCH` of `mail` the invitation service still sees the previous mail.
     pub mail_propagation_ms: u64,
+    /// Tokens carry no `roles` claim, as when no application permission was consented.
+    #[serde(default)]
+    pub tokens_without_roles: bool,
 }
 
 impl Settings {

@@ -528,6 +528,7 @@ fn to_value<T: serde::Serialize>(value: &T) -> Value {
 struct SettingsPatch {
     latency_ms: Option<u64>,
     mail_propagation_ms: Option<u64>,
+    tokens_without_roles: Option<bool>,
 }
 
 /// `/_sim/...`: inspection and control, no bearer needed, never journaled.
@@ -607,6 +608,9 @@ fn admin(shared: &Shared, method: &hyper::Method, path: &str, body: &[u8]) -> Ht
                 }
                 if let Some(v) = patch.mail_propagation_ms {
                     settings.mail_propagation_ms = v;
+                }
+                if let Some(v) = patch.tokens_without_roles {
+                    settings.tokens_without_roles = v;
                 }
                 admin_json(200, &to_value(&state.settings))
             }
