@@ -199,6 +199,15 @@ fn uid_of(obj: &GuestRedemptionReset) -> String {
         .unwrap_or_else(|| format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any()))
 }
 
+/// Graph's refusal of the reset of this user rather than of the application: 403 with
+/// `Authorization_RequestDenied` to the POST, as for a user who holds a directory role. A
+/// missing permission answers 401, or 403 `Forbidden` (docs/graph.md).
+fn refuses_target(err: &GraphError) -> bool {
+    err.call == crate::graph::GraphCall::PostInvitation
+        && err.status == Some(403)
+        && err.code.as_deref() == Some("Authorization_RequestDenied")
+}
+
 /// Maps a Graph failure to what the decision needs.
 pub fn failure_of(err: &GraphError) -> Failure {
     let text = err.to_string();
@@ -210,6 +219,7 @@ pub fn failure_of(err: &GraphError) -> Failure {
         ErrorClass::Definite if matches!(err.kind, FailureKind::Credential { .. }) => {
             Failure::Forbidden(text)
         }
+        ErrorClass::Definite if refuses_target(err) => Failure::TargetRefused(text),
         ErrorClass::Definite if err.is_forbidden() => Failure::Forbidden(text),
         ErrorClass::Definite if err.is_email_not_on_user() => Failure::EmailNotOnUser(text),
         ErrorClass::Definite if err.is_not_found() => Failure::NotFound(text),
