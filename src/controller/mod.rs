@@ -226,3 +226,38 @@ pub fn failure_of(err: &GraphError) -> Failure {
         ErrorClass::Definite => Failure::Rejected(text),
     }
 }
+
+#[cfg(test)]
+mod failure_tests {
+    use super::*;
+    use crate::graph::GraphCall;
+
+    fn answer(call: GraphCall, status: u16, code: &str) -> GraphError {
+        let body = format!(r#"{{"error": {{"code": "{code}", "message": "m"}}}}"#);
+        GraphError::from_response(call, status, body.as_bytes(), None, None)
+    }
+
+    #[test]
+    fn a_refused_target_is_told_from_a_missing_permission() {
+        let role_holder = answer(
+            GraphCall::PostInvitation,
+            403,
+            "Authorization_RequestDenied",
+        );
+        assert!(matches!(
+            failure_of(&role_holder),
+            Failure::TargetRefused(_)
+        ));
+        // The application's missing permission, as Graph answers it: retried.
+        for (status, code) in [(401, "Unauthorized"), (403, "Forbidden")] {
+            let missing = answer(GraphCall::PostInvitation, status, code);
+            assert!(
+                matches!(failure_of(&missing), Failure::Forbidden(_)),
+                "{status} {code}"
+            );
+        }
+        // Only the reset refuses a target; a refused PATCH is the permission's.
+        let patch = answer(GraphCall::PatchUser, 403, "Authorization_RequestDenied");
+        assert!(matches!(failure_of(&patch), Failure::Forbidden(_)));
+    }
+}
