@@ -235,13 +235,13 @@ four_eyes_requests_and_approvals() {
   note "Graph writes so far: $(sim journal | jq '[.[] | select(.call == "PatchUser" or .call == "PostInvitation")] | length')"
 
   say "alice may approve, but not her own request: the API server refuses"
-  as alice "$PLUGIN" approve alice-to-newco --reason "I checked it myself" 2>&1 | tail -n 1 | sed 's/^/      /' || true
+  as alice "$PLUGIN" approve alice-to-newco --generation 1 --reason "I checked it myself" 2>&1 | tail -n 1 | sed 's/^/      /' || true
 
   say "bob approves each reset with kubectl guestreset approve"
   local name
   for name in $(kubectl get grr -n "$NAMESPACE" -o json |
     jq -r '.items[] | select(.spec.dryRun != true) | .metadata.name'); do
-    as bob "$PLUGIN" approve "$name" --reason "CHG-20931 reviewed by bob" | tail -n 1 | sed 's/^/      /'
+    as bob "$PLUGIN" approve "$name" --generation 1 --reason "CHG-20931 reviewed by bob" | tail -n 1 | sed 's/^/      /'
   done
 }
 

@@ -12,6 +12,8 @@ use k8s_openapi::api::admissionregistration::v1::{
 use kube::Client;
 use kube::api::Api;
 
+use crate::resource::PolicyVersion;
+
 /// How often start-up looks for the policy while it is missing.
 pub const POLL: Duration = Duration::from_secs(5);
 
@@ -58,11 +60,52 @@ pub fn problem(
 
 /// Reads the policy and its binding (both named `name`) and says what is wrong, if anything.
 pub async fn check(client: &Client, name: &str) -> Result<Option<String>, kube::Error> {
+    Ok(enforced(client, name).await?.err())
+}
+
+/// Reads the policy and its binding (both named `name`): which versions of them enforce the
+/// approval rules now, or what is wrong.
+pub async fn enforced(
+    client: &Client,
+    name: &str,
+) -> Result<Result<PolicyVersion, String>, kube::Error> {
     let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
     let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
     let policy = policies.get_opt(name).await?;
     let binding = bindings.get_opt(name).await?;
-    Ok(problem(name, policy.as_ref(), binding.as_ref()))
+    if let Some(problem) = problem(name, policy.as_ref(), binding.as_ref()) {
+        return Ok(Err(problem));
+    }
+    let (policy, binding) = (policy.unwrap_or_default(), binding.unwrap_or_default());
+    Ok(Ok(PolicyVersion {
+        policy_uid: policy.metadata.uid.unwrap_or_default(),
+        policy_generation: policy.metadata.generation.unwrap_or_default(),
+        binding_uid: binding.metadata.uid.unwrap_or_default(),
+        binding_version: binding.metadata.resource_version.unwrap_or_default(),
+    }))
+}
+
+/// Why a decision must not be acted on although its author may approve: it was not written
+/// under the policy and binding in force now (none named, or others: the binding was deleted,
+/// re-created or edited since, and a decision written meanwhile was admitted by nothing).
+pub fn admitted_problem(named: Option<&PolicyVersion>, now: &PolicyVersion) -> Option<String> {
+    match named {
+        None => Some(
+            "it names no approval policy it was admitted under (status.approval.admittedUnder); decide with kubectl guestreset once the plan is on record".to_owned(),
+        ),
+        Some(named) if named != now => Some(format!(
+            "it was written under approval policy {}/{} and binding {}/{}, but {}/{} and {}/{} are in force now: the policy was re-created or edited since, so nothing shows that it admitted this decision",
+            named.policy_uid,
+            named.policy_generation,
+            named.binding_uid,
+            named.binding_version,
+            now.policy_uid,
+            now.policy_generation,
+            now.binding_uid,
+            now.binding_version
+        )),
+        Some(_) => None,
+    }
 }
 
 /// Waits until the policy is installed, saying what is missing now and then. Returns only once
@@ -142,6 +185,34 @@ mod tests {
                 found.as_deref().is_some_and(|f| f.contains(says)),
                 "{found:?} should say {says}"
             );
+        }
+    }
+
+    #[test]
+    fn a_decision_counts_only_under_the_policy_in_force() {
+        let now = PolicyVersion {
+            policy_uid: "p".into(),
+            policy_generation: 1,
+            binding_uid: "b".into(),
+            binding_version: "10".into(),
+        };
+        assert_eq!(admitted_problem(Some(&now), &now), None);
+        assert!(admitted_problem(None, &now).is_some());
+        let recreated = PolicyVersion {
+            binding_uid: "b2".into(),
+            ..now.clone()
+        };
+        let edited = PolicyVersion {
+            binding_version: "12".into(),
+            ..now.clone()
+        };
+        let policy_edited = PolicyVersion {
+            policy_generation: 3,
+            ..now.clone()
+        };
+        for named in [recreated, edited, policy_edited] {
+            let problem = admitted_problem(Some(&named), &now).unwrap();
+            assert!(problem.contains("re-created or edited"), "{problem}");
         }
     }
 }

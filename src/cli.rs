@@ -31,6 +31,9 @@ pub enum Command {
     /// Check the installation before the first reset, with the flags of `run`: the token, its
     /// Graph permission, Graph, the API-server rights, the namespace, the pause record.
     Check(Box<RunArgs>),
+    /// GET a URL once (the chart's `helm test` hook checks /readyz with it): exit 0 on a 2xx
+    /// answer, 1 with the reason otherwise.
+    Probe(crate::probe::ProbeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -264,7 +267,7 @@ pub fn parse_duration(text: &str) -> Result<SignedDuration, String> {
 }
 
 /// A duration that also fits a timer (the Graph timeout bounds the stop, too).
-fn parse_timeout(text: &str) -> Result<Duration, String> {
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
     let duration = parse_duration(text)?;
     Duration::try_from(duration).map_err(|_| format!("{text:?} is too long a duration"))
 }
@@ -279,7 +282,7 @@ mod tests {
             .chain(args.iter().copied());
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Run(args) => *args,
-            _ => panic!("run"),
+            Command::Crd | Command::Check(_) | Command::Probe(_) => panic!("run"),
         }
     }
 

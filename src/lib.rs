@@ -21,6 +21,7 @@ pub mod graph;
 pub mod leader;
 pub mod metrics;
 pub mod plugin;
+pub mod probe;
 pub mod resource;
 pub mod shutdown;
 pub mod telemetry;

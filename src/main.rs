@@ -26,6 +26,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Check(args) => return check(&runtime, &args),
+        Command::Probe(args) => return runtime.block_on(guestreset::probe::run(&args)),
     };
     guestreset::telemetry::init(args.log_format);
     let result = signals.map_err(StartError::Signals);

@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 mod approval;
 pub mod precision;
 mod redemption;
-pub use approval::{Approval, Decision, REQUESTED_BY_ANNOTATION};
+pub use approval::{
+    Approval, Decision, PolicyVersion, REQUESTED_BY_ANNOTATION, RETRY_REQUESTED_BY_ANNOTATION,
+    spec_digest,
+};
 pub use redemption::{Redemption, RedemptionState};
 
 pub const GROUP: &str = "guestreset.io";
@@ -239,6 +242,12 @@ pub struct GuestRedemptionResetStatus {
     /// What the controller will do once the generation is approved: the preflight's findings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
+
+    /// The approval policy and binding in force when the controller planned (with
+    /// --require-approval); an approver copies it into the decision, which counts only while
+    /// they are still in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admitted_under: Option<PolicyVersion>,
 }
 
 /// The user as Graph described it in the preflight read.
@@ -280,6 +289,9 @@ pub struct IssuedInvitation {
     /// The `client-request-id` the controller sent with the POST.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_request_id: Option<String>,
+    /// Who asked, who approved and the change, from the attempt this invitation came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditNames>,
 }
 
 /// The record of an issuance in flight.
@@ -305,6 +317,26 @@ pub struct Attempt {
     /// is evidence that this attempt's reset happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_state_before: Option<UserStateBefore>,
+    /// Who asked, who approved and the change, as they were when the intent was recorded: the
+    /// audit line and the Event of the outcome take them from here, so a spec or annotation
+    /// change during the POST cannot rewrite them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditNames>,
+}
+
+/// The people and the change of one issuance, captured with its intent.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditNames {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub requested_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub approved_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub change_ref: Option<String>,
 }
 
 /// `externalUserState` and its change time, as the preflight read them.

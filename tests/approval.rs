@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::{World, admin_addr, http_get};
 use fixture::{CONTROLLER, Chart, Fixture, identity};
-use graph_sim::{Call, SeedUser};
+use graph_sim::{Call, FaultAction, FaultRule, SeedUser};
 use guestreset::resource::{Decision, GuestRedemptionReset, REQUESTED_BY_ANNOTATION};
 use guestreset_testsupport::{Identity, describe, wait_until};
 use k8s_openapi::api::admissionregistration::v1::{
@@ -291,7 +291,14 @@ async fn a_reset_is_issued_once_only_after_another_person_approved_it() {
     let own = plugin(
         &alice,
         &w.ns,
-        &["approve", name, "--reason", "looks right to me"],
+        &[
+            "approve",
+            name,
+            "--generation",
+            "1",
+            "--reason",
+            "looks right to me",
+        ],
     )
     .await;
     assert_eq!(own.status.code(), Some(4), "{}", describe(&own));
@@ -300,14 +307,26 @@ async fn a_reset_is_issued_once_only_after_another_person_approved_it() {
         "{}",
         stderr(&own)
     );
-    let outsider = plugin(&carol, &w.ns, &["approve", name, "--reason", "why not"]).await;
+    let outsider = plugin(
+        &carol,
+        &w.ns,
+        &["approve", name, "--generation", "1", "--reason", "why not"],
+    )
+    .await;
     assert_eq!(outsider.status.code(), Some(4), "{}", describe(&outsider));
     assert_eq!(fx.get(name).await.status.unwrap().approval, None);
 
     let approved = plugin(
         &bob,
         &w.ns,
-        &["approve", name, "--reason", "CHG-20931 reviewed"],
+        &[
+            "approve",
+            name,
+            "--generation",
+            "1",
+            "--reason",
+            "CHG-20931 reviewed",
+        ],
     )
     .await;
     assert!(
@@ -405,7 +424,14 @@ async fn a_reset_is_issued_once_only_after_another_person_approved_it() {
     let again = plugin(
         &bob,
         &w.ns,
-        &["approve", name, "--reason", "CHG-20932 reviewed"],
+        &[
+            "approve",
+            name,
+            "--generation",
+            "2",
+            "--reason",
+            "CHG-20932 reviewed",
+        ],
     )
     .await;
     assert!(again.status.success(), "{}", describe(&again));
@@ -427,7 +453,14 @@ async fn a_denied_generation_is_never_issued() {
     let denied = plugin(
         &bob,
         &w.ns,
-        &["deny", name, "--reason", "not the guest's address"],
+        &[
+            "deny",
+            name,
+            "--generation",
+            "1",
+            "--reason",
+            "not the guest's address",
+        ],
     )
     .await;
     assert!(denied.status.success(), "{}", describe(&denied));
@@ -457,20 +490,22 @@ async fn a_denied_generation_is_never_issued() {
 }
 
 /// The controller's own check (defence in depth): an approval whose author lost the right to
-/// approve before the controller saw it is not acted on; the right granted again, it is.
+/// approve before the controller saw it is not acted on; the right granted again, his decision
+/// on the retry that asks again is.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_approval_by_someone_who_lost_the_right_is_not_acted_on() {
-    let mut w = World::with_users("approval-revoked", directory()).await;
-    let fx = Fixture::in_namespace(&w.ns, Chart::RequireApproval).await;
+    let (mut w, fx) = four_eyes("approval-revoked").await;
     let name = "alice-to-newco";
     fx.requested(&fx.alice, name).await;
+    wait_generation(&w, name, 1, "AwaitingApproval").await;
+    w.operators[0].terminate();
     // bob approves while no controller runs, then loses the group binding that let him.
     // The plugin records the groups bob was authenticated with (his right comes from one).
     let bob = identity(w.cp, "bob");
     let approved = plugin(
         &bob,
         &w.ns,
-        &["approve", name, "--reason", "reviewed", "--without-plan"],
+        &["approve", name, "--generation", "1", "--reason", "reviewed"],
     )
     .await;
     assert!(approved.status.success(), "{}", describe(&approved));
@@ -485,9 +520,7 @@ async fn an_approval_by_someone_who_lost_the_right_is_not_acted_on() {
     })
     .await;
     start_controller(&mut w, &fx);
-    let obj = wait_generation(&w, name, 1, "AwaitingApproval").await;
-    let message = fixture_ready_message(&obj);
-    assert!(message.contains("bob may not approve"), "{message}");
+    let obj = wait_message(&w, name, "AwaitingApproval", "bob may not approve").await;
     approved_is(&obj, "Unknown", "AwaitingApproval");
     assert!(w.posts().await.is_empty());
     // The right back (a group binding: the approval's groups make the check see it).
@@ -505,8 +538,17 @@ async fn an_approval_by_someone_who_lost_the_right_is_not_acted_on() {
         Ok::<_, String>(fx.may("bob", "approve", "", "").await.then_some(()))
     })
     .await;
-    // Any change of the resource wakes the controller; it checks the same approval again.
-    w.annotate_retry(name, "after-the-right-came-back").await;
+    // A retry asks again (the refusal is looked at again only every 10 minutes otherwise); it
+    // is a new request, and bob's decision on it is checked with his groups and acted on.
+    let retry = json!({"metadata": {"annotations": {
+        "guestreset.io/retry": "after-the-right-came-back",
+        "guestreset.io/retry-requested-by": fixture::ADMIN,
+    }}});
+    fx.patch(&fx.admin, name, retry)
+        .await
+        .expect("the admin asks again");
+    let again = decide(&bob, &w.ns, "approve", name, 1).await;
+    assert!(again.status.success(), "{}", describe(&again));
     wait_generation(&w, name, 1, "Issued").await;
     assert_eq!(w.posts().await.len(), 1);
 }
@@ -517,4 +559,351 @@ fn fixture_ready_message(obj: &GuestRedemptionReset) -> String {
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
         .map(|c| c.message.clone())
         .unwrap_or_default()
+}
+
+// ------------------------------------------------------------------ the holes of issue 21
+
+/// `approve`/`deny` through the plugin as `who`, naming the generation they reviewed.
+async fn decide(who: &Identity, ns: &str, verb: &str, name: &str, generation: i64) -> Output {
+    let generation = generation.to_string();
+    let args = [
+        verb,
+        name,
+        "--generation",
+        &generation,
+        "--reason",
+        "CHG-1 reviewed",
+    ];
+    plugin(who, ns, &args).await
+}
+
+/// Waits until Ready's message of `name` contains `needle` (with reason `reason`).
+async fn wait_message(w: &World, name: &str, reason: &str, needle: &str) -> GuestRedemptionReset {
+    wait_until(
+        &format!("{name}: {reason} saying {needle:?}"),
+        WAIT,
+        || async {
+            let obj = w.get(name).await;
+            let ready = obj
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+            let found = ready.is_some_and(|c| c.reason == reason && c.message.contains(needle));
+            Ok::<_, String>(found.then_some(obj))
+        },
+    )
+    .await
+}
+
+/// Hole 1: the retry annotation replayed an approved generation with no new approval. A retry
+/// of a settled generation is a new request: carol (who may patch resets but not approve) asks
+/// for it under her own name, the controller plans and waits, carol cannot decide on her own
+/// retry even once she may approve, bob's old approval approves nothing, and only bob's
+/// decision naming the retry issues once more.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_of_an_issued_generation_waits_for_its_own_approval() {
+    let (w, fx) = four_eyes("approval-retry").await;
+    let (alice, bob, carol) = (
+        identity(w.cp, "alice"),
+        identity(w.cp, "bob"),
+        identity(w.cp, "carol"),
+    );
+    let name = "alice-to-newco";
+    let out = request(&alice, &w.ns, name, &[]).await;
+    assert!(out.status.success(), "{}", describe(&out));
+    wait_generation(&w, name, 1, "AwaitingApproval").await;
+    let approved = decide(&bob, &w.ns, "approve", name, 1).await;
+    assert!(approved.status.success(), "{}", describe(&approved));
+    wait_generation(&w, name, 1, "Issued").await;
+    assert_eq!(w.posts().await.len(), 1);
+
+    // The retry's requester is the API server's record of the caller, like the requester's.
+    let retry = |token: &str, by: &str| {
+        json!({"metadata": {"annotations": {
+            "guestreset.io/retry": token,
+            "guestreset.io/retry-requested-by": by,
+        }}})
+    };
+    fx.refused(
+        name,
+        "whoever sets or changes guestreset.io/retry",
+        fx.patch(&fx.carol, name, retry("r1", "bob")),
+    )
+    .await;
+    let bare = json!({"metadata": {"annotations": {"guestreset.io/retry": "r1"}}});
+    fx.refused(
+        name,
+        "retry-requested-by'] is required",
+        fx.patch(&fx.carol, name, bare),
+    )
+    .await;
+    fx.patch(&fx.carol, name, retry("r1", "carol"))
+        .await
+        .expect("carol asks for a retry in her own name");
+
+    let obj = wait_message(
+        &w,
+        name,
+        "AwaitingApproval",
+        "retry r1 of generation 1 requested by carol",
+    )
+    .await;
+    approved_is(&obj, "Unknown", "AwaitingApproval");
+    assert_eq!(w.posts().await.len(), 1, "no POST under the old approval");
+    let plan = obj.status.unwrap().plan.unwrap();
+    assert!(plan.starts_with("generation 1: "), "{plan}");
+
+    // bob's decision without the retry, and carol's on her own retry, are refused.
+    fx.refused(
+        name,
+        "status.approval.retry is ''",
+        fx.decide(&fx.bob, name, 1, "Approved"),
+    )
+    .await;
+    fx.grant("carol", &fx.approver_role(), "approve", "").await;
+    let own = decide(&carol, &w.ns, "approve", name, 1).await;
+    assert_eq!(own.status.code(), Some(4), "{}", describe(&own));
+    assert!(
+        stderr(&own).contains("asked for retry 'r1'"),
+        "{}",
+        stderr(&own)
+    );
+
+    let again = decide(&bob, &w.ns, "approve", name, 1).await;
+    assert!(again.status.success(), "{}", describe(&again));
+    let obj = wait_message(&w, name, "Issued", "redemption of").await;
+    let approval = obj.status.unwrap().approval.unwrap();
+    assert_eq!(
+        (approval.by.as_str(), approval.retry.as_deref()),
+        ("bob", Some("r1"))
+    );
+    wait_until("the second POST", WAIT, || async {
+        Ok::<_, String>((w.posts().await.len() == 2).then_some(()))
+    })
+    .await;
+}
+
+/// Hole 2: the approver approves what they read. The plan lists every value Graph receives
+/// and the spec's digest; an approval naming a generation that is no longer current writes
+/// nothing, one that names nothing is refused without a terminal, and an approval whose digest
+/// is not the current spec's is not acted on by the controller.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approval_approves_only_what_the_approver_read() {
+    let (w, fx) = four_eyes("approval-pinned").await;
+    let bob = identity(w.cp, "bob");
+    let name = "alice-to-newco";
+    fx.requested(&fx.alice, name).await;
+    let message = json!({"spec": {
+        "message": {"ccRecipient": "alice@newco.example", "body": "Welcome back", "language": "de-DE"},
+        "redirectUrl": "https://apps.fabrikam.example/start",
+    }, "metadata": {"annotations": {REQUESTED_BY_ANNOTATION: "alice"}}});
+    fx.patch(&fx.alice, name, message)
+        .await
+        .expect("alice's message");
+    let obj = wait_generation(&w, name, 2, "AwaitingApproval").await;
+    let digest = guestreset::resource::spec_digest(&obj.spec);
+    let plan = obj.status.as_ref().unwrap().plan.clone().unwrap();
+    for line in [
+        &format!("target: {ALICE}"),
+        "new e-mail: alice@newco.example",
+        "mail change: alice@contoso.com -> alice@newco.example",
+        "invitation e-mail sent: true",
+        "cc recipient: alice@newco.example",
+        "message language: de-DE",
+        "message body: \"Welcome back\"",
+        "redirect URL: https://apps.fabrikam.example/start",
+        "redeem URL Secret: (none)",
+        &format!("spec digest: {digest}"),
+    ] {
+        assert!(plan.contains(line), "{line} in {plan}");
+    }
+
+    // bob read generation 2; alice changes the e-mail meanwhile.
+    fx.change_spec(
+        &fx.alice,
+        name,
+        "alice@newco2.example",
+        json!({REQUESTED_BY_ANNOTATION: "alice"}),
+    )
+    .await
+    .expect("alice edits her request");
+    let stale = decide(&bob, &w.ns, "approve", name, 2).await;
+    assert_eq!(stale.status.code(), Some(5), "{}", describe(&stale));
+    assert!(
+        stderr(&stale).contains("current generation is 3"),
+        "{}",
+        stderr(&stale)
+    );
+    let old_digest = ["approve", name, "--digest", &digest, "--reason", "r"];
+    let stale = plugin(&bob, &w.ns, &old_digest).await;
+    assert_eq!(stale.status.code(), Some(5), "{}", describe(&stale));
+    let unnamed = plugin(&bob, &w.ns, &["approve", name, "--reason", "r"]).await;
+    assert_eq!(unnamed.status.code(), Some(6), "{}", describe(&unnamed));
+    let blind = ["approve", name, "--without-plan", "--reason", "r"];
+    assert_eq!(plugin(&bob, &w.ns, &blind).await.status.code(), Some(5));
+    assert_eq!(
+        fx.get(name).await.status.unwrap().approval,
+        None,
+        "nothing written"
+    );
+
+    // An approval for the current generation that pins another spec is not acted on.
+    let obj = wait_generation(&w, name, 3, "AwaitingApproval").await;
+    let mut approval = fixture::approval(3, "Approved", "bob");
+    approval["digest"] = json!(digest);
+    approval["groups"] = json!([fixture::APPROVERS]);
+    approval["admittedUnder"] = serde_json::to_value(&obj.status.unwrap().admitted_under).unwrap();
+    fx.patch_status(&fx.bob, name, json!({"approval": approval}))
+        .await
+        .expect("the policy admits it: generation, author and right are in order");
+    wait_message(
+        &w,
+        name,
+        "AwaitingApproval",
+        "but the spec of generation 3 has digest",
+    )
+    .await;
+    assert!(
+        w.posts().await.is_empty(),
+        "nothing issued on another spec's digest"
+    );
+
+    // A new generation, approved by its digest, issues.
+    fx.change_spec(
+        &fx.alice,
+        name,
+        "alice@newco3.example",
+        json!({REQUESTED_BY_ANNOTATION: "alice"}),
+    )
+    .await
+    .expect("alice asks again");
+    let obj = wait_generation(&w, name, 4, "AwaitingApproval").await;
+    let current = guestreset::resource::spec_digest(&obj.spec);
+    let pinned = ["approve", name, "--digest", &current, "--reason", "r"];
+    let ok = plugin(&bob, &w.ns, &pinned).await;
+    assert!(ok.status.success(), "{}", describe(&ok));
+    wait_generation(&w, name, 4, "Issued").await;
+    assert_eq!(w.posts().await.len(), 1);
+}
+
+/// Hole 3: an approval forged while the policy's binding was away is never acted on, although
+/// it names a real approver with his groups and the policy is back when the controller looks.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approval_written_while_the_binding_was_away_is_never_acted_on() {
+    let (mut w, fx) = four_eyes("approval-unbound").await;
+    let name = "alice-to-newco";
+    fx.requested(&fx.alice, name).await;
+    let obj = wait_generation(&w, name, 1, "AwaitingApproval").await;
+    let published = obj
+        .status
+        .unwrap()
+        .admitted_under
+        .expect("the plan names the policy in force");
+    w.operators[0].terminate();
+
+    let binding = fx
+        .rendered
+        .iter()
+        .find(|o| o["kind"] == "ValidatingAdmissionPolicyBinding")
+        .cloned()
+        .unwrap();
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(w.client.clone());
+    bindings
+        .delete(&fx.policy, &DeleteParams::default())
+        .await
+        .expect("the binding goes (a rollback, a reinstall)");
+    // carol, who may patch status but not approve, writes bob's approval with everything a
+    // real one carries, copied from the status.
+    let mut forged = fixture::approval(1, "Approved", "bob");
+    forged["groups"] = json!([fixture::APPROVERS]);
+    forged["digest"] = json!(guestreset::resource::spec_digest(&fx.get(name).await.spec));
+    forged["admittedUnder"] = serde_json::to_value(&published).unwrap();
+    wait_until("carol's forged approval to land", WAIT, || async {
+        let written = fx
+            .patch_status(&fx.carol, name, json!({"approval": forged.clone()}))
+            .await;
+        Ok::<_, String>(written.ok().map(|_| ()))
+    })
+    .await;
+    fixture::apply(&w.client, binding, None).await;
+    fx.wait_for_policy().await;
+
+    start_controller(&mut w, &fx);
+    let obj = wait_message(&w, name, "AwaitingApproval", "re-created or edited since").await;
+    approved_is(&obj, "Unknown", "AwaitingApproval");
+    assert!(
+        w.posts().await.is_empty(),
+        "the forged approval issued nothing"
+    );
+}
+
+/// Hole 4: the audit record of an issuance is the one captured with its intent. During the
+/// POST carol changes the spec naming herself with another changeRef, and the resource is
+/// deleted; the audit lines of the sending mark and of the outcome still name alice, bob and
+/// CHG-20931, although the outcome's write finds no resource.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_record_survives_a_rewrite_and_a_deletion_during_the_post() {
+    let (w, fx) = four_eyes("approval-audit").await;
+    let (alice, bob) = (identity(w.cp, "alice"), identity(w.cp, "bob"));
+    let name = "alice-to-newco";
+    w.admin
+        .add_fault(FaultRule::once(
+            Call::PostInvitation,
+            FaultAction::HangAfter,
+        ))
+        .await
+        .unwrap();
+    let out = request(&alice, &w.ns, name, &["--change-ref", "CHG-20931"]).await;
+    assert!(out.status.success(), "{}", describe(&out));
+    wait_generation(&w, name, 1, "AwaitingApproval").await;
+    let approved = decide(&bob, &w.ns, "approve", name, 1).await;
+    assert!(approved.status.success(), "{}", describe(&approved));
+    let admin = w.admin.clone();
+    wait_until("the POST to have taken effect and be held", WAIT, || {
+        let admin = admin.clone();
+        async move { (admin.held_count().await.ok() == Some(1)).then_some(()) }
+    })
+    .await;
+    let rewrite = json!({
+        "metadata": {"annotations": {REQUESTED_BY_ANNOTATION: "carol"}},
+        "spec": {"email": "carol@newco.example", "changeRef": "CHG-FAKE"},
+    });
+    fx.patch(&fx.carol, name, rewrite)
+        .await
+        .expect("carol's new generation");
+    fx.admin
+        .grr
+        .delete(name, &DeleteParams::default())
+        .await
+        .expect("the resource is deleted during the POST");
+    w.admin.release_held().await.unwrap();
+
+    let line = |kind: &'static str| {
+        let w = &w;
+        async move {
+            wait_until(&format!("the {kind} audit line"), WAIT, || async {
+                let logs = w.logs();
+                let found = logs
+                    .lines()
+                    .find(|l| l.contains(&format!("\"audit\":\"{kind}\"")))
+                    .map(str::to_owned);
+                Ok::<_, String>(found)
+            })
+            .await
+        }
+    };
+    for audit in [
+        line("invitation-sending").await,
+        line("invitation-issued").await,
+    ] {
+        for needle in [
+            "\"requested_by\":\"alice\"",
+            "\"approved_by\":\"bob\"",
+            "\"change_ref\":\"CHG-20931\"",
+            "\"generation\":1",
+        ] {
+            assert!(audit.contains(needle), "{needle} in {audit}");
+        }
+    }
+    assert_eq!(w.posts().await.len(), 1);
 }

@@ -488,6 +488,58 @@ async fn requester_annotation_names_the_creator() {
     );
 }
 
+/// Rules 2b and 2c: whoever sets the retry annotation names themselves, and the retry's
+/// requester of record changes only with it; a decision on the retry comes from someone else
+/// and names it, and an approval of an earlier retry may be followed by one of the current.
+#[tokio::test]
+async fn retry_requester_names_the_caller_and_changes_only_with_the_retry() {
+    let fx = Fixture::new("retry-requester", Chart::RequireApproval).await;
+    fx.requested(&fx.alice, "asked").await;
+    fx.decide(&fx.bob, "asked", 1, "Approved")
+        .await
+        .expect("bob approves");
+    let retry = |token: &str, by: &str| {
+        json!({"metadata": {"annotations": {
+            "guestreset.io/retry": token,
+            "guestreset.io/retry-requested-by": by,
+        }}})
+    };
+    fx.refused(
+        "asked",
+        "whoever sets or changes guestreset.io/retry",
+        fx.patch(&fx.carol, "asked", retry("r1", "alice")),
+    )
+    .await;
+    fx.patch(&fx.carol, "asked", retry("r1", "carol"))
+        .await
+        .expect("carol asks for a retry in her own name");
+    let says = "names who asked for the retry 'r1' and changes only with guestreset.io/retry";
+    for who in [&fx.alice, &fx.carol, &fx.admin] {
+        let handed =
+            json!({"metadata": {"annotations": {"guestreset.io/retry-requested-by": "dave"}}});
+        fx.refused("asked", says, fx.patch(who, "asked", handed))
+            .await;
+        let removed =
+            json!({"metadata": {"annotations": {"guestreset.io/retry-requested-by": null}}});
+        fx.refused("asked", says, fx.patch(who, "asked", removed))
+            .await;
+    }
+    // bob's approval of generation 1 without a retry approved nothing of r1: a decision naming
+    // r1 replaces it, and is then final.
+    let mut approval = fixture::approval(1, "Approved", "bob");
+    approval["retry"] = json!("r1");
+    fx.patch_status(&fx.bob, "asked", json!({"approval": approval.clone()}))
+        .await
+        .expect("bob approves the retry");
+    approval["decision"] = json!("Denied");
+    fx.refused(
+        "asked",
+        "that decision is final",
+        fx.patch_status(&fx.bob, "asked", json!({"approval": approval})),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn requester_annotation_changes_only_with_the_spec() {
     let fx = Fixture::new("annotation", Chart::RequireApproval).await;
@@ -511,7 +563,10 @@ async fn requester_annotation_changes_only_with_the_spec() {
         .patch(
             &fx.carol,
             "asked",
-            json!({"metadata": {"annotations": {"guestreset.io/retry": "1"}}}),
+            json!({"metadata": {"annotations": {
+                "guestreset.io/retry": "1",
+                "guestreset.io/retry-requested-by": "carol",
+            }}}),
         )
         .await
         .expect("another annotation");

@@ -339,6 +339,38 @@ fn labels_contain(labels: &Value, subset: &Value) -> bool {
     !subset.is_empty() && subset.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+/// What OpenShift's restricted SCC needs: no fixed user or group id, it assigns them.
+const OPENSHIFT: &str = "podSecurityContext:\n  runAsUser: null\n  runAsGroup: null\n  fsGroup: null\nsecurityContext:\n  runAsUser: null\n  runAsGroup: null\n";
+
+/// A NetworkPolicy with every option set: a Prometheus namespace, the API server's address,
+/// Graph through a proxy's address, the cluster DNS by label, and the proxy's port.
+const STRICT_NETWORK: &str = "networkPolicy:
+  enabled: true
+  metrics:
+    from:
+      - namespaceSelector:
+          matchLabels:
+            kubernetes.io/metadata.name: monitoring
+  apiServer:
+    cidrs: [10.0.0.1/32]
+  graph:
+    cidrs: [192.0.2.10/32, 2001:db8::10/128]
+  dns:
+    to:
+      - namespaceSelector: {}
+        podSelector:
+          matchLabels:
+            k8s-app: kube-dns
+    ports: [53, 5353]
+  extraEgress:
+    - to:
+        - ipBlock:
+            cidr: 192.0.2.10/32
+      ports:
+        - port: 3128
+          protocol: TCP
+";
+
 fn workload_identity_values() -> String {
     format!(
         "azure:\n  tenantId: {TENANT_ID}\n  clientId: {CLIENT_ID}\n  workloadIdentity:\n    enabled: true\n"
@@ -405,6 +437,8 @@ async fn lint_strict_passes_for_each_variant() {
             "four eyes",
             "requireApproval: true\nwatchNamespace: identity\nadmissionPolicy:\n  controllerUsername: system:serviceaccount:ops:guestreset\n".to_owned(),
         ),
+        ("OpenShift's restricted SCC", OPENSHIFT.to_owned()),
+        ("NetworkPolicy", STRICT_NETWORK.to_owned()),
         (
             "everything optional on",
             format!(
@@ -539,6 +573,36 @@ async fn bad_values_are_refused_with_the_value_named() {
             "azure.clientSecret: set existingSecret or value, not both",
         ),
         (
+            "root user",
+            "podSecurityContext:\n  runAsUser: 0\n".into(),
+            "at '/podSecurityContext/runAsUser': minimum",
+        ),
+        (
+            "privileged container",
+            "securityContext:\n  privileged: true\n".into(),
+            "at '/securityContext/privileged'",
+        ),
+        (
+            "API server address without a prefix length",
+            "networkPolicy:\n  apiServer:\n    cidrs: [10.0.0.1]\n".into(),
+            "at '/networkPolicy/apiServer/cidrs/0'",
+        ),
+        (
+            "misspelt NetworkPolicy key",
+            "networkPolicy:\n  enable: true\n".into(),
+            "at '/networkPolicy': additional properties 'enable' not allowed",
+        ),
+        (
+            "DNS without a port",
+            "networkPolicy:\n  dns:\n    ports: []\n".into(),
+            "at '/networkPolicy/dns/ports': minItems",
+        ),
+        (
+            "test timeout in words",
+            "helmTest:\n  timeout: soon\n".into(),
+            "at '/helmTest/timeout'",
+        ),
+        (
             "a PodDisruptionBudget that blocks every drain",
             "replicas: 1\nleaderElection:\n  enabled: false\npodDisruptionBudget:\n  enabled: true\n".into(),
             "podDisruptionBudget.minAvailable must be below replicas",
@@ -571,6 +635,8 @@ async fn bad_values_are_refused_with_the_value_named() {
         "requireApproval: true\n".to_owned(),
         "admissionPolicy:\n  enabled: false\n".to_owned(),
         "admissionPolicy:\n  controllerUsername: system:serviceaccount:ops:guestreset\n".to_owned(),
+        OPENSHIFT.to_owned(),
+        STRICT_NETWORK.to_owned(),
     ] {
         render("values", "guestreset", &good)
             .await
@@ -688,7 +754,12 @@ async fn deployment_is_hardened() {
 
     // Optional objects stay off by default (the PodDisruptionBudget is on: 2 replicas).
     let kinds = m.kinds();
-    for absent in ["ServiceMonitor", "Secret", "CustomResourceDefinition"] {
+    for absent in [
+        "ServiceMonitor",
+        "NetworkPolicy",
+        "Secret",
+        "CustomResourceDefinition",
+    ] {
         assert!(
             !kinds.contains(absent),
             "{absent} rendered by default: {kinds:?}"
@@ -1147,6 +1218,7 @@ async fn pod_template_passes_restricted_pod_security() {
 
     let variants = [
         ("default", String::new()),
+        ("openshift", OPENSHIFT.to_owned()),
         (
             "every volume option",
             format!(
@@ -1172,6 +1244,15 @@ async fn pod_template_passes_restricted_pod_security() {
         assert!(
             out.status.success(),
             "the {variant} pod template is refused under restricted: {}",
+            describe(&out)
+        );
+        // The `helm test` Pod runs in the same namespace, under the same standard.
+        let mut test_pod = m.one("Pod").clone();
+        test_pod["metadata"]["name"] = json!(format!("{name}-test"));
+        let out = apply_result(cp, &test_pod.to_string()).await;
+        assert!(
+            out.status.success(),
+            "the {variant} test Pod is refused under restricted: {}",
             describe(&out)
         );
     }
@@ -1404,6 +1485,8 @@ async fn helm_installs_upgrades_and_uninstalls() {
         "NOTES must name {subject}:\n{notes}"
     );
     assert!(notes.contains("allowedEmailDomains is empty"), "{notes}");
+    let test = format!("helm test {release} -n {ns} --logs");
+    assert!(notes.contains(&test), "NOTES must name {test}:\n{notes}");
     assert!(
         notes.contains(&format!(
             "ValidatingAdmissionPolicy {fullname} lets only the controller"
@@ -1745,4 +1828,216 @@ async fn install_refuses_a_watched_namespace_that_does_not_exist() {
             .iter()
             .any(|r| r["metadata"]["namespace"] == missing.as_str())
     );
+}
+
+/// Pod and container security contexts are values; a key set to null is left out of the
+/// Deployment and the test Pod alike (OpenShift's restricted SCC assigns the ids), and the
+/// rest of the hardening stays.
+#[tokio::test]
+async fn security_contexts_are_values_and_null_keys_are_left_out() {
+    let m = render_ok("guestreset", "guestreset-system", OPENSHIFT).await;
+    let test_pod = &m.one("Pod")["spec"];
+    let pods = [&m.deployment()["spec"]["template"]["spec"], test_pod];
+    for pod in pods {
+        let psc = &pod["securityContext"];
+        let sc = &pod["containers"][0]["securityContext"];
+        for key in ["runAsUser", "runAsGroup", "fsGroup"] {
+            assert!(psc.get(key).is_none(), "pod {key}: {psc}");
+            assert!(sc.get(key).is_none(), "container {key}: {sc}");
+        }
+        assert_eq!(psc["runAsNonRoot"], true, "{psc}");
+        assert_eq!(psc["seccompProfile"]["type"], "RuntimeDefault", "{psc}");
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{sc}");
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{sc}");
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{sc}");
+    }
+
+    let values = "podSecurityContext:\n  runAsUser: 1000700000\n  supplementalGroups: [5555]\n";
+    let m = render_ok("guestreset", "guestreset-system", values).await;
+    let psc = &m.deployment()["spec"]["template"]["spec"]["securityContext"];
+    assert_eq!(psc["runAsUser"], 1000700000, "{psc}");
+    assert_eq!(psc["supplementalGroups"], json!([5555]), "{psc}");
+    assert_eq!(psc["fsGroup"], 65532, "the other defaults stay: {psc}");
+    assert_eq!(m.one("Pod")["spec"]["securityContext"], *psc);
+}
+
+/// The NetworkPolicy selects the controller pods only, lets the test Pod and the configured
+/// peers reach the metrics port and nothing else in, lets out only the API server, HTTPS
+/// (Entra ID and Graph), DNS and the extra rules, and is accepted by the API server. The
+/// instance metadata endpoint is allowed exactly when the pod uses a managed identity.
+#[tokio::test]
+async fn network_policy_allows_what_the_controller_needs() {
+    let cp = control_plane().await;
+    let ns = cp.namespace("chart-netpol").await;
+    let m = render_ok(&ns, &ns, STRICT_NETWORK).await;
+    let policy = m.one("NetworkPolicy");
+    let spec = &policy["spec"];
+    let pod_labels = &m.deployment()["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(
+        spec["podSelector"]["matchLabels"],
+        m.deployment()["spec"]["selector"]["matchLabels"]
+    );
+    assert!(
+        !labels_contain(
+            &m.one("Pod")["metadata"]["labels"],
+            &spec["podSelector"]["matchLabels"]
+        ),
+        "the test Pod is not a controller pod"
+    );
+    assert!(labels_contain(
+        pod_labels,
+        &spec["podSelector"]["matchLabels"]
+    ));
+    assert_eq!(spec["policyTypes"], json!(["Ingress", "Egress"]));
+
+    let ingress = spec["ingress"].as_array().unwrap();
+    assert_eq!(ingress.len(), 1, "{ingress:?}");
+    assert_eq!(
+        ingress[0]["ports"],
+        json!([{"port": 8080, "protocol": "TCP"}])
+    );
+    let from = ingress[0]["from"].as_array().unwrap();
+    assert!(
+        labels_contain(
+            &m.one("Pod")["metadata"]["labels"],
+            &from[0]["podSelector"]["matchLabels"]
+        ),
+        "the test Pod may reach /readyz: {from:?}"
+    );
+    let monitoring = json!({"kubernetes.io/metadata.name": "monitoring"});
+    assert_eq!(from[1]["namespaceSelector"]["matchLabels"], monitoring);
+    assert_eq!(from.len(), 2);
+
+    let tcp = |ports: &[u16]| -> Value {
+        ports
+            .iter()
+            .map(|p| json!({"port": p, "protocol": "TCP"}))
+            .collect()
+    };
+    let to = |cidrs: &[&str]| -> Value {
+        cidrs
+            .iter()
+            .map(|c| json!({"ipBlock": {"cidr": c}}))
+            .collect()
+    };
+    let dns_ports: Value = [53, 5353]
+        .iter()
+        .flat_map(|p| ["UDP", "TCP"].map(|proto| json!({"port": p, "protocol": proto})))
+        .collect();
+    let kube_dns =
+        json!([{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]);
+    let expected = json!([
+        {"ports": tcp(&[443, 6443]), "to": to(&["10.0.0.1/32"])},
+        {"ports": tcp(&[443]), "to": to(&["192.0.2.10/32", "2001:db8::10/128"])},
+        {"ports": tcp(&[80]), "to": to(&["169.254.169.254/32"])},
+        {"ports": dns_ports, "to": kube_dns},
+        {"ports": tcp(&[3128]), "to": to(&["192.0.2.10/32"])},
+    ]);
+    assert_eq!(spec["egress"], expected);
+    apply(cp, &serde_yaml::to_string(policy).unwrap()).await;
+    let out = kubectl(cp, &["get", "networkpolicy", "-n", &ns, "-o", "json"], None).await;
+    let stored: Value = serde_json::from_slice(&out.stdout).expect("kubectl get -o json");
+    assert_eq!(
+        stored["items"][0]["spec"]["egress"], expected,
+        "stored as rendered"
+    );
+
+    // The defaults: any address on the API server's ports, every address on 443, DNS anywhere.
+    let defaults = format!(
+        "networkPolicy:\n  enabled: true\n{}",
+        workload_identity_values()
+    );
+    let m = render_ok(&ns, &ns, &defaults).await;
+    let egress = &m.one("NetworkPolicy")["spec"]["egress"];
+    let expected = json!([
+        {"ports": tcp(&[443, 6443])},
+        {"ports": tcp(&[443]), "to": to(&["0.0.0.0/0", "::/0"])},
+        {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
+    ]);
+    assert_eq!(
+        *egress, expected,
+        "workload identity needs no metadata endpoint"
+    );
+    let mut policy = m.one("NetworkPolicy").clone();
+    policy["metadata"]["name"] = json!("defaults");
+    apply(cp, &policy.to_string()).await;
+}
+
+/// The `helm test` Pod GETs /readyz through the metrics Service with the binary's own
+/// `probe` (the image has no shell), is a test hook that is deleted once it passed, is not
+/// selected by the Service, and its arguments are accepted by the binary. Without the
+/// Service, or with helmTest.enabled false, there is none.
+#[tokio::test]
+async fn the_test_hook_probes_readyz_through_the_service() {
+    let m = render_ok("rel", "guestreset-system", "metrics:\n  port: 9090\n").await;
+    let pod = m.one("Pod");
+    assert_eq!(pod["metadata"]["annotations"]["helm.sh/hook"], "test");
+    let deletion = &pod["metadata"]["annotations"]["helm.sh/hook-delete-policy"];
+    assert_eq!(deletion, "before-hook-creation,hook-succeeded");
+    assert_eq!(pod["spec"]["restartPolicy"], "Never");
+    assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(container["image"], m.container()["image"]);
+    let service = m.one("Service");
+    assert!(
+        !labels_contain(&pod["metadata"]["labels"], &service["spec"]["selector"]),
+        "the Service must not route to the test Pod"
+    );
+    let url = format!(
+        "http://{}.guestreset-system.svc:{}/readyz",
+        service["metadata"]["name"].as_str().unwrap(),
+        service["spec"]["ports"][0]["port"]
+    );
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args, ["probe", "--timeout=10s", url.as_str()]);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_guestreset"))
+        .args(&args)
+        .arg("--help")
+        .env_clear()
+        .output()
+        .await
+        .expect("run guestreset");
+    assert!(out.status.success(), "{}", describe(&out));
+
+    for off in [
+        "helmTest:\n  enabled: false\n",
+        "metrics:\n  service:\n    enabled: false\n",
+    ] {
+        let m = render_ok("rel", "guestreset-system", off).await;
+        assert!(m.of_kind("Pod").is_empty(), "{off}");
+    }
+}
+
+/// `guestreset probe` as the hook runs it, against a tiny local server: exit 0 on 2xx, 1 with
+/// a one-line reason otherwise.
+#[tokio::test]
+async fn the_probe_exits_by_the_answer() {
+    use axum::http::StatusCode;
+    let app = axum::Router::new()
+        .route("/readyz", axum::routing::get(|| async { "ready" }))
+        .route(
+            "/down",
+            axum::routing::get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "stopping") }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let probe = |path: &str| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_guestreset"))
+            .args(["probe", "--timeout=30s", &format!("http://{addr}{path}")])
+            .env_clear()
+            .output()
+    };
+    let ok = probe("/readyz").await.unwrap();
+    assert_eq!(ok.status.code(), Some(0), "{}", describe(&ok));
+    let down = probe("/down").await.unwrap();
+    assert_eq!(down.status.code(), Some(1), "{}", describe(&down));
+    let stderr = String::from_utf8_lossy(&down.stderr);
+    let reason = format!("GET http://{addr}/down: 503 Service Unavailable: stopping\n");
+    assert_eq!(stderr, reason);
 }

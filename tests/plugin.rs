@@ -12,7 +12,9 @@ use guestreset::plugin::{Exit, decide, retry, write};
 use guestreset::resource::{
     Approval, Decision, GuestRedemptionReset, REQUESTED_BY_ANNOTATION, RETRY_ANNOTATION,
 };
-use guestreset_testsupport::wait_until;
+use std::path::{Path, PathBuf};
+
+use guestreset_testsupport::{repo_root, wait_until};
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 use world::*;
@@ -196,7 +198,8 @@ async fn decide_on_plan(ns: &Ns, verb: &str, reason: &str) -> (String, GuestRede
     ns.create("alice", "alice@newco.example").await;
     ns.set_status("alice", awaiting_approval(1)).await;
     let before = jiff::Timestamp::now();
-    let (stdout, _) = ns.expect(&[verb, "alice", "--reason", reason], 0).await;
+    let args = [verb, "alice", "--generation", "1", "--reason", reason];
+    let (stdout, _) = ns.expect(&args, 0).await;
     let obj = ns.get("alice").await;
     let approval = approval_of(&obj).expect("a decision was written");
     let elapsed = approval.at.0.duration_since(before).as_secs();
@@ -280,7 +283,14 @@ async fn decisions_need_a_plan_for_the_current_generation() {
     );
     assert_eq!(approval_of(&ns.get("alice").await), None, "nothing written");
 
-    let without = words("approve alice --reason r --without-plan");
+    // --without-plan only with a name for what was reviewed.
+    let blind = words("approve alice --reason r --without-plan");
+    let (_, stderr) = ns.expect(&blind, code(Exit::NotNow)).await;
+    assert!(
+        stderr.contains("needs --generation or --digest"),
+        "{stderr}"
+    );
+    let without = words("approve alice --reason r --without-plan --generation 2");
     let (_, stderr) = ns.expect(&without, 0).await;
     assert!(stderr.contains("deciding without a plan"), "{stderr}");
     let approval = approval_of(&ns.get("alice").await).unwrap();
@@ -312,7 +322,7 @@ async fn a_write_built_on_an_older_version_is_refused() {
             .patch_status("alice", &PatchParams::default(), &patch)
             .await,
     );
-    let patch = Patch::Merge(retry::patch(&read, "x"));
+    let patch = Patch::Merge(retry::patch(&read, "x", ADMIN));
     conflict(ns.api.patch("alice", &PatchParams::default(), &patch).await);
 
     let obj = ns.get("alice").await;
@@ -329,7 +339,7 @@ async fn a_spec_change_between_read_and_write_fails_the_command_with_a_conflict(
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let ns = Ns::new("plugin-race").await;
     ns.create("alice", "alice@newco.example").await;
-    for (i, line) in ["approve alice --reason r", "retry alice"]
+    for (i, line) in ["approve alice --generation 1 --reason r", "retry alice"]
         .into_iter()
         .enumerate()
     {
@@ -707,6 +717,18 @@ async fn kubectl_finds_the_plugin_on_path() {
     assert!(row(&table, "alice").starts_with("alice "), "{table}");
     let missing = format!("guestreset retry ghost -n {}", ns.name);
     expect_exit(&run(kubectl(&missing)).await, code(Exit::NotFound));
+
+    // kubectl's completion of the plugin's words, through the binary's second name.
+    let complete = installed.path().join("kubectl_complete-guestreset");
+    std::os::unix::fs::symlink(PLUGIN, complete).unwrap();
+    let (offered, _) = expect_exit(&run(kubectl("__complete guestreset st")).await, 0);
+    assert_eq!(offered.lines().next(), Some("status"), "{offered}");
+    assert!(offered.contains("\n:4\n"), "no file names: {offered}");
+    let (offered, _) = expect_exit(
+        &run(kubectl("__complete guestreset retry a --as-")).await,
+        0,
+    );
+    assert_eq!(offered.lines().next(), Some("--as-group"), "{offered}");
 }
 
 // ------------------------------------------------------------ the API server is the authority
@@ -730,7 +752,7 @@ async fn rbac_decides_who_may_approve_and_the_approver_is_who_the_server_says() 
             impersonate: Some(user),
         }];
         let file = kubeconfig(ns.cp, &dir.path().join(user), &me);
-        let mut command = ns.plugin_command(&words("approve alice --reason r"));
+        let mut command = ns.plugin_command(&words("approve alice --generation 1 --reason r"));
         command.env("KUBECONFIG", file);
         command
     };
@@ -754,8 +776,71 @@ async fn rbac_decides_who_may_approve_and_the_approver_is_who_the_server_says() 
     );
 }
 
-/// A Role in the test namespace: read the resets, patch `patchable` subresources.
+/// kubectl's `--as` and `--as-group`: every command that talks to the API server does so as
+/// the impersonated user, so a user without rights is refused each of them by name; an
+/// approval records the approver (and groups) as the API server authenticated the
+/// impersonation, and a group given with `--as-group` is what grants the right.
+#[tokio::test(flavor = "multi_thread")]
+async fn as_and_as_group_act_as_the_impersonated_user() {
+    let ns = Ns::new("plugin-as").await;
+    ns.create("alice", "alice@newco.example").await;
+    ns.set_status("alice", awaiting_approval(1)).await;
+    let nobody = format!("nobody-{}", ns.name);
+    let commands = [
+        "status".to_owned(),
+        "status alice".into(),
+        "plan alice".into(),
+        "approve alice --reason r".into(),
+        "deny alice --reason r".into(),
+        "retry alice --yes".into(),
+        format!("new x --apply --user {GUID} --email x@newco.example"),
+    ];
+    for line in &commands {
+        let args = words(line).into_iter().chain(["--as", &nobody]);
+        let (_, stderr) = ns
+            .expect(&args.collect::<Vec<_>>(), code(Exit::Refused))
+            .await;
+        let refusal = format!(r#"User "{nobody}" cannot"#);
+        assert!(stderr.contains(&refusal), "{line}: {stderr}");
+    }
+    assert_eq!(approval_of(&ns.get("alice").await), None);
+
+    let (bob, approvers) = (format!("bob-{}", ns.name), format!("approvers-{}", ns.name));
+    grant(&ns, &bob, &["guestredemptionresets/status"]).await;
+    grant_to(&ns, "Group", &approvers, &["guestredemptionresets/status"]).await;
+    ns.expect(&words(&format!("approve alice --reason r --as {bob}")), 0)
+        .await;
+    let approval = approval_of(&ns.get("alice").await).unwrap();
+    assert_eq!(approval.by, bob, "the impersonated approver");
+    assert!(
+        !approval.groups.iter().any(|g| g == "system:masters"),
+        "not the admin's groups: {:?}",
+        approval.groups
+    );
+
+    ns.create("carol", "carol@newco.example").await;
+    ns.set_status("carol", awaiting_approval(1)).await;
+    let carol = format!("carol-{}", ns.name);
+    let approve = format!("approve carol --reason r --as {carol}");
+    ns.expect(&words(&approve), code(Exit::Refused)).await;
+    let in_group = format!("{approve} --as-group {approvers} --as-group system:authenticated");
+    ns.expect(&words(&in_group), 0).await;
+    let approval = approval_of(&ns.get("carol").await).unwrap();
+    assert_eq!(approval.by, carol);
+    assert!(
+        approval.groups.contains(&approvers),
+        "{:?}",
+        approval.groups
+    );
+}
+
+/// A Role in the test namespace for `user`: read the resets, patch `patchable` subresources.
 async fn grant(ns: &Ns, user: &str, patchable: &[&str]) {
+    grant_to(ns, "User", user, patchable).await
+}
+
+/// [`grant`] for a subject of `kind` (User or Group).
+async fn grant_to(ns: &Ns, kind: &str, user: &str, patchable: &[&str]) {
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     let client = ns.cp.client().await;
     let read = json!({"apiGroups": ["guestreset.io"], "resources": ["guestredemptionresets"],
@@ -771,7 +856,7 @@ async fn grant(ns: &Ns, user: &str, patchable: &[&str]) {
     let binding: RoleBinding = serde_json::from_value(json!({
         "metadata": {"name": user},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": user},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": user}],
     }))
     .unwrap();
     let pp = Default::default();
@@ -794,7 +879,7 @@ async fn an_admission_refusal_is_shown_verbatim() {
     let status = json!({"observedGeneration": 1, "plan": PLAN, "requestedBy": ADMIN,
         "conditions": [waiting]});
     ns.set_status("alice", status).await;
-    let mine = words("approve alice --reason mine");
+    let mine = words("approve alice --generation 1 --reason mine");
     let (_, stderr) = ns.expect(&mine, code(Exit::Refused)).await;
     let expected = format!(
         "Error from server (Invalid): guestredemptionresets.guestreset.io \"alice\" is forbidden: \
@@ -862,4 +947,104 @@ async fn install_requester_policy(ns: &Ns, message: &str) -> String {
     })
     .await;
     name
+}
+
+// ------------------------------------------------------------------------ installing
+
+/// `scripts/plugin-archive.sh` packs a binary with LICENSE and README.md, reproducibly, and
+/// `scripts/krew-manifest.sh` describes the archives as krew's Plugin: one platform per
+/// archive, selected by os and arch, downloaded from the release URL, with the sha256 of
+/// the very file and the binary's name inside it.
+#[tokio::test]
+async fn release_archives_and_their_krew_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("kubectl-guestreset");
+    std::fs::write(&binary, "#!/bin/sh\necho guestreset\n").unwrap();
+    let script = |name: &str| repo_root().join("scripts").join(name);
+    let archive = |os: &str, arch: &str, out: &Path| {
+        let mut command = tokio::process::Command::new(script("plugin-archive.sh"));
+        command
+            .arg("--binary")
+            .arg(&binary)
+            .args([os, arch])
+            .arg(out);
+        command
+    };
+    let dist = dir.path().join("dist");
+    let platforms = [
+        ("linux", "amd64"),
+        ("darwin", "arm64"),
+        ("windows", "amd64"),
+    ];
+    let mut archives = vec![];
+    for (os, arch) in platforms {
+        let (stdout, _) = expect_exit(&run(archive(os, arch, &dist)).await, 0);
+        archives.push(PathBuf::from(stdout.trim()));
+    }
+    let version = format!("v{}", env!("CARGO_PKG_VERSION"));
+    let linux = &archives[0];
+    let name = format!("kubectl-guestreset_{version}_linux_amd64.tar.gz");
+    assert_eq!(linux.file_name().unwrap().to_str(), Some(name.as_str()));
+    let mut list = tokio::process::Command::new("tar");
+    list.arg("-tvzf").arg(linux);
+    let (listing, _) = expect_exit(&run(list).await, 0);
+    let entries: Vec<(&str, &str)> = listing
+        .lines()
+        .map(|l| {
+            (
+                l.split_whitespace().next().unwrap(),
+                l.rsplit(' ').next().unwrap(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("-rwxr-xr-x", "kubectl-guestreset"),
+        ("-rw-r--r--", "LICENSE"),
+        ("-rw-r--r--", "README.md"),
+    ];
+    assert_eq!(entries, expected, "{listing}");
+    let again = dir.path().join("again");
+    let (stdout, _) = expect_exit(&run(archive("linux", "amd64", &again)).await, 0);
+    let same = std::fs::read(stdout.trim()).unwrap() == std::fs::read(linux).unwrap();
+    assert!(same, "the same binary gives the same archive");
+
+    let mut manifest = tokio::process::Command::new(script("krew-manifest.sh"));
+    manifest
+        .args(&archives)
+        .env("RELEASE_URL", "https://downloads.example/guestreset");
+    let (yaml, _) = expect_exit(&run(manifest).await, 0);
+    let plugin: Value = serde_yaml::from_str(&yaml).expect("YAML");
+    assert_eq!(
+        plugin["apiVersion"],
+        "krew.googlecontainertools.github.com/v1alpha2"
+    );
+    assert_eq!(plugin["kind"], "Plugin");
+    assert_eq!(plugin["metadata"]["name"], "guestreset");
+    assert_eq!(plugin["spec"]["version"], version.as_str());
+    let short = plugin["spec"]["shortDescription"].as_str().unwrap();
+    assert!(short.len() <= 50, "krew-index asks for at most 50: {short}");
+    let listed = plugin["spec"]["platforms"].as_array().unwrap();
+    assert_eq!(listed.len(), platforms.len(), "{yaml}");
+    for ((os, arch), (platform, file)) in platforms.iter().zip(listed.iter().zip(&archives)) {
+        let labels = json!({"matchLabels": {"os": os, "arch": arch}});
+        assert_eq!(platform["selector"], labels, "{yaml}");
+        let file_name = file.file_name().unwrap().to_str().unwrap();
+        let uri = format!("https://downloads.example/guestreset/{file_name}");
+        assert_eq!(platform["uri"], uri);
+        assert_eq!(platform["sha256"], sha256(file).await, "{file_name}");
+        let bin = if *os == "windows" {
+            "kubectl-guestreset.exe"
+        } else {
+            "kubectl-guestreset"
+        };
+        assert_eq!(platform["bin"], bin);
+    }
+}
+
+/// The sha256 of `file`, by coreutils.
+async fn sha256(file: &Path) -> String {
+    let mut command = tokio::process::Command::new("sha256sum");
+    command.arg(file);
+    let (out, _) = expect_exit(&run(command).await, 0);
+    out.split_whitespace().next().unwrap().to_owned()
 }

@@ -27,17 +27,21 @@ pub(super) fn approval<'o>(o: &Observed<'o>, settings: &Settings, pass: &Pass) -
     if !settings.require_approval {
         return Ok(Gate::NotRequired);
     }
+    // An approval covers the generation and the retry it names; a retry of a settled
+    // generation is a new request that waits for its own (docs/resource.md, "Approval").
     let Some(approval) = o
         .status
         .approval
         .as_ref()
-        .filter(|a| a.generation == o.generation)
+        .filter(|a| a.covers(o.generation, o.retry_annotation))
     else {
-        return match awaiting_already(o) {
+        return match (awaiting_already(o), &pass.policy) {
             // The plan is on record and the approvers were told; a status change brings the
             // decision. Planning again on every event would only spend Graph reads.
-            true => Err(Step::Nothing),
-            false => Ok(Gate::Awaiting),
+            (true, _) => Err(Step::Nothing),
+            // The plan names the policy in force, which a decision must carry to count.
+            (false, None) => Err(Step::ReadPolicy),
+            (false, Some(_)) => Ok(Gate::Awaiting),
         };
     };
     if let Some(problem) = record_problem(o, approval) {
@@ -60,15 +64,23 @@ pub(super) fn approval<'o>(o: &Observed<'o>, settings: &Settings, pass: &Pass) -
 }
 
 /// The report of a generation waiting for its approval, with the plan on record.
-pub(super) fn awaiting(o: &Observed<'_>, plan: String) -> Report {
+pub(super) fn awaiting(o: &Observed<'_>, pass: &Pass, plan: String) -> Report {
     let requester = o.requested_by.unwrap_or("(not recorded)");
+    let request = match o.retry_annotation {
+        None => format!("generation {} requested by {requester}", o.generation),
+        Some(token) => format!(
+            "retry {token} of generation {} requested by {} (generation requested by {requester})",
+            o.generation,
+            o.retry_requested_by.unwrap_or("(not recorded)")
+        ),
+    };
     Report {
         plan: Some(format!("generation {}: {plan}", o.generation)),
+        admitted_under: pass.policy.clone().flatten(),
         ..Report::new(
             Reason::AwaitingApproval,
             format!(
-                "generation {} requested by {requester} awaits approval by another person; nothing is written to Graph before it. Plan: {plan}",
-                o.generation
+                "{request} awaits approval by another person; nothing is written to Graph before it. Plan: {plan}"
             ),
         )
     }
@@ -85,12 +97,45 @@ fn record_problem(o: &Observed<'_>, approval: &Approval) -> Option<String> {
     if approval.by.trim().is_empty() {
         return Some("the decision names no approver".to_owned());
     }
+    if let Some(problem) = retry_problem(o, approval) {
+        return Some(problem);
+    }
+    if let Some(problem) = digest_problem(o, approval) {
+        return Some(problem);
+    }
     (approval.by == requester).then(|| {
         format!(
             "{requester} requested generation {} and cannot decide on it; another person must",
             o.generation
         )
     })
+}
+
+/// An approval that pins a spec digest approves that spec only: it is refused when the digest
+/// is not the current spec's (a denial stops whatever it names).
+fn digest_problem(o: &Observed<'_>, approval: &Approval) -> Option<String> {
+    let pinned = approval.digest.as_deref()?;
+    let current = crate::resource::spec_digest(o.spec);
+    (approval.decision == Decision::Approved && pinned != current).then(|| {
+        format!(
+            "it approves the spec with digest {pinned}, but the spec of generation {} has digest {current}; review the plan and decide again",
+            o.generation
+        )
+    })
+}
+
+/// An approval of a retry needs a retry requester of record other than the approver.
+fn retry_problem(o: &Observed<'_>, approval: &Approval) -> Option<String> {
+    let token = approval.retry.as_deref()?;
+    match o.retry_requested_by {
+        None => Some(format!(
+            "retry {token} has no requester of record (annotation guestreset.io/retry-requested-by), so four eyes cannot be shown; is the admission policy installed? Ask for the retry again"
+        )),
+        Some(by) if by == approval.by => Some(format!(
+            "{by} asked for retry {token} and cannot decide on it; another person must"
+        )),
+        Some(_) => None,
+    }
 }
 
 /// A decision the controller will not act on: it keeps waiting for a valid one (a spec change
@@ -115,9 +160,11 @@ fn denied(o: &Observed<'_>, approval: &Approval) -> Report {
     )
 }
 
-/// The status already shows this generation waiting for approval.
+/// The status already shows this generation waiting for approval, planned for the current
+/// retry (a new retry value is a new request: planned again, with the policy in force now).
 fn awaiting_already(o: &Observed<'_>) -> bool {
     o.status.observed_generation == Some(o.generation)
+        && o.status.retry_token.as_deref() == o.retry_annotation
         && o.status.conditions.iter().any(|c| {
             c.type_ == super::status::READY
                 && c.reason == Reason::AwaitingApproval.as_str()

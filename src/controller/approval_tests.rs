@@ -193,3 +193,80 @@ fn without_require_approval_an_approval_changes_nothing() {
     assert_eq!(w.settle(4).reason, Reason::Issued);
     assert_eq!(w.approver_checks, 0);
 }
+
+/// Issue 21, hole 1: a retry of a settled generation is a new request under approval.
+#[test]
+fn a_retry_of_an_issued_generation_waits_for_an_approval_of_that_retry() {
+    let mut w = world();
+    decide_on(&mut w, Decision::Approved, "bob");
+    assert_eq!(w.settle(4).reason, Reason::Issued);
+    w.annotation = Some("r1".into());
+    w.retry_by = Some("carol".into());
+    let report = w.settle(6);
+    assert_eq!(
+        report.reason,
+        Reason::AwaitingApproval,
+        "{}",
+        report.message
+    );
+    assert!(
+        report
+            .message
+            .contains("retry r1 of generation 1 requested by carol"),
+        "{}",
+        report.message
+    );
+    assert_eq!(w.posts_sent, 1, "the old approval approves nothing more");
+    // The retry's requester cannot decide on it.
+    decide_on(&mut w, Decision::Approved, "carol");
+    w.status.approval.as_mut().unwrap().retry = Some("r1".into());
+    let report = w.settle(4);
+    assert!(
+        report.message.contains("asked for retry r1"),
+        "{}",
+        report.message
+    );
+    assert_eq!(w.posts_sent, 1);
+    decide_on(&mut w, Decision::Approved, "bob");
+    w.status.approval.as_mut().unwrap().retry = Some("r1".into());
+    assert_eq!(w.settle(4).reason, Reason::Issued);
+    assert_eq!(w.posts_sent, 2);
+}
+
+/// Issue 21, hole 2: an approval pinning another spec's digest is not acted on.
+#[test]
+fn an_approval_of_another_spec_digest_is_not_acted_on() {
+    let mut w = world();
+    assert_eq!(w.settle(4).reason, Reason::AwaitingApproval);
+    let plan = w.status.plan.clone().unwrap();
+    let digest = crate::resource::spec_digest(&w.spec);
+    assert!(plan.contains(&format!("spec digest: {digest}")), "{plan}");
+    decide_on(&mut w, Decision::Approved, "bob");
+    w.status.approval.as_mut().unwrap().digest = Some("sha256:00".into());
+    let report = w.settle(4);
+    assert_eq!(report.reason, Reason::AwaitingApproval);
+    assert!(report.message.contains("has digest"), "{}", report.message);
+    assert_eq!(w.posts_sent, 0);
+    w.status.approval.as_mut().unwrap().digest = Some(digest);
+    assert_eq!(w.settle(4).reason, Reason::Issued);
+}
+
+/// A new retry value while the generation waits is a new request: planned again, naming it.
+#[test]
+fn a_retry_while_waiting_is_planned_again() {
+    let mut w = world();
+    assert_eq!(w.settle(4).reason, Reason::AwaitingApproval);
+    w.annotation = Some("r2".into());
+    w.retry_by = Some("carol".into());
+    let report = w.settle(4);
+    assert!(
+        report
+            .message
+            .contains("retry r2 of generation 1 requested by carol"),
+        "{}",
+        report.message
+    );
+    assert_eq!(w.status.retry_token.as_deref(), Some("r2"));
+    assert!(w.pass(None).is_none(), "then it waits without reading");
+    assert_eq!(w.posts_sent, 0);
+}

@@ -41,10 +41,15 @@ pub async fn may_approve(
     obj: &GuestRedemptionReset,
     approval: &Approval,
 ) -> Result<Result<(), String>, kube::Error> {
-    if let Some(policy) = policy
-        && let Some(problem) = crate::admission_policy::check(&client, &policy).await?
-    {
-        return Ok(Err(problem));
+    if let Some(policy) = policy {
+        let now = match crate::admission_policy::enforced(&client, &policy).await? {
+            Ok(now) => now,
+            Err(problem) => return Ok(Err(problem)),
+        };
+        let named = approval.admitted_under.as_ref();
+        if let Some(problem) = crate::admission_policy::admitted_problem(named, &now) {
+            return Ok(Err(problem));
+        }
     }
     let reviews: Api<SubjectAccessReview> = Api::all(client);
     let answer = reviews

@@ -56,7 +56,9 @@ pub fn decide(
         .and_then(|gate| {
             let target = preflight(o, settings, now, pass)?;
             match gate {
-                Gate::Awaiting => Err(awaiting(o, target.plan()).with_user(target.user).into()),
+                Gate::Awaiting => Err(awaiting(o, pass, target.plan())
+                    .with_user(target.user)
+                    .into()),
                 Gate::NotRequired | Gate::Approved(_) => issue(o, tenant, now, pass, &target),
             }
         });

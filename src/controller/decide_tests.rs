@@ -89,6 +89,8 @@ struct World {
     stall_after_mark: SignedDuration,
     /// The `guestreset.io/requested-by` annotation.
     requested_by: Option<String>,
+    /// The retry's requester of record (`guestreset.io/retry-requested-by`).
+    retry_by: Option<String>,
     /// Whether the API server lets the approval's author approve, and the approvals it
     /// was asked about.
     approver_may: Result<(), String>,
@@ -125,6 +127,7 @@ impl World {
             after_post: None,
             stall_after_mark: SignedDuration::ZERO,
             requested_by: None,
+            retry_by: None,
             approver_may: Ok(()),
             approver_checks: 0,
         }
@@ -148,6 +151,10 @@ impl World {
                 crate::resource::REQUESTED_BY_ANNOTATION.to_owned(),
                 requester.clone(),
             );
+        }
+        if let Some(by) = &self.retry_by {
+            let key = crate::resource::RETRY_REQUESTED_BY_ANNOTATION.to_owned();
+            annotations.insert(key, by.clone());
         }
         obj.status = Some(self.status.clone());
         obj

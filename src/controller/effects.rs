@@ -21,7 +21,9 @@ use super::{Context, MANAGER, failure_of};
 use crate::graph::{
     Admission, DirectoryUser, GraphClient, RedeemUrl, ResetRedemptionRequest, Turn, WriteSlot,
 };
-use crate::resource::{Approval, GuestRedemptionReset, REDEEM_URL_SECRET_KEY, RedemptionState};
+use crate::resource::{
+    Approval, GuestRedemptionReset, PolicyVersion, REDEEM_URL_SECRET_KEY, RedemptionState,
+};
 use crate::shutdown::PostInFlight;
 
 /// One pass's view of the world.
@@ -87,6 +89,15 @@ impl Io for KubeIo<'_> {
     ) -> impl Future<Output = Result<Result<(), String>, kube::Error>> + Send {
         let policy = self.ctx.approval_policy.clone();
         super::approver::may_approve(self.ctx.client.clone(), policy, obj, approval)
+    }
+
+    async fn policy_version(&mut self) -> Result<Option<PolicyVersion>, kube::Error> {
+        match &self.ctx.approval_policy {
+            Some(name) => Ok(crate::admission_policy::enforced(&self.ctx.client, name)
+                .await?
+                .ok()),
+            None => Ok(None),
+        }
     }
 
     fn is_stopping(&self) -> bool {

@@ -1,7 +1,9 @@
 //! The audit trail on the resource: one Event per transition of Ready and of Redeemed, the note
-//! prefixed with `changeRef` and naming the requester and the approver, cut to a bounded size;
-//! and one structured log line per issuance with everything an auditor joins on
-//! (docs/security.md, "From a resource to Entra's audit log").
+//! starting with the requester and the approver, then a bounded `changeRef`, cut to a bounded
+//! size; and structured log lines per issuance (at its sending mark and at its outcome) with
+//! everything an auditor joins on (docs/security.md, "From a resource to Entra's audit log").
+//! The names of an issuance are those captured with its intent (`status.attempt.audit`), never
+//! the object's current ones, which a change during the POST could have rewritten.
 
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
@@ -10,10 +12,14 @@ use tracing::warn;
 use super::Context;
 use super::reason::Reason;
 use super::report::Issued;
-use crate::resource::{GuestRedemptionReset, REQUESTED_BY_ANNOTATION};
+use crate::resource::{
+    Attempt, AuditNames, Decision, GuestRedemptionReset, REQUESTED_BY_ANNOTATION, RETRY_ANNOTATION,
+};
 
 /// Events notes are cut to this many bytes.
 const EVENT_NOTE_LIMIT: usize = 1000;
+/// `changeRef` in a note is cut to this many bytes (the schema's limit), after the names.
+const CHANGE_REF_LIMIT: usize = 128;
 
 fn truncate(text: &str, max: usize) -> String {
     if text.len() <= max {
@@ -55,43 +61,87 @@ pub async fn publish_event(
     }
 }
 
-/// Who asked for the resource's current generation, and who approved it (when someone did).
-fn people(obj: &GuestRedemptionReset) -> (Option<&str>, Option<&str>) {
+/// Who asked for the resource's current generation (and retry), who approved it, and the
+/// change, as the object says now: what an intent captures.
+pub fn capture(obj: &GuestRedemptionReset) -> AuditNames {
     let generation = obj.metadata.generation.unwrap_or(0);
-    let requester = obj
-        .annotations()
-        .get(REQUESTED_BY_ANNOTATION)
-        .map(String::as_str);
+    let retry = obj.annotations().get(RETRY_ANNOTATION).map(String::as_str);
     let approver = obj
         .status
         .as_ref()
         .and_then(|s| s.approval.as_ref())
-        .filter(|a| a.for_generation(generation) == Some(crate::resource::Decision::Approved))
-        .map(|a| a.by.as_str());
-    (requester, approver)
-}
-
-/// An Event's note: `[changeRef] message (requested by …, approved by …)`.
-fn note_of(obj: &GuestRedemptionReset, message: &str) -> String {
-    let mut note = match obj.spec.change_ref.as_deref() {
-        Some(change) => format!("[{change}] {message}"),
-        None => message.to_owned(),
-    };
-    match people(obj) {
-        (Some(requester), Some(approver)) => note.push_str(&format!(
-            " (requested by {requester}, approved by {approver})"
-        )),
-        (Some(requester), None) => note.push_str(&format!(" (requested by {requester})")),
-        (None, Some(approver)) => note.push_str(&format!(" (approved by {approver})")),
-        (None, None) => {}
+        .filter(|a| a.decision == Decision::Approved && a.covers(generation, retry))
+        .map(|a| a.by.clone());
+    AuditNames {
+        requested_by: obj.annotations().get(REQUESTED_BY_ANNOTATION).cloned(),
+        approved_by: approver,
+        change_ref: obj.spec.change_ref.clone(),
     }
-    note
 }
 
-/// The one log line per issuance: the resource, the people, the change, and the ids that find
-/// the same call in Entra's audit log.
-pub fn log_issuance(obj: &GuestRedemptionReset, issued: &Issued, user_id: Option<&str>) {
-    let (requester, approver) = people(obj);
+/// The names of the issuance in flight or last issued for this generation, as captured with its
+/// intent; the object's current ones otherwise.
+fn names_of(obj: &GuestRedemptionReset) -> AuditNames {
+    let generation = obj.metadata.generation.unwrap_or(0);
+    let status = obj.status.as_ref();
+    let in_flight = status
+        .and_then(|s| s.attempt.as_ref())
+        .and_then(|a| a.audit.clone());
+    let issued = status
+        .and_then(|s| s.invitation.as_ref())
+        .filter(|i| i.generation == generation)
+        .and_then(|i| i.audit.clone());
+    in_flight.or(issued).unwrap_or_else(|| capture(obj))
+}
+
+/// An Event's note: `requested by …, approved by …: [changeRef] message`, the names first so
+/// that neither a long message nor a `changeRef` can push them out of the bounded note, and
+/// `changeRef` cut to [`CHANGE_REF_LIMIT`].
+fn note_of(obj: &GuestRedemptionReset, message: &str) -> String {
+    let names = names_of(obj);
+    let people = match (names.requested_by, names.approved_by) {
+        (Some(requester), Some(approver)) => {
+            format!("requested by {requester}, approved by {approver}: ")
+        }
+        (Some(requester), None) => format!("requested by {requester}: "),
+        (None, Some(approver)) => format!("approved by {approver}: "),
+        (None, None) => String::new(),
+    };
+    match names.change_ref.as_deref() {
+        Some(change) => format!("{people}[{}] {message}", truncate(change, CHANGE_REF_LIMIT)),
+        None => format!("{people}{message}"),
+    }
+}
+
+/// The audit line of a sending mark: the POST of this attempt may leave now, for these people.
+pub fn log_sending(obj: &GuestRedemptionReset, attempt: &Attempt) {
+    let names = attempt.audit.clone().unwrap_or_else(|| capture(obj));
+    tracing::info!(
+        audit = "invitation-sending",
+        namespace = obj.namespace().as_deref().unwrap_or_default(),
+        name = %obj.name_any(),
+        generation = attempt.generation,
+        attempt = %attempt.id,
+        email = attempt.email.as_deref().unwrap_or_default(),
+        change_ref = names.change_ref.as_deref().unwrap_or_default(),
+        requested_by = names.requested_by.as_deref().unwrap_or_default(),
+        approved_by = names.approved_by.as_deref().unwrap_or_default(),
+        "invitation sending"
+    );
+}
+
+/// The one log line per issuance: the resource, the people and the change of the attempt it
+/// came from, and the ids that find the same call in Entra's audit log. Written before the
+/// outcome is, so that a resource deleted meanwhile loses no audit line.
+pub fn log_issuance(
+    obj: &GuestRedemptionReset,
+    issued: &Issued,
+    user_id: Option<&str>,
+    attempt: Option<&Attempt>,
+) {
+    let names = attempt
+        .and_then(|a| a.audit.clone())
+        .unwrap_or_else(|| capture(obj));
     tracing::info!(
         audit = "invitation-issued",
         namespace = obj.namespace().as_deref().unwrap_or_default(),
@@ -103,9 +153,9 @@ pub fn log_issuance(obj: &GuestRedemptionReset, issued: &Issued, user_id: Option
         recovered = issued.recovered,
         request_id = issued.request_id.as_deref().unwrap_or_default(),
         client_request_id = issued.client_request_id.as_deref().unwrap_or_default(),
-        change_ref = obj.spec.change_ref.as_deref().unwrap_or_default(),
-        requested_by = requester.unwrap_or_default(),
-        approved_by = approver.unwrap_or_default(),
+        change_ref = names.change_ref.as_deref().unwrap_or_default(),
+        requested_by = names.requested_by.as_deref().unwrap_or_default(),
+        approved_by = names.approved_by.as_deref().unwrap_or_default(),
         "invitation issued"
     );
 }
@@ -125,7 +175,7 @@ mod tests {
             .insert(REQUESTED_BY_ANNOTATION.into(), "alice".into());
         assert_eq!(
             note_of(&obj, "issued"),
-            "[CHG-1] issued (requested by alice)"
+            "requested by alice: [CHG-1] issued"
         );
         obj.status = Some(crate::resource::GuestRedemptionResetStatus {
             approval: Some(fixtures::approval(1, Decision::Approved, "bob")),
@@ -133,13 +183,46 @@ mod tests {
         });
         assert_eq!(
             note_of(&obj, "issued"),
-            "[CHG-1] issued (requested by alice, approved by bob)"
+            "requested by alice, approved by bob: [CHG-1] issued"
         );
         // An approval of another generation, or a denial, approves nothing.
         obj.metadata.generation = Some(2);
-        assert_eq!(note_of(&obj, "x"), "[CHG-1] x (requested by alice)");
+        assert_eq!(note_of(&obj, "x"), "requested by alice: [CHG-1] x");
         obj.status.as_mut().unwrap().approval =
             Some(fixtures::approval(2, Decision::Denied, "bob"));
-        assert_eq!(note_of(&obj, "x"), "[CHG-1] x (requested by alice)");
+        assert_eq!(note_of(&obj, "x"), "requested by alice: [CHG-1] x");
+    }
+
+    #[test]
+    fn the_names_of_an_issuance_are_those_of_its_intent_and_come_first() {
+        let mut obj = fixtures::resource("a", "ns");
+        obj.annotations_mut()
+            .insert(REQUESTED_BY_ANNOTATION.into(), "carol".into());
+        obj.spec.change_ref = Some(format!("{} (requested by mallory)", "x".repeat(200)));
+        let captured = AuditNames {
+            requested_by: Some("alice".into()),
+            approved_by: Some("bob".into()),
+            change_ref: Some("CHG-1".into()),
+        };
+        let status = obj.status.get_or_insert_default();
+        status.attempt = Some(Attempt {
+            id: "a1".into(),
+            generation: 1,
+            started_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(fixtures::at(0)),
+            post_started_at: None,
+            email: None,
+            user_state_before: None,
+            audit: Some(captured),
+        });
+        let note = note_of(&obj, &"m".repeat(2000));
+        assert!(
+            note.starts_with("requested by alice, approved by bob: [CHG-1] m"),
+            "{note}"
+        );
+        // Without a captured record, a long changeRef is cut and cannot push the names out.
+        obj.status = None;
+        let note = truncate(&note_of(&obj, &"m".repeat(2000)), EVENT_NOTE_LIMIT);
+        assert!(note.starts_with("requested by carol: [xxx"), "{note}");
+        assert!(!note.contains("mallory"), "{note}");
     }
 }

@@ -75,5 +75,8 @@ pub fn approval(
         groups: vec!["approvers".into()],
         at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(0)),
         reason: "reviewed in CHG-1".into(),
+        retry: None,
+        admitted_under: None,
+        digest: None,
     }
 }

@@ -61,6 +61,7 @@ fn issued(dry_run: bool) -> GuestRedemptionResetStatus {
             post_started_at: Some(Time(t(-1))),
             email: Some(spec.email.clone()),
             user_state_before: None,
+            audit: None,
         }),
         ..Default::default()
     };
@@ -112,6 +113,7 @@ fn observed<'a>(
         generation,
         retry_annotation: None,
         requested_by: None,
+        retry_requested_by: None,
         status,
         failures: 0,
     }

@@ -10,7 +10,7 @@ use super::step::{
     Failure, FollowUp, Lookup, Posted, Resolution, SecretOwner, SlotTurn, TenantGate,
 };
 use crate::graph::{DirectoryUser, RedeemUrl, ResetRedemptionRequest};
-use crate::resource::{Approval, GuestRedemptionReset};
+use crate::resource::{Approval, GuestRedemptionReset, PolicyVersion};
 
 /// The effects a pass needs. Graph failures come back as [`Failure`]s (they become reasons);
 /// Kubernetes failures as `kube::Error` (the executor names the step they failed in).
@@ -31,6 +31,13 @@ pub trait Io {
         obj: &GuestRedemptionReset,
         approval: &Approval,
     ) -> impl Future<Output = Result<Result<(), String>, kube::Error>> + Send;
+    /// The approval policy and binding in force now (`None`: not enforced). By default none is
+    /// named, as in the models, which check approvers through `can_approve` alone.
+    fn policy_version(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<PolicyVersion>, kube::Error>> + Send {
+        async { Ok(None) }
+    }
     fn resolve(
         &mut self,
         lookup: &Lookup,

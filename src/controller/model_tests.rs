@@ -148,11 +148,18 @@ struct World {
     next_id: u32,
     /// Whether the API server's authorizer lets the approver approve, now.
     approver_may: bool,
-    /// Generations whose approval by the approver the API server confirmed to a controller.
-    confirmed: HashSet<i64>,
+    /// Generations, with the retry value, whose approval by the approver the API server
+    /// confirmed to a controller.
+    confirmed: HashSet<(i64, Option<String>)>,
 }
 
 impl World {
+    /// The retry annotation's value now.
+    fn retry_value(&self) -> Option<String> {
+        let annotations = self.obj.metadata.annotations.as_ref()?;
+        annotations.get(crate::resource::RETRY_ANNOTATION).cloned()
+    }
+
     fn new(require_approval: bool) -> Self {
         let spec = fixtures::spec(USER, &format!("alice1@{ALLOWED}"));
         let mut obj = GuestRedemptionReset::new("alice", spec);
@@ -270,14 +277,16 @@ impl World {
                 } else {
                     crate::resource::Decision::Denied
                 };
-                let approval = fixtures::approval(self.generation(), decision, by);
+                let mut approval = fixtures::approval(self.generation(), decision, by);
+                // The decision names the retry it decides on, as the plugin writes it.
+                approval.retry = self.retry_value();
                 let status = self.obj.status.get_or_insert_default();
-                // A decision is final for its generation: the API server refuses a second one
-                // (the policy's rule this model keeps; the others it lets through).
+                // A decision is final for its generation and retry: the API server refuses a
+                // second one (the policy's rule this model keeps; the others it lets through).
                 if status
                     .approval
                     .as_ref()
-                    .is_some_and(|a| a.generation == approval.generation)
+                    .is_some_and(|a| a.covers(approval.generation, approval.retry.as_deref()))
                 {
                     return;
                 }
@@ -410,7 +419,15 @@ impl ModelIo<'_> {
         }
         if self.w.settings.require_approval {
             let generation = generation_of(&request.email);
-            if !self.w.confirmed.contains(&generation) {
+            // Every POST follows a decision confirmed for that generation and that retry: the
+            // retry value its pass saw, which its sending mark recorded as seen.
+            let retry = self
+                .w
+                .obj
+                .status
+                .as_ref()
+                .and_then(|s| s.retry_token.clone());
+            if !self.w.confirmed.contains(&(generation, retry)) {
                 let approval = self.w.obj.status.as_ref().and_then(|s| s.approval.as_ref());
                 return Err(format!(
                     "a POST for generation {generation} without a confirmed approval by another person (approval: {approval:?})"
@@ -457,7 +474,8 @@ impl Io for ModelIo<'_> {
     ) -> Result<Result<(), String>, kube::Error> {
         let may = approval.by == APPROVER && self.w.approver_may;
         if may && approval.decision == crate::resource::Decision::Approved {
-            self.w.confirmed.insert(approval.generation);
+            let retry = approval.retry.clone();
+            self.w.confirmed.insert((approval.generation, retry));
         }
         Ok(may.then_some(()).ok_or_else(|| "no right".to_owned()))
     }

@@ -21,6 +21,7 @@ use super::status::{self, Stamp};
 use crate::graph::{DirectoryUser, InvitationMessage, RedeemUrl, ResetRedemptionRequest};
 use crate::resource::{
     GuestRedemptionReset, GuestRedemptionResetStatus, REQUESTED_BY_ANNOTATION, RETRY_ANNOTATION,
+    RETRY_REQUESTED_BY_ANNOTATION,
 };
 
 /// Steps one pass may take before it is cut short (a guard: a pass takes about a dozen).
@@ -121,6 +122,13 @@ impl PassRunner {
             .map(String::as_str)
     }
 
+    fn retry_requested_by(&self) -> Option<&str> {
+        self.current
+            .annotations()
+            .get(RETRY_REQUESTED_BY_ANNOTATION)
+            .map(String::as_str)
+    }
+
     fn stamp(&self, now: Timestamp) -> Stamp<'_> {
         Stamp {
             generation: self.generation,
@@ -140,6 +148,7 @@ impl PassRunner {
             generation: self.generation,
             retry_annotation: self.retry_annotation(),
             requested_by: self.requested_by(),
+            retry_requested_by: self.retry_requested_by(),
             status: &status,
             failures: self.failures,
         };
@@ -164,6 +173,14 @@ impl PassRunner {
                     .await?
                     .map_err(Error::CheckApprover)?;
                 self.pass.approver_allowed = Some(allowed);
+                Ok(())
+            }
+            Step::ReadPolicy => {
+                let version = self
+                    .unless_stopping(io, |io| io.policy_version())
+                    .await?
+                    .map_err(Error::CheckApprover)?;
+                self.pass.policy = Some(version);
                 Ok(())
             }
             Step::ReadEvidence { user_id } => {
@@ -309,7 +326,8 @@ impl PassRunner {
         now: Timestamp,
     ) -> Flow {
         let id = io.new_attempt_id();
-        let attempt = status::new_attempt(id, &self.current.spec.email, user, self.stamp(now));
+        let mut attempt = status::new_attempt(id, &self.current.spec.email, user, self.stamp(now));
+        attempt.audit = Some(super::events::capture(&self.current));
         let next = status::with_intent(&self.status(), &attempt, user, self.stamp(now));
         self.guarded(io, next, Error::RecordIntent).await?;
         info!(attempt = %attempt.id, "intent recorded");
@@ -326,6 +344,9 @@ impl PassRunner {
     ) -> Flow {
         let next = status::with_sending(&self.status(), user, self.stamp(now));
         self.guarded(io, next, Error::MarkSending).await?;
+        if let Some(attempt) = &self.status().attempt {
+            super::events::log_sending(&self.current, attempt);
+        }
         self.pass.marked_sending = true;
         self.pass.marked_at = Some(now);
         io.sending();
@@ -373,16 +394,18 @@ impl PassRunner {
         self.store_redeem_url(io, &mut report).await;
         let before = self.status();
         let previous = (status::ready_reason(&before), before.observed_generation);
+        // The audit line before the outcome's write: a resource deleted during the POST (the
+        // write then finds nothing) loses no record of what was issued.
+        if let Some(issued) = &report.issued {
+            let user_id = before.user.as_ref().map(|u| u.id.as_str());
+            super::events::log_issuance(&self.current, issued, user_id, before.attempt.as_ref());
+        }
         if !self.write_report(io, &report, now).await? {
             warn!(
                 reason = %report.reason,
                 "the status moved on from this pass's attempt; its report is dropped"
             );
             return Err(End::Done(Outcome::Superseded));
-        }
-        if let Some(issued) = &report.issued {
-            let user_id = self.status().user.map(|u| u.id);
-            super::events::log_issuance(&self.current, issued, user_id.as_deref());
         }
         if previous != (Some(report.reason), Some(self.generation)) {
             if report.reason.is_warning() {

@@ -267,5 +267,62 @@ fn plan(spec: &GuestRedemptionResetSpec, user: &DirectoryUser, needs_mail: bool)
             secret.name
         ));
     }
+    plan.push_str(&graph_values(spec, user, needs_mail));
     plan
+}
+
+/// Every value Graph receives, one per line, and the digest of the spec they come from: what
+/// an approver reviews and pins (docs/resource.md, "Approval"). Nothing of the spec that
+/// reaches Graph is left out, so a cc recipient or a message body cannot hide behind the
+/// sentence above.
+fn graph_values(spec: &GuestRedemptionResetSpec, user: &DirectoryUser, needs_mail: bool) -> String {
+    let none = || "(none)".to_owned();
+    let message = spec.message.as_ref();
+    let lines = [
+        ("target", format!("{} ({})", user.id, user.display_name())),
+        ("new e-mail", spec.email.clone()),
+        (
+            "mail change",
+            match needs_mail {
+                true => format!(
+                    "{} -> {}",
+                    user.mail.as_deref().unwrap_or("(none)"),
+                    spec.email
+                ),
+                false => "none".to_owned(),
+            },
+        ),
+        (
+            "invitation e-mail sent",
+            spec.send_invitation_message.to_string(),
+        ),
+        (
+            "cc recipient",
+            message
+                .and_then(|m| m.cc_recipient.clone())
+                .unwrap_or_else(none),
+        ),
+        (
+            "message language",
+            message.map(|m| m.language.clone()).unwrap_or_else(none),
+        ),
+        (
+            "message body",
+            message
+                .and_then(|m| m.body.as_deref())
+                .map_or_else(none, |b| format!("{b:?}")),
+        ),
+        ("redirect URL", spec.redirect_url.clone()),
+        (
+            "redeem URL Secret",
+            spec.redeem_url_secret
+                .as_ref()
+                .map_or_else(none, |s| s.name.clone()),
+        ),
+        ("spec digest", crate::resource::spec_digest(spec)),
+    ];
+    lines
+        .iter()
+        .map(|(what, value)| format!("\n{what}: {value}"))
+        .collect()
 }

@@ -38,6 +38,9 @@ pub struct Report {
     pub redemption: Option<FollowUp>,
     /// What the controller will do once the generation is approved (`status.plan`).
     pub plan: Option<String>,
+    /// The approval policy in force when the plan was made (`status.admittedUnder`), written
+    /// with the plan.
+    pub admitted_under: Option<crate::resource::PolicyVersion>,
     /// The requeue is a turn kept for this resource (a write slot): it is taken at that time,
     /// without the jitter that spreads other retries.
     pub on_time: bool,
@@ -75,6 +78,7 @@ impl Report {
             pause_tenant: false,
             redemption: None,
             plan: None,
+            admitted_under: None,
             on_time: false,
         }
     }

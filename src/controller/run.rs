@@ -19,7 +19,9 @@ use super::effects::KubeIo;
 use super::error::Error;
 use super::pass::{Outcome, PassRunner, until_from};
 use super::reason::Reason;
-use crate::resource::{GuestRedemptionReset, REQUESTED_BY_ANNOTATION, RETRY_ANNOTATION};
+use crate::resource::{
+    GuestRedemptionReset, REQUESTED_BY_ANNOTATION, RETRY_ANNOTATION, RETRY_REQUESTED_BY_ANNOTATION,
+};
 
 /// kubectl's copy of the last applied manifest, kept in an annotation.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -152,6 +154,10 @@ fn quiet_action(obj: &GuestRedemptionReset, settings: &Settings, now: Timestamp)
         requested_by: obj
             .annotations()
             .get(REQUESTED_BY_ANNOTATION)
+            .map(String::as_str),
+        retry_requested_by: obj
+            .annotations()
+            .get(RETRY_REQUESTED_BY_ANNOTATION)
             .map(String::as_str),
         status: &status,
         failures: 0,

@@ -163,10 +163,11 @@ fn set_approved(status: &mut GuestRedemptionResetStatus, stamp: Stamp<'_>, ready
         status.conditions.retain(|c| c.type_ != APPROVED);
         return;
     }
+    // A decision on this generation and, for an approval, this retry (a retry is a new request).
     let decision = status
         .approval
         .as_ref()
-        .filter(|a| a.generation == stamp.generation);
+        .filter(|a| a.covers(stamp.generation, stamp.retry_annotation));
     let acted_on = !matches!(ready, Reason::AwaitingApproval | Reason::Pending);
     let approved = match decision {
         Some(a) if acted_on && a.decision == Decision::Approved => condition(
@@ -260,6 +261,7 @@ pub fn apply_report(
             recovered: issued.recovered,
             request_id: issued.request_id.clone(),
             client_request_id: issued.client_request_id.clone(),
+            audit: status.attempt.as_ref().and_then(|a| a.audit.clone()),
         };
         next.history.insert(0, HistoryEntry::from(&invitation));
         next.history.truncate(HISTORY_LIMIT);
@@ -284,6 +286,7 @@ pub fn apply_report(
     set_ready(&mut next, stamp, report.reason, &report.message);
     if report.plan.is_some() {
         next.plan.clone_from(&report.plan);
+        next.admitted_under.clone_from(&report.admitted_under);
     }
     if let Some(follow_up) = &report.redemption {
         super::follow::set_redemption(&mut next, follow_up, stamp.now);
@@ -300,6 +303,7 @@ pub fn new_attempt(id: String, email: &str, user: &DirectoryUser, stamp: Stamp<'
         post_started_at: None,
         email: Some(email.to_owned()),
         user_state_before: Some(state_of(user)),
+        audit: None,
     }
 }
 
@@ -395,6 +399,7 @@ pub fn acknowledge(next: &mut GuestRedemptionResetStatus, stamp: Stamp<'_>) {
     // Who asked for this generation; the plan of the previous one no longer applies.
     next.requested_by = stamp.requested_by.map(str::to_owned);
     next.plan = None;
+    next.admitted_under = None;
 }
 
 #[cfg(test)]
@@ -425,6 +430,9 @@ mod tests {
             groups: vec![],
             at: Time(Timestamp::from_second(1_800_000_000).unwrap()),
             reason: "CHG-1 reviewed".to_owned(),
+            retry: None,
+            admitted_under: None,
+            digest: None,
         }
     }
 

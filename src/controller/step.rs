@@ -9,7 +9,8 @@ use super::report::Report;
 use super::schedule::Schedule;
 use crate::graph::DirectoryUser;
 use crate::resource::{
-    Approval, Attempt, GuestRedemptionResetSpec, GuestRedemptionResetStatus, Redemption, UserKey,
+    Approval, Attempt, GuestRedemptionResetSpec, GuestRedemptionResetStatus, PolicyVersion,
+    Redemption, UserKey,
 };
 
 /// The resource as the controller sees it now (after this pass's own writes).
@@ -22,6 +23,9 @@ pub struct Observed<'a> {
     /// The requester of this generation: the `guestreset.io/requested-by` annotation, which
     /// admission holds to the user who made the generation.
     pub requested_by: Option<&'a str>,
+    /// Who asked for the current value of the retry annotation: the
+    /// `guestreset.io/retry-requested-by` annotation, which admission holds to the user who set it.
+    pub retry_requested_by: Option<&'a str>,
     pub status: &'a GuestRedemptionResetStatus,
     /// Consecutive failed passes of this generation that the controller remembers.
     pub failures: u32,
@@ -171,6 +175,9 @@ pub struct Pass {
     /// The API server's answer: may the approver of this generation approve it (and is the
     /// policy that enforces approvals still in place)? The error says why not.
     pub approver_allowed: Option<Result<(), String>>,
+    /// The approval policy in force, read before a plan is published (`None` inside: it is not
+    /// enforced now); approvers copy it into their decision.
+    pub policy: Option<Option<PolicyVersion>>,
     pub evidence: Option<Read<Option<DirectoryUser>>>,
     pub target: Option<Read<Resolution>>,
     /// The lookup by the spec's mail found nobody and the user's id was tried instead.
@@ -219,6 +226,8 @@ pub enum Step {
     Wait { until: Timestamp },
     /// Ask the API server whether the author of the decision may approve this resource.
     CheckApprover { approval: Box<Approval> },
+    /// Read which approval policy and binding are in force, for the plan.
+    ReadPolicy,
     /// Read the user of an interrupted attempt to look for evidence of the reset.
     ReadEvidence { user_id: String },
     /// Resolve the target by the spec's key.

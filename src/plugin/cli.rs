@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgGroup, Args, Parser, Subcommand};
+use clap::{ArgAction, ArgGroup, Args, Parser, Subcommand};
 
 use super::error::exit_code_help;
 use super::output::Format;
@@ -24,7 +24,7 @@ Examples:
 
   # A second person reviews the plan and approves it
   kubectl guestreset plan alice-to-newco -n identity
-  kubectl guestreset approve alice-to-newco -n identity --reason \"CHG-20931 reviewed\"
+  kubectl guestreset approve alice-to-newco -n identity --generation 1 --reason \"CHG-20931 reviewed\"
 
   # Where everything stands, and one more try after a failure
   kubectl guestreset status -n identity
@@ -63,6 +63,19 @@ pub struct Connection {
     /// How long one request to the API server may take (0: no limit).
     #[arg(long, global = true, default_value = "30s", value_parser = request_timeout)]
     pub request_timeout: Duration,
+    /// The user to impersonate; replaces the kubeconfig's `as`. The API server checks that
+    /// you may impersonate, then authenticates, authorises and records the command as them.
+    #[arg(long = "as", global = true, value_name = "USER", value_parser = validate::user_name)]
+    pub impersonate: Option<String>,
+    /// A group to impersonate, repeatable; replaces the kubeconfig's `as-groups`.
+    #[arg(
+        long = "as-group",
+        global = true,
+        value_name = "GROUP",
+        action = ArgAction::Append,
+        value_parser = validate::user_name
+    )]
+    pub impersonate_groups: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -72,7 +85,7 @@ pub enum Command {
     New(Box<NewArgs>),
     /// Approve the current generation after reviewing its plan (four eyes; docs/plugin.md).
     #[command(after_help = format!("{DECIDE_HELP}\n\nExample:\n  \
-kubectl guestreset approve alice-to-newco -n identity --reason \"CHG-20931 reviewed\""))]
+kubectl guestreset approve alice-to-newco -n identity --generation 1 --reason \"CHG-20931 reviewed\""))]
     Approve(DecideArgs),
     /// Deny the current generation; final for that generation.
     #[command(after_help = format!("{DECIDE_HELP}\n\nExample:\n  \
@@ -94,12 +107,27 @@ kubectl guestreset status alice-to-newco -n identity\n  kubectl guestreset statu
         after_help = "Example:\n  kubectl guestreset plan alice-to-newco -n identity -o yaml"
     )]
     Plan(PlanArgs),
+    /// Print a shell completion script for bash, zsh or fish.
+    #[command(after_help = COMPLETION_HELP)]
+    Completion(CompletionArgs),
 }
 
+const COMPLETION_HELP: &str = "\
+Completes `kubectl guestreset ...` (kubectl 1.26 or newer runs the executable \
+kubectl_complete-guestreset for that; docs/plugin.md) and `kubectl-guestreset ...`.
+
+Examples:
+  kubectl guestreset completion bash > ~/.local/share/bash-completion/completions/kubectl-guestreset
+  kubectl guestreset completion zsh > \"${fpath[1]}/_kubectl-guestreset\"
+  kubectl guestreset completion fish > ~/.config/fish/completions/kubectl-guestreset.fish";
+
 const DECIDE_HELP: &str = "\
-Prints the plan of the current generation, then writes status.approval (generation, decision, \
-by: you as the API server knows you, at, reason) through the status subresource, and only onto \
-the version it printed. The API server's admission decides whether you may decide.";
+Prints the plan of the current generation, then writes status.approval (generation, retry, spec \
+digest, decision, by: you as the API server knows you, at, reason) through the status \
+subresource, and only onto the version it printed. The decision names what you reviewed: \
+--generation N or --digest sha256:..., or your confirmation of the plan shown on a terminal; \
+nothing is written when that is no longer current. The API server's admission decides whether \
+you may decide.";
 
 const NEW_HELP: &str = "\
 --user recognises the key by its shape: a GUID is the object id, a value with #EXT# the \
@@ -187,7 +215,15 @@ pub struct DecideArgs {
     /// Why: a review note or a change ticket (required, at most 1024 characters).
     #[arg(long, required = true, value_parser = validate::reason)]
     pub reason: String,
-    /// Decide although the status shows no plan for the current generation.
+    /// The generation you reviewed: nothing is written when it is no longer the current one.
+    #[arg(long)]
+    pub generation: Option<i64>,
+    /// The spec digest you reviewed (the plan's "spec digest"): nothing is written when the
+    /// spec no longer has it.
+    #[arg(long)]
+    pub digest: Option<String>,
+    /// Decide although the status shows no plan for the current generation (only with
+    /// --generation or --digest, naming what you reviewed).
     #[arg(long)]
     pub without_plan: bool,
 }
@@ -211,6 +247,21 @@ pub struct StatusArgs {
     /// Print the status as YAML or JSON instead of a table.
     #[arg(short, long, value_enum)]
     pub output: Option<Format>,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+/// The shells `completion` writes scripts for.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Args, Debug)]
@@ -408,6 +459,23 @@ mod tests {
             parse(&["status", "-A", "a"]).is_err(),
             "-A lists, a NAME picks one"
         );
+    }
+
+    #[test]
+    fn impersonation_flags_are_global_and_groups_repeat() {
+        let line = "--as bob approve a --reason r --as-group g1 --as-group g2";
+        let cli = parse(&words_of(line)).unwrap();
+        assert_eq!(cli.connection.impersonate.as_deref(), Some("bob"));
+        assert_eq!(cli.connection.impersonate_groups, ["g1", "g2"]);
+        let cli = parse(&["status"]).unwrap();
+        assert_eq!(cli.connection.impersonate, None);
+        assert!(cli.connection.impersonate_groups.is_empty());
+        let err = usage_error(&["status", "--as", " "]);
+        assert!(err.contains("--as <USER>"), "{err}");
+    }
+
+    fn words_of(line: &str) -> Vec<&str> {
+        line.split_whitespace().collect()
     }
 
     #[test]

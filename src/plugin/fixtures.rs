@@ -81,5 +81,8 @@ pub fn approval(generation: i64, decision: Decision, by: &str) -> Approval {
         groups: vec![],
         at: at("2026-12-02T13:58:00Z"),
         reason: "CHG-1 reviewed".into(),
+        retry: None,
+        admitted_under: None,
+        digest: None,
     }
 }

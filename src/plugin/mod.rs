@@ -4,11 +4,13 @@
 //!
 //! - [`cli`]: the flags, checked by [`validate`] as they are parsed.
 //! - [`session`]: kubeconfig, context, namespace, and who the caller is.
-//! - [`new`], [`plan`], [`decide`] (approve and deny), [`retry`], [`status`]: the subcommands.
+//! - [`new`], [`plan`], [`decide`] (approve and deny), [`retry`], [`status`]: the subcommands;
+//!   [`completion`] the shell scripts.
 //! - [`write`]: the merge patches that apply only to the version that was read.
 //! - [`output`] and [`error`]: printing, and the exit codes.
 
 pub mod cli;
+pub mod completion;
 pub mod decide;
 pub mod error;
 pub mod new;
@@ -42,6 +44,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Retry(args) => retry::run(&connect().await?, args).await,
         Command::Status(args) => status::run(&connect().await?, args).await,
         Command::Plan(args) => plan::run(&connect().await?, &args.name, args.output).await,
+        Command::Completion(args) => completion::print(args.shell),
     }
 }
 

@@ -17,7 +17,7 @@ use super::plan;
 use super::session::Session;
 use super::write;
 use crate::controller::reason::Reason;
-use crate::resource::{GuestRedemptionReset, RETRY_ANNOTATION};
+use crate::resource::{GuestRedemptionReset, RETRY_ANNOTATION, RETRY_REQUESTED_BY_ANNOTATION};
 
 pub async fn run(session: &Session, args: &RetryArgs) -> Result<(), Error> {
     let api = session.api();
@@ -35,7 +35,8 @@ pub async fn run(session: &Session, args: &RetryArgs) -> Result<(), Error> {
         }
     }
     let token = token(Timestamp::now(), rand::random());
-    let patch = patch(&obj, &token);
+    let by = session.caller().await?;
+    let patch = patch(&obj, &token, &by.name);
     write::pause_before_write();
     api.patch(&args.name, &write::patch_params(), &Patch::Merge(&patch))
         .await?;
@@ -118,10 +119,15 @@ pub fn confirmed(answer: &str) -> bool {
     matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
-/// The patch that sets the retry annotation to `token`, only on the version of `obj` that was
-/// read (whose failure was judged and, after OutcomeUnknown, confirmed).
-pub fn patch(obj: &GuestRedemptionReset, token: &str) -> serde_json::Value {
-    let annotation = json!({ "metadata": { "annotations": { RETRY_ANNOTATION: token } } });
+/// The patch that sets the retry annotation to `token`, naming `by` as who asked for it (which
+/// admission holds to the caller: with approval required the retry is a new request that
+/// someone else decides on), only on the version of `obj` that was read (whose failure was
+/// judged and, after OutcomeUnknown, confirmed).
+pub fn patch(obj: &GuestRedemptionReset, token: &str, by: &str) -> serde_json::Value {
+    let annotation = json!({ "metadata": { "annotations": {
+        RETRY_ANNOTATION: token,
+        RETRY_REQUESTED_BY_ANNOTATION: by,
+    } } });
     write::locked(annotation, obj)
 }
 

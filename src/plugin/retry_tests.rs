@@ -81,9 +81,12 @@ fn tokens_differ_by_time_and_by_chance() {
 }
 
 #[test]
-fn the_patch_sets_the_annotation_on_the_version_read() {
+fn the_patch_sets_the_annotation_and_its_requester_on_the_version_read() {
     assert_eq!(
-        patch(&object(3, None), "t-1"),
-        serde_json::json!({"metadata": {"annotations": {"guestreset.io/retry": "t-1"}, "resourceVersion": "42"}})
+        patch(&object(3, None), "t-1", "carol"),
+        serde_json::json!({"metadata": {"annotations": {
+            "guestreset.io/retry": "t-1",
+            "guestreset.io/retry-requested-by": "carol",
+        }, "resourceVersion": "42"}})
     );
 }

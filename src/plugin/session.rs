@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use kube::api::{Api, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
 
 use super::cli::Connection;
 use super::error::Error;
@@ -19,6 +19,7 @@ pub struct Session {
 impl Session {
     pub async fn connect(connection: &Connection) -> Result<Session, Error> {
         let mut config = load_config(connection).await?;
+        impersonate(&mut config.auth_info, connection);
         // A CLI waits for answers, not for watches: every request is bounded.
         config.read_timeout = connection.request_timeout();
         config.write_timeout = connection.request_timeout();
@@ -77,6 +78,18 @@ impl Caller {
             name: name.to_owned(),
             groups: vec![],
         }
+    }
+}
+
+/// kubectl's `--as` and `--as-group`: each replaces what the kubeconfig's user says, when
+/// given. The API server authorises the impersonation itself, then treats every request
+/// (the SelfSubjectReview that names the approver included) as the impersonated user's.
+fn impersonate(auth: &mut AuthInfo, connection: &Connection) {
+    if let Some(user) = &connection.impersonate {
+        auth.impersonate = Some(user.clone());
+    }
+    if !connection.impersonate_groups.is_empty() {
+        auth.impersonate_groups = Some(connection.impersonate_groups.clone());
     }
 }
 

@@ -13,6 +13,11 @@ use serde::{Deserialize, Serialize};
 /// change to it otherwise: it is the API server's record of who asked, never a free field.
 pub const REQUESTED_BY_ANNOTATION: &str = "guestreset.io/requested-by";
 
+/// Annotation naming who asked for the current value of `guestreset.io/retry`. Admission holds
+/// it to the user who sets or changes the retry annotation, and refuses any other change to it:
+/// with approval required a retry is a new request, and its requester may not decide on it.
+pub const RETRY_REQUESTED_BY_ANNOTATION: &str = "guestreset.io/retry-requested-by";
+
 /// An approver's decision about one generation.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -35,6 +40,39 @@ pub struct Approval {
     /// Why: a review note, a change ticket.
     #[schemars(length(min = 1, max = 1024))]
     pub reason: String,
+    /// The value of the `guestreset.io/retry` annotation decided on, absent when there was
+    /// none: an approval covers this retry only (a new retry needs a new approval), while a
+    /// denial is final for the whole generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub retry: Option<String>,
+    /// The digest of the spec the approver read (`sha256:` and hex, as the plan shows it): the
+    /// controller acts on the decision only while it is the digest of the current spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 80))]
+    pub digest: Option<String>,
+    /// The admission policy and binding in force when the decision was written, as the
+    /// controller published them in `status.admittedUnder` (docs/security.md, "Approval"): the
+    /// controller acts only when they are still the ones in force, so a decision written while
+    /// the policy was unbound, re-created or edited is never acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admitted_under: Option<PolicyVersion>,
+}
+
+/// The identity and version of the approval policy and its binding: the uids change when they
+/// are re-created; the policy's generation and the binding's resourceVersion change with every
+/// edit (the binding has no status, so its resourceVersion moves only with a change, and it
+/// cannot be guessed ahead as a generation can).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyVersion {
+    #[schemars(length(max = 64))]
+    pub policy_uid: String,
+    pub policy_generation: i64,
+    #[schemars(length(max = 64))]
+    pub binding_uid: String,
+    #[schemars(length(max = 64))]
+    pub binding_version: String,
 }
 
 /// Approved lets the controller issue the generation; Denied is final for it.
@@ -60,4 +98,21 @@ impl Approval {
     pub fn for_generation(&self, generation: i64) -> Option<Decision> {
         (self.generation == generation).then_some(self.decision)
     }
+
+    /// Whether the decision covers `generation` with the retry annotation `retry`: a denial
+    /// covers every retry of its generation, an approval only the retry it names.
+    pub fn covers(&self, generation: i64, retry: Option<&str>) -> bool {
+        self.generation == generation
+            && (self.decision == Decision::Denied || self.retry.as_deref() == retry)
+    }
+}
+
+/// The digest of a spec that a plan shows and a decision pins: `sha256:` and the hex SHA-256
+/// of the spec's JSON (fields in declaration order, as this crate writes it), so that the
+/// plugin and the controller compute the same value for the same spec.
+pub fn spec_digest(spec: &super::GuestRedemptionResetSpec) -> String {
+    let json = serde_json::to_vec(spec).expect("a spec serializes");
+    let sum = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &json);
+    let hex: String = sum.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }

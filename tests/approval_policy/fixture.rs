@@ -178,7 +178,7 @@ impl Fixture {
 
     /// Until the policy refuses a creation (dry run) whose requester annotation names someone
     /// else: the policy and its binding are then in effect in this namespace.
-    async fn wait_for_policy(&self) {
+    pub async fn wait_for_policy(&self) {
         let probe = reset("policy-probe", Some("not-the-admin"));
         wait_until("the approval policy to take effect", SETTLE, || async {
             let dry_run = PostParams {
@@ -493,7 +493,7 @@ fn status_writers_binding(ns: &str, users: &[&str]) -> Value {
 }
 
 /// Server-side apply of one object (in `namespace` when it is namespaced).
-async fn apply(client: &kube::Client, object: Value, namespace: Option<&str>) {
+pub async fn apply(client: &kube::Client, object: Value, namespace: Option<&str>) {
     let (group, version) = match object["apiVersion"].as_str().expect("apiVersion") {
         gv if gv.contains('/') => gv.split_once('/').expect("group/version"),
         v => ("", v),

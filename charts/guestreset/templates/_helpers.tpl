@@ -66,3 +66,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "guestreset.federatedTokenDir" -}}
 /var/run/secrets/azure/tokens
 {{- end }}
+
+{{/* Labels of the `helm test` Pod: the release's, but not the selector's name label, so
+that neither the Service nor the PodDisruptionBudget selects it. */}}
+{{- define "guestreset.testLabels" -}}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/part-of: guestreset
+app.kubernetes.io/component: helm-test
+{{- end }}
+
+{{/* No credential method is set: the pod takes a managed identity's token from the
+instance metadata endpoint. */}}
+{{- define "guestreset.managedIdentity" -}}
+{{- $azure := .Values.azure }}
+{{- if not (or $azure.workloadIdentity.enabled $azure.clientSecret.existingSecret $azure.clientSecret.value $azure.clientCertificate.existingSecret) }}true{{ end }}
+{{- end }}
