@@ -28,6 +28,9 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the CustomResourceDefinition YAML (identical to the file under crds/).
     Crd,
+    /// Check the installation before the first reset, with the flags of `run`: the token, its
+    /// Graph permission, Graph, the API-server rights, the namespace, the pause record.
+    Check(Box<RunArgs>),
     /// GET a URL once (the chart's `helm test` hook checks /readyz with it): exit 0 on a 2xx
     /// answer, 1 with the reason otherwise.
     Probe(crate::probe::ProbeArgs),
@@ -279,7 +282,7 @@ mod tests {
             .chain(args.iter().copied());
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Run(args) => *args,
-            Command::Crd | Command::Probe(_) => panic!("run"),
+            Command::Crd | Command::Check(_) | Command::Probe(_) => panic!("run"),
         }
     }
 

@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod admission_policy;
 pub mod backoff;
+pub mod check;
 pub mod cli;
 pub mod controller;
 pub mod fence;

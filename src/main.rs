@@ -25,6 +25,7 @@ fn main() -> ExitCode {
             print!("{}", guestreset::resource::crd_yaml());
             return ExitCode::SUCCESS;
         }
+        Command::Check(args) => return check(&runtime, &args),
         Command::Probe(args) => return runtime.block_on(guestreset::probe::run(&args)),
     };
     guestreset::telemetry::init(args.log_format);
@@ -36,6 +37,17 @@ fn main() -> ExitCode {
         tracing::error!(error = %err, "guestreset stopped with an error");
     }
     result.map_or(ExitCode::FAILURE, |()| ExitCode::SUCCESS)
+}
+
+/// `guestreset check`: the report on stdout, failure when any check failed.
+fn check(runtime: &tokio::runtime::Runtime, args: &RunArgs) -> ExitCode {
+    let report = runtime.block_on(guestreset::check::run(args));
+    print!("{report}");
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 async fn run(args: RunArgs, shutdown: Shutdown) -> Result<(), StartError> {

@@ -732,3 +732,44 @@ fn deployment_args(rendered: &[Value]) -> Vec<String> {
         .map(|a| a.as_str().expect("string").to_owned())
         .collect()
 }
+
+/// Flux's kustomize-controller, the identity that applies `examples/gitops` in a cluster.
+const FLUX: &str = "system:serviceaccount:flux-system:kustomize-controller";
+
+/// `examples/gitops` as the GitOps controller applies it, under the chart's policy with
+/// `requireApproval`: every reset is admitted, with the GitOps controller as requester of
+/// record; applied by anyone else, the same reset is refused by the requester rule.
+#[tokio::test]
+async fn gitops_examples_are_admitted_under_four_eyes() {
+    let fx = Fixture::new("gitops-examples", Chart::RequireApproval).await;
+    let dir = guestreset_testsupport::repo_root().join("examples/gitops");
+    let mut kustomize = fx.cp.kubectl();
+    kustomize.args(["kustomize", guestreset_testsupport::path_str(&dir)]);
+    let out = run_bounded(kustomize.into(), None, "kubectl kustomize", TOOL_DEADLINE).await;
+    assert!(
+        out.status.success(),
+        "kubectl kustomize: {}",
+        describe(&out)
+    );
+    let resets = guestreset_testsupport::chart::documents(&String::from_utf8_lossy(&out.stdout));
+    assert!(resets.len() >= 2, "{resets:?}");
+
+    let flux_client = fx.cp.user(FLUX, &[fixture::REQUESTERS]).client().await;
+    let flux: kube::Api<guestreset::resource::GuestRedemptionReset> =
+        kube::Api::namespaced(flux_client, &fx.ns);
+    let pp = kube::api::PostParams::default();
+    for mut reset in resets {
+        reset["metadata"]["namespace"] = json!(fx.ns);
+        let reset: guestreset::resource::GuestRedemptionReset =
+            serde_json::from_value(reset).unwrap();
+        let name = reset.name_any();
+        // alice may create resets too, but not in Flux's name.
+        fx.assert_refused(
+            fx.alice.grr.create(&pp, &reset).await,
+            "must name themselves",
+        );
+        let created = flux.create(&pp, &reset).await;
+        let created = created.unwrap_or_else(|e| panic!("{name} refused: {e}"));
+        assert_eq!(created.annotations()[REQUESTED_BY_ANNOTATION], FLUX);
+    }
+}

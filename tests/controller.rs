@@ -1746,3 +1746,70 @@ async fn a_success_deletes_only_the_block_it_answered() {
     record.clear(later).await.unwrap();
     assert!(maps.get_opt("guestreset-tenant").await.unwrap().is_none());
 }
+
+/// Defect: Graph refuses an app-only reset of a user who holds a directory role (403), but the
+/// mail PATCH before it had succeeded: the guest was left with a changed mail and no reset, and
+/// the refusal was retried every 10 minutes. Now the mail is put back, and the refusal is final
+/// (Forbidden, Stalled, no next attempt).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_role_holding_guest_keeps_its_mail_and_is_refused_once() {
+    let mut w = World::new("role-holder").await;
+    let id = "b1b2c3d4-e5f6-4789-8abc-def012345678";
+    let mut holder = SeedUser::guest(
+        id,
+        "ops_x.example#EXT#@fabrikam.onmicrosoft.com",
+        "ops@x.example",
+    );
+    holder.privileged = true;
+    w.admin.put_user(&holder).await.unwrap();
+    w.start_operator(&[]);
+    w.create("role-holder", by_id(id, "ops@newco.example"))
+        .await;
+    let obj = w.wait_reason("role-holder", "Forbidden").await;
+
+    let user = w.admin.user(id).await.unwrap().unwrap();
+    assert_eq!(
+        user.mail.as_deref(),
+        Some("ops@x.example"),
+        "the mail is put back"
+    );
+    let status = obj.status.clone().unwrap();
+    assert!(status.next_attempt_at.is_none(), "not retried: {status:?}");
+    let stalled = status.conditions.iter().find(|c| c.type_ == "Stalled");
+    assert_eq!(
+        stalled.map(|c| c.status.as_str()),
+        Some("True"),
+        "{status:?}"
+    );
+    assert!(
+        ready(&obj).message.contains("put back to ops@x.example"),
+        "{}",
+        ready(&obj).message
+    );
+    let writes = w.graph_writes().await;
+    let calls: Vec<Call> = writes.iter().map(|e| e.call).collect();
+    assert_eq!(
+        calls,
+        [Call::PatchUser, Call::PostInvitation, Call::PatchUser],
+        "{writes:?}"
+    );
+
+    // A later pass of the resource (a label change) and another reset: still one POST for it.
+    let labels = json!({"metadata": {"labels": {"touched": "yes"}}});
+    w.api
+        .patch(
+            "role-holder",
+            &PatchParams::default(),
+            &Patch::Merge(&labels),
+        )
+        .await
+        .unwrap();
+    w.create("after", by_id(ALICE, "alice@newco.example")).await;
+    w.wait_reason("after", "Issued").await;
+    let posts = w.posts().await;
+    let refused = posts
+        .iter()
+        .filter(|e| e.invited_user_id.as_deref() == Some(id));
+    assert_eq!(refused.count(), 1, "{posts:?}");
+    assert_eq!(posts.len(), 2, "{posts:?}");
+}

@@ -167,9 +167,54 @@ fn issue(
             user_id: user.id.clone(),
         });
     };
+    if let Err(Failure::TargetRefused(detail)) = posted {
+        return Err(refused_target(o, pass, user, detail));
+    }
     Err(posted_report(o, posted, user)
         .for_attempt(&intent.id)
         .into())
+}
+
+/// Graph refused to reset this user (it holds a directory role), which no read within
+/// `User.ReadWrite.All` can tell beforehand (listing a user's directory roles needs
+/// `Directory.Read.All`): the mail this pass set is put back first, then the refusal is
+/// reported as final (`Forbidden` without a next attempt; docs/design.md, "Refused targets").
+fn refused_target(o: &Observed<'_>, pass: &Pass, user: &DirectoryUser, detail: &str) -> Step {
+    let previous = o
+        .status
+        .user
+        .as_ref()
+        .filter(|known| known.id == user.id)
+        .and_then(|known| known.previous_mail.as_deref());
+    let mail_set = matches!(pass.mail_set, Some(Ok(())));
+    let restore = match (mail_set, previous, &pass.mail_restored) {
+        (false, _, _) => "its mail was not changed".to_owned(),
+        (true, Some(mail), None) => {
+            return Step::RestoreMail {
+                user_id: user.id.clone(),
+                mail: mail.to_owned(),
+            };
+        }
+        (true, Some(mail), Some(Ok(()))) => {
+            format!(
+                "its mail was set to {} and put back to {mail}",
+                o.spec.email
+            )
+        }
+        (true, Some(mail), Some(Err(failure))) => format!(
+            "its mail was set to {} and could not be put back to {mail} ({failure:?}): put it back by hand",
+            o.spec.email
+        ),
+        (true, None, _) => format!(
+            "its mail was set to {} and had none before: clear it by hand",
+            o.spec.email
+        ),
+    };
+    let refusal = Failure::TargetRefused(format!("{detail}; {restore}"));
+    report_failure(o, &refusal, "resetting the redemption")
+        .clear_attempt()
+        .with_user(user)
+        .into()
 }
 
 /// The write slots of this reset (the mail PATCH when needed, and the POST), reserved together
@@ -362,7 +407,13 @@ fn settled_reason(o: &Observed<'_>) -> Option<Reason> {
     if ready.observed_generation != Some(o.generation) {
         return None;
     }
-    Reason::parse(&ready.reason).filter(|r| r.is_settled())
+    Reason::parse(&ready.reason).filter(|r| r.is_settled() || is_final_refusal(*r, status))
+}
+
+/// A `Forbidden` without a next attempt is Graph's final refusal of the target: it waits for
+/// a new generation or the retry annotation, like any settled failure.
+fn is_final_refusal(reason: Reason, status: &crate::resource::GuestRedemptionResetStatus) -> bool {
+    reason == Reason::Forbidden && status.next_attempt_at.is_none()
 }
 
 #[cfg(test)]

@@ -1602,3 +1602,57 @@ fn absence_is_concluded_only_after_the_timeout_and_the_replication_window() {
 
 #[path = "approval_tests.rs"]
 mod approval;
+
+// ---- a target Graph refuses to reset -----------------------------------------------------
+
+fn refused_target_world() -> World {
+    let mut w = World::new();
+    w.post = vec![PostBehaviour::Fail {
+        failure: Failure::TargetRefused("HTTP 403 Authorization_RequestDenied".into()),
+        took_effect: false,
+    }];
+    w
+}
+
+#[test]
+fn a_refused_target_gets_its_mail_back_and_is_not_retried() {
+    let mut w = refused_target_world();
+    let report = w.pass(None).unwrap();
+    assert_eq!(report.reason, Reason::Forbidden);
+    assert_eq!(
+        (w.patches, w.posts_sent),
+        (2, 1),
+        "mail set, POST refused, mail put back"
+    );
+    let alice = w.users.iter().find(|u| u.id == ID).unwrap();
+    assert_eq!(alice.mail.as_deref(), Some("alice@contoso.com"));
+    assert!(
+        w.ready().message.contains("put back to alice@contoso.com"),
+        "{}",
+        w.ready().message
+    );
+    assert_eq!(w.status.next_attempt_at, None);
+    assert_eq!(w.status.attempt, None);
+    // Final: later passes, even long after, write nothing to Graph.
+    w.now = t(3600);
+    assert!(w.pass(None).is_none());
+    assert_eq!((w.patches, w.posts_sent), (2, 1));
+    // A person's retry starts the generation again.
+    w.annotation = Some("again".into());
+    assert_eq!(w.pass(None).unwrap().reason, Reason::Issued);
+}
+
+#[test]
+fn a_missing_permission_is_still_retried() {
+    let mut w = World::new();
+    w.post = vec![PostBehaviour::Fail {
+        failure: Failure::Forbidden("HTTP 401 Unauthorized".into()),
+        took_effect: false,
+    }];
+    assert_eq!(w.pass(None).unwrap().reason, Reason::Forbidden);
+    assert_eq!(
+        w.patches, 1,
+        "the mail stays: the reset is retried in 10 minutes"
+    );
+    assert!(w.status.next_attempt_at.is_some());
+}

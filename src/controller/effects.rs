@@ -63,6 +63,27 @@ impl<'a> KubeIo<'a> {
         &self.ctx.graph
     }
 
+    /// A mail write that no turn reserved: the restore of a refused target's previous mail
+    /// after its POST (docs/design.md, "Refused targets"). It takes its own slot from the
+    /// limiter (waiting for it, as nothing is checked after it but the pause) and is not sent
+    /// during a tenant pause.
+    async fn set_mail_outside_a_turn(&mut self, user_id: &str, email: &str) -> Result<(), Failure> {
+        let (slot, _) = self.graph().limiter().take_slot().await;
+        match self.ctx.tenant.gate(Timestamp::now(), false).await {
+            Ok((TenantGate::Open, _)) => {}
+            Ok((TenantGate::Paused { until }, _)) => {
+                return Err(Failure::Transient(format!(
+                    "the tenant pause holds Graph writes until {until}"
+                )));
+            }
+            Err(err) => return Err(Failure::Transient(format!("tenant pause unknown: {err}"))),
+        }
+        self.graph()
+            .set_mail_in_slot(slot, user_id, email)
+            .await
+            .map_err(|e| failure_of(&e))
+    }
+
     /// Why a POST did not leave after its mark: the attempt goes to recovery by evidence
     /// (docs/design.md, "The sending window"), as for a pass that stalled.
     fn not_sent(why: &str) -> Failure {
@@ -206,9 +227,7 @@ impl Io for KubeIo<'_> {
 
     async fn set_mail(&mut self, user_id: &str, email: &str) -> Result<(), Failure> {
         let Some(slot) = self.slots.pop_front() else {
-            return Err(Failure::Transient(
-                "no write slot in hand for the mail".into(),
-            ));
+            return self.set_mail_outside_a_turn(user_id, email).await;
         };
         self.graph()
             .set_mail_in_slot(slot, user_id, email)

@@ -253,6 +253,13 @@ impl PassRunner {
                 self.pass.mail_set = Some(result);
                 Ok(())
             }
+            Step::RestoreMail { user_id, mail } => {
+                let result = self
+                    .unless_stopping(io, |io| io.set_mail(&user_id, &mail))
+                    .await?;
+                self.pass.mail_restored = Some(result);
+                Ok(())
+            }
             Step::MarkSending { user } => self.mark_sending(io, &user, now).await,
             Step::PostInvitation { user_id } => {
                 let request = invitation_request(&self.current, &user_id);

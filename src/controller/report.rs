@@ -144,6 +144,12 @@ pub fn report_failure(o: &Observed<'_>, failure: &Failure, doing: &str) -> Repor
             ),
         )
         .requeue(FORBIDDEN_RETRY),
+        Failure::TargetRefused(detail) => Report::new(
+            Reason::Forbidden,
+            format!(
+                "Graph refused {doing}: {detail}. Even with User.ReadWrite.All, app-only calls cannot reset a user who holds a directory role: a person with the User Administrator role resets this one; not retried"
+            ),
+        ),
         Failure::AbuseBlocked(detail) => Report {
             pause_tenant: true,
             ..Report::new(

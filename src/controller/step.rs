@@ -78,8 +78,11 @@ pub enum Failure {
     Transient(String),
     /// The POST may have taken effect (timeout, connection lost, 5xx after sending).
     Ambiguous(String),
-    /// 401/403: missing permission or a privileged target.
+    /// 401/403: missing permission (or a refusal Graph does not explain): retried.
     Forbidden(String),
+    /// 403 `Authorization_RequestDenied` to the reset: Graph refuses this target (app-only
+    /// callers cannot reset a user who holds a directory role). Final.
+    TargetRefused(String),
     /// Graph's abuse protection blocks invitations for the tenant.
     AbuseBlocked(String),
     /// Graph refused the reset because the email is not on the user object.
@@ -205,6 +208,8 @@ pub struct Pass {
     pub marked_sending: bool,
     pub marked_at: Option<Timestamp>,
     pub posted: Option<Result<Posted, Failure>>,
+    /// The mail set in this pass was put back after Graph refused the target.
+    pub mail_restored: Option<Result<(), Failure>>,
     /// A random draw (0 to 1) for this pass, which spreads the follow-through's checks.
     pub spread: f64,
     /// The follow-through's read of the guest in this pass.
@@ -262,6 +267,9 @@ pub enum Step {
     MarkSending { user: Box<DirectoryUser> },
     /// `POST /invitations`.
     PostInvitation { user_id: String },
+    /// `PATCH /users/{id}` putting back the mail this pass changed, after Graph refused to
+    /// reset the target: no changed mail without a reset.
+    RestoreMail { user_id: String, mail: String },
     /// Write the outcome to status and stop this pass.
     Report(Box<Report>),
     /// Read the guest's redemption state for the follow-through (within the read budget).

@@ -26,6 +26,8 @@ use tracing::{debug, info, warn};
 
 /// The follow-through's single-attempt read.
 mod once;
+/// What `guestreset check` asks of Graph: the token's roles and one cheap read.
+mod probe;
 
 /// A guard against a server that keeps handing out next links.
 const MAX_PAGES: usize = 50;

@@ -16,6 +16,7 @@
 //! - [`credential`]: the Azure credential from the standard environment variables.
 //! - [`http`]: the one HTTP client, trusting the system roots plus `SSL_CERT_FILE`.
 
+pub mod claims;
 mod client;
 pub mod credential;
 mod error;

@@ -231,6 +231,17 @@ impl AdminClient {
             .map(drop)
     }
 
+    /// Tokens issued from now on carry no `roles` claim (no application permission granted).
+    pub async fn set_tokens_without_roles(&self, without: bool) -> Result<()> {
+        self.send(
+            reqwest::Method::PUT,
+            "settings",
+            Some(json!({ "tokens_without_roles": without })),
+        )
+        .await
+        .map(drop)
+    }
+
     pub async fn set_mail_propagation(&self, d: Duration) -> Result<()> {
         self.send(
             reqwest::Method::PUT,

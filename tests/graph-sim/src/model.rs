@@ -250,6 +250,9 @@ pub struct Settings {
     /// 500 and 504 answers never carry one.
     #[serde(default)]
     pub retry_after_on_503: Option<u64>,
+    /// Tokens carry no `roles` claim, as when no application permission was consented.
+    #[serde(default)]
+    pub tokens_without_roles: bool,
 }
 
 impl Settings {

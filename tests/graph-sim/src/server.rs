@@ -535,6 +535,7 @@ struct SettingsPatch {
     /// `Some(None)` (JSON null) takes the `Retry-After` off 503 answers again.
     #[serde(default, deserialize_with = "some")]
     retry_after_on_503: Option<Option<u64>>,
+    tokens_without_roles: Option<bool>,
 }
 
 /// Tells a field set to null from a field left out.
@@ -633,6 +634,9 @@ fn admin(shared: &Shared, method: &hyper::Method, path: &str, body: &[u8]) -> Ht
                 }
                 if let Some(v) = patch.retry_after_on_503 {
                     settings.retry_after_on_503 = v;
+                }
+                if let Some(v) = patch.tokens_without_roles {
+                    settings.tokens_without_roles = v;
                 }
                 admin_json(200, &to_value(&state.settings))
             }

@@ -15,14 +15,33 @@ const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer
 /// The header azure_identity sends for App Service managed identity (value from `IDENTITY_HEADER`).
 pub(crate) const IDENTITY_HEADER: &str = "x-identity-header";
 
-fn new_access_token() -> String {
+/// A JWT shaped like Entra's app-only access tokens: the claims a client may read (`tid`,
+/// `appid`, `roles`) and a random signature, so that every token is new.
+fn new_access_token(state: &State, identity: &Identity) -> String {
     let mut bytes = [0u8; 48];
     rand::rng().fill_bytes(&mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    let encode = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let mut claims = json!({
+        "aud": identity.base_url,
+        "tid": identity.tenant_id,
+        "appid": identity.client_id,
+        "exp": time::OffsetDateTime::now_utc().unix_timestamp() + TOKEN_LIFETIME_SECS as i64,
+    });
+    if !state.settings.tokens_without_roles {
+        claims["roles"] = json!(["User.ReadWrite.All"]);
+    }
+    let header = json!({"typ": "JWT", "alg": "RS256"}).to_string();
+    let payload = claims.to_string();
+    format!(
+        "{}.{}.{}",
+        encode(header.as_bytes()),
+        encode(payload.as_bytes()),
+        encode(&bytes)
+    )
 }
 
-fn issue(state: &mut State) -> String {
-    let token = new_access_token();
+fn issue(state: &mut State, identity: &Identity) -> String {
+    let token = new_access_token(state, identity);
     state.tokens.insert(
         token.clone(),
         Instant::now() + Duration::from_secs(TOKEN_LIFETIME_SECS),
@@ -162,7 +181,7 @@ pub(crate) fn token(
         }
     }
 
-    let access_token = issue(state);
+    let access_token = issue(state, identity);
     Reply::plain_json(
         200,
         &json!({
@@ -265,7 +284,7 @@ pub(crate) fn managed_identity(
             "The requested identity has not been assigned to this resource.",
         );
     }
-    let access_token = issue(state);
+    let access_token = issue(state, identity);
     let expires_on = time::OffsetDateTime::now_utc().unix_timestamp() + TOKEN_LIFETIME_SECS as i64;
     Reply::plain_json(
         200,
