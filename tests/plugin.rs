@@ -790,8 +790,8 @@ async fn as_and_as_group_act_as_the_impersonated_user() {
         "status".to_owned(),
         "status alice".into(),
         "plan alice".into(),
-        "approve alice --reason r".into(),
-        "deny alice --reason r".into(),
+        "approve alice --reason r --generation 1".into(),
+        "deny alice --reason r --generation 1".into(),
         "retry alice --yes".into(),
         format!("new x --apply --user {GUID} --email x@newco.example"),
     ];
@@ -808,8 +808,13 @@ async fn as_and_as_group_act_as_the_impersonated_user() {
     let (bob, approvers) = (format!("bob-{}", ns.name), format!("approvers-{}", ns.name));
     grant(&ns, &bob, &["guestredemptionresets/status"]).await;
     grant_to(&ns, "Group", &approvers, &["guestredemptionresets/status"]).await;
-    ns.expect(&words(&format!("approve alice --reason r --as {bob}")), 0)
-        .await;
+    ns.expect(
+        &words(&format!(
+            "approve alice --reason r --generation 1 --as {bob}"
+        )),
+        0,
+    )
+    .await;
     let approval = approval_of(&ns.get("alice").await).unwrap();
     assert_eq!(approval.by, bob, "the impersonated approver");
     assert!(
@@ -821,7 +826,7 @@ async fn as_and_as_group_act_as_the_impersonated_user() {
     ns.create("carol", "carol@newco.example").await;
     ns.set_status("carol", awaiting_approval(1)).await;
     let carol = format!("carol-{}", ns.name);
-    let approve = format!("approve carol --reason r --as {carol}");
+    let approve = format!("approve carol --reason r --generation 1 --as {carol}");
     ns.expect(&words(&approve), code(Exit::Refused)).await;
     let in_group = format!("{approve} --as-group {approvers} --as-group system:authenticated");
     ns.expect(&words(&in_group), 0).await;
