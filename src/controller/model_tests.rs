@@ -142,6 +142,9 @@ struct World {
     last_read: [Option<(i64, bool)>; 2],
     /// When each writer's current pass last read the tenant gate.
     last_gate: [Option<i64>; 2],
+    /// The retry value each writer's sending mark recorded as seen: its POST is covered by a
+    /// decision on that retry, whatever another writer accepted since.
+    marked_retry: [Option<String>; 2],
     /// When the current tenant pause began.
     paused_since: Option<i64>,
     settings: Settings,
@@ -187,6 +190,7 @@ impl World {
             foreign_changes: Vec::new(),
             last_read: [None, None],
             last_gate: [None, None],
+            marked_retry: [None, None],
             paused_since: None,
             settings: Settings {
                 allowed_email_domains: vec![ALLOWED.into()],
@@ -420,13 +424,9 @@ impl ModelIo<'_> {
         if self.w.settings.require_approval {
             let generation = generation_of(&request.email);
             // Every POST follows a decision confirmed for that generation and that retry: the
-            // retry value its pass saw, which its sending mark recorded as seen.
-            let retry = self
-                .w
-                .obj
-                .status
-                .as_ref()
-                .and_then(|s| s.retry_token.clone());
+            // retry value its pass saw, which its sending mark recorded as seen (another writer
+            // may have accepted a newer retry since; that one needs its own decision).
+            let retry = self.w.marked_retry[self.writer].clone();
             if !self.w.confirmed.contains(&(generation, retry)) {
                 let approval = self.w.obj.status.as_ref().and_then(|s| s.approval.as_ref());
                 return Err(format!(
@@ -584,11 +584,12 @@ impl Io for ModelIo<'_> {
                 .and_then(|s| s.attempt.as_ref())
                 .is_some_and(|a| a.post_started_at.is_some())
         };
-        if marks_sending(obj)
-            && !marks_sending(&self.w.obj)
-            && let Err(violation) = self.check_mark()
-        {
-            self.violation = Some(violation);
+        if marks_sending(obj) && !marks_sending(&self.w.obj) {
+            if let Err(violation) = self.check_mark() {
+                self.violation = Some(violation);
+            }
+            self.w.marked_retry[self.writer] =
+                obj.status.as_ref().and_then(|s| s.retry_token.clone());
         }
         self.w.obj.status = obj.status.clone();
         self.w.bump();
