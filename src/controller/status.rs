@@ -169,22 +169,16 @@ fn set_approved(status: &mut GuestRedemptionResetStatus, stamp: Stamp<'_>, ready
         .as_ref()
         .filter(|a| a.covers(stamp.generation, stamp.retry_annotation));
     let acted_on = !matches!(ready, Reason::AwaitingApproval | Reason::Pending);
-    let approved = match decision {
-        Some(a) if acted_on && a.decision == Decision::Approved => condition(
-            APPROVED,
-            "True",
-            "Approved",
-            format!("approved by {} at {}: {}", a.by, a.at.0, a.reason),
-            stamp,
-        ),
-        Some(a) if acted_on && a.decision == Decision::Denied => condition(
-            APPROVED,
-            "False",
-            "Denied",
-            format!("denied by {} at {}: {}", a.by, a.at.0, a.reason),
-            stamp,
-        ),
-        _ => condition(
+    let approved = match decision.filter(|_| acted_on) {
+        Some(a) => {
+            let (value, reason, verb) = match a.decision {
+                Decision::Approved => ("True", "Approved", "approved"),
+                Decision::Denied => ("False", "Denied", "denied"),
+            };
+            let message = format!("{verb} by {} at {}: {}", a.by, a.at.0, a.reason);
+            condition(APPROVED, value, reason, message, stamp)
+        }
+        None => condition(
             APPROVED,
             "Unknown",
             Reason::AwaitingApproval.as_str(),

@@ -4,7 +4,7 @@
 //! example RoleBindings of `examples/rbac/` made fit for a test's namespace and release.
 
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -42,25 +42,7 @@ pub struct Helm {
 pub fn helm() -> &'static Helm {
     static HELM: OnceLock<Result<Helm, String>> = OnceLock::new();
     let built = HELM.get_or_init(|| {
-        let script = repo_root().join("scripts/helm.sh");
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .arg("build")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("run {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} build failed ({}): {}",
-                script.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if !bin.is_file() {
-            return Err(format!("{} printed {bin:?}, not a file", script.display()));
-        }
+        let bin = crate::build_tool("helm")?;
         let home = tempfile::tempdir().map_err(|e| format!("helm home: {e}"))?;
         Ok(Helm { bin, home })
     });
