@@ -340,7 +340,7 @@ async fn examples_apply_and_read_back_with_server_defaults() {
         let text = std::fs::read_to_string(file).unwrap();
         let manifest: Value = serde_yaml::from_str(&text)
             .unwrap_or_else(|e| panic!("{}: not YAML: {e}", file.display()));
-        // Not every example is a reset (examples/audit-policy.yaml is the API server's).
+        // Not every example is a reset (a non-reset manifest may stand here).
         if manifest["kind"] != "GuestRedemptionReset" {
             continue;
         }
