@@ -478,7 +478,8 @@ async fn writes_in_a_slot_make_one_attempt_and_take_no_other_slot() {
     let (slot, waited) = client.limiter().take_slot().await;
     assert_eq!(waited, Duration::ZERO);
     let req = reset_request(ALICE_ID, "alice@newco.example");
-    let post = tokio::time::timeout(guard, client.reset_redemption_in_slot(slot, &req))
+    let auth = client.post_authorization().await.unwrap();
+    let post = tokio::time::timeout(guard, client.reset_redemption_sending(slot, auth, &req))
         .await
         .expect("no wait for another slot")
         .unwrap_err();

@@ -126,6 +126,9 @@ fn issue(
         });
     };
     if target.needs_mail && pass.mail_set.is_none() {
+        if pass.slot_writes < 2 {
+            return Err(short_of_slots(user).into());
+        }
         prepare(pass.mail, Write::Mail, now, user)?;
         return Err(Step::SetMail {
             user_id: user.id.clone(),
@@ -139,6 +142,7 @@ fn issue(
             .into());
     }
     if !pass.marked_sending {
+        ready_to_send(o, now, pass, user)?;
         refresh_if_stale(o, now, pass, user)?;
         prepare(pass.invitation, Write::Invitation, now, user)?;
         return Err(Step::MarkSending {
@@ -223,8 +227,42 @@ fn reserve(target: &Target<'_>, pass: &Pass, now: Timestamp, user: &DirectoryUse
             writes: 1 + u32::from(target.needs_mail),
         }),
         Some(SlotTurn::At(at)) => Err(queued(now, at, user).into()),
-        Some(SlotTurn::Now) => Ok(()),
+        Some(SlotTurn::Now | SlotTurn::Spaced { .. }) => Ok(()),
     }
+}
+
+/// What must be in hand before the fresh reads, the gate and the sending mark, so that after
+/// them nothing but the HTTP call stands before the POST: its write slot usable, its access
+/// token (docs/design.md, "The sending window").
+fn ready_to_send(o: &Observed<'_>, now: Timestamp, pass: &Pass, user: &DirectoryUser) -> Stage<()> {
+    if let Some(SlotTurn::Spaced { last }) = pass.slots
+        && !pass.slot_awaited
+        && now < last
+    {
+        return Err(Step::AwaitSlot { until: last });
+    }
+    match &pass.send_ready {
+        None => Err(Step::PrepareSend),
+        Some(Err(failure)) => Err(report_failure(o, failure, "getting an access token")
+            .clear_attempt()
+            .with_user(user)
+            .into()),
+        Some(Ok(())) => Ok(()),
+    }
+}
+
+/// A fresh read found the e-mail gone from the user since the slots were taken for the POST
+/// alone: the mail PATCH may not spend the POST's slot (which would leave the POST to wait
+/// after its checks). Nothing was written to Graph: the intent goes, and the next pass asks
+/// for a turn of both writes (docs/design.md, "Waiting for a write slot").
+fn short_of_slots(user: &DirectoryUser) -> Report {
+    Report::new(
+        Reason::Pending,
+        "the e-mail left the user's mail since the write slot was taken; asking for a turn for the mail and the invitation",
+    )
+    .requeue(Duration::from_secs(1))
+    .clear_attempt()
+    .with_user(user)
 }
 
 /// The reset waits for its turn at the write limiter: `Pending`, with the expected time.
@@ -256,20 +294,32 @@ fn prepare(prep: WritePrep, write: Write, now: Timestamp, user: &DirectoryUser) 
 }
 
 /// The user and the e-mail holders are read again when the reads are older than
-/// [`REFRESH_AFTER`], so that the POST never acts on a read older than [`PREFLIGHT_FRESHNESS`].
+/// [`REFRESH_AFTER`], so that the POST never acts on a read older than [`PREFLIGHT_FRESHNESS`],
+/// and when they were read before the mail PATCH: the PATCH is a Graph call of its own, and
+/// whatever happened to the user during it (a conversion to member) is seen before the POST.
 fn refresh_if_stale(
     o: &Observed<'_>,
     now: Timestamp,
     pass: &Pass,
     user: &DirectoryUser,
 ) -> Stage<()> {
-    let stale = |at: Timestamp| now.duration_since(at) > REFRESH_AFTER;
-    if pass.target.as_ref().is_some_and(|r| stale(r.at)) {
+    let stale = |at: Timestamp, read_after_mail: bool| {
+        now.duration_since(at) > REFRESH_AFTER || (pass.mail_set.is_some() && !read_after_mail)
+    };
+    if pass
+        .target
+        .as_ref()
+        .is_some_and(|r| stale(r.at, pass.user_read_after_mail))
+    {
         return Err(Step::ReadUserById {
             user_id: user.id.clone(),
         });
     }
-    if pass.holders.as_ref().is_some_and(|r| stale(r.at)) {
+    if pass
+        .holders
+        .as_ref()
+        .is_some_and(|r| stale(r.at, pass.holders_read_after_mail))
+    {
         return Err(Step::ReadEmailHolders {
             email: o.spec.email.clone(),
         });

@@ -319,6 +319,10 @@ fn issues_once_and_records_everything() {
             "RecordIntent",
             "CheckTenant",
             "SetMail",
+            // The token in hand, and the user read again after the PATCH, before the mark.
+            "PrepareSend",
+            "ReadUserById",
+            "ReadEmailHolders",
             "CheckTenant",
             "MarkSending",
             "PostInvitation",
@@ -1305,7 +1309,11 @@ impl Io for ModelIo<'_> {
         self.w.events.push(reason);
     }
 
-    fn sending(&mut self) {}
+    fn sending(&mut self, _marked_at: Timestamp) {}
+
+    async fn sleep_until(&mut self, until: Timestamp) {
+        self.w.now = self.w.now.max(until);
+    }
 
     async fn intent_recorded(&mut self) {}
 

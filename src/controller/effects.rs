@@ -19,7 +19,8 @@ use super::reason::Reason;
 use super::tenant::ProbeClaim;
 use super::{Context, MANAGER, failure_of};
 use crate::graph::{
-    Admission, DirectoryUser, GraphClient, RedeemUrl, ResetRedemptionRequest, Turn, WriteSlot,
+    Admission, Authorization, DirectoryUser, GraphClient, RedeemUrl, ResetRedemptionRequest,
+    SHORT_WAIT, Turn, TurnKey, WriteSlot,
 };
 use crate::resource::{
     Approval, GuestRedemptionReset, PolicyVersion, REDEEM_URL_SECRET_KEY, RedemptionState,
@@ -31,8 +32,13 @@ pub struct KubeIo<'a> {
     ctx: &'a Context,
     api: Api<GuestRedemptionReset>,
     secrets: Api<Secret>,
-    /// The write slots this pass holds, spent one per Graph write.
-    slots: Vec<WriteSlot>,
+    /// The write slots this pass holds, in the order of its writes (mail, POST); unspent ones
+    /// go back to the limiter when the pass ends.
+    slots: std::collections::VecDeque<WriteSlot>,
+    /// The POST's access token, fetched before the sending mark.
+    post_auth: Option<Authorization>,
+    /// The POST leaves before this or not at all: `postStartedAt` + the sending window.
+    send_by: Option<tokio::time::Instant>,
     /// Held while this pass may send the one probe after a tenant cool-down.
     probe: Option<ProbeClaim>,
     /// Held from the sending mark to the end of the pass, so a stop waits for the outcome.
@@ -45,7 +51,9 @@ impl<'a> KubeIo<'a> {
             ctx,
             api: Api::namespaced(ctx.client.clone(), namespace),
             secrets: Api::namespaced(ctx.client.clone(), namespace),
-            slots: Vec::new(),
+            slots: Default::default(),
+            post_auth: None,
+            send_by: None,
             probe: None,
             in_flight: None,
         }
@@ -83,6 +91,22 @@ impl<'a> KubeIo<'a> {
             .set_mail_in_slot(slot, user_id, email)
             .await
             .map_err(|e| failure_of(&e))
+    }
+
+    /// Why a POST did not leave after its mark: the attempt goes to recovery by evidence
+    /// (docs/design.md, "The sending window"), as for a pass that stalled.
+    fn not_sent(why: &str) -> Failure {
+        Failure::Ambiguous(format!(
+            "the invitation was marked as sending but not sent ({why}); looking for evidence"
+        ))
+    }
+}
+
+/// The turn of `obj`'s current generation at the write limiter.
+fn turn_key(obj: &GuestRedemptionReset) -> TurnKey {
+    TurnKey {
+        resource: obj.uid().unwrap_or_else(|| obj.name_any()),
+        generation: obj.metadata.generation.unwrap_or(0),
     }
 }
 
@@ -170,30 +194,34 @@ impl Io for KubeIo<'_> {
     }
 
     async fn take_slots(&mut self, obj: &GuestRedemptionReset, writes: u32) -> SlotTurn {
-        let key = obj.uid().unwrap_or_else(|| obj.name_any());
-        match self.graph().limiter().turn(&key, writes) {
-            Turn::Now {
-                slots,
-                wait,
-                waited,
-            } => {
-                if !wait.is_zero() {
-                    tokio::time::sleep(wait).await;
+        let key = turn_key(obj);
+        let limiter = self.graph().limiter().clone();
+        let (slots, waited) = loop {
+            match limiter.turn(&key, writes) {
+                Turn::Now { slots, waited } => break (slots, waited),
+                // Due within a moment: waited for here, in line (the turn keeps its place).
+                Turn::After(wait) if wait <= SHORT_WAIT => tokio::time::sleep(wait).await,
+                Turn::After(wait) => {
+                    tracing::info!(
+                        wait_ms = wait.as_millis() as u64,
+                        "write slots reserved; the reset waits for its turn"
+                    );
+                    return SlotTurn::At(Timestamp::now() + wait);
                 }
-                // One observation per write, as when each write waited for its own slot.
-                for _ in &slots {
-                    self.graph().observe_limiter_wait(waited);
-                }
-                self.slots = slots;
-                SlotTurn::Now
             }
-            Turn::After(wait) => {
-                tracing::info!(
-                    wait_ms = wait.as_millis() as u64,
-                    "write slots reserved; the reset waits for its turn"
-                );
-                SlotTurn::At(Timestamp::now() + wait)
-            }
+        };
+        // One observation per write, as when each write waited for its own slot.
+        for _ in &slots {
+            self.graph().observe_limiter_wait(waited);
+        }
+        let last = slots.last().map(WriteSlot::usable_from);
+        self.slots = slots.into();
+        let now = tokio::time::Instant::now();
+        match last.filter(|last| *last > now) {
+            Some(last) => SlotTurn::Spaced {
+                last: Timestamp::now() + (last - now),
+            },
+            None => SlotTurn::Now,
         }
     }
 
@@ -207,7 +235,7 @@ impl Io for KubeIo<'_> {
     }
 
     async fn set_mail(&mut self, user_id: &str, email: &str) -> Result<(), Failure> {
-        let Some(slot) = self.slots.pop() else {
+        let Some(slot) = self.slots.pop_front() else {
             return self.set_mail_outside_a_turn(user_id, email).await;
         };
         self.graph()
@@ -220,6 +248,19 @@ impl Io for KubeIo<'_> {
         &mut self,
         request: &ResetRedemptionRequest,
     ) -> Result<(Posted, RedeemUrl), Failure> {
+        // Nothing here waits: the slot and the token are in hand, the window is checked last.
+        let (Some(slot), Some(auth)) = (self.slots.pop_back(), self.post_auth.take()) else {
+            return Err(Self::not_sent("no write slot or token in hand"));
+        };
+        let now = tokio::time::Instant::now();
+        if slot.usable_from() > now {
+            return Err(Self::not_sent("its write slot was not due yet"));
+        }
+        if self.send_by.is_none_or(|by| now > by) {
+            return Err(Self::not_sent("the sending window had passed"));
+        }
+        // A test hook standing for a request that is slow to leave after every check: the
+        // leader's write fence, checked as the request leaves, must still hold it back.
         if let Some(Failpoint::StallBeforePost(stall)) = self.ctx.failpoint {
             warn!(
                 stall_ms = stall.as_millis() as u64,
@@ -227,10 +268,9 @@ impl Io for KubeIo<'_> {
             );
             tokio::time::sleep(stall).await;
         }
-        let slot = self.slot().await;
         let invitation = self
             .graph()
-            .reset_redemption_in_slot(slot, request)
+            .reset_redemption_sending(slot, auth, request)
             .await
             .map_err(|e| failure_of(&e))?;
         let posted = Posted {
@@ -285,6 +325,8 @@ impl Io for KubeIo<'_> {
     }
 
     async fn pause_tenant(&mut self, now: Timestamp) -> Timestamp {
+        // No turn outlives the pause: after it, resets queue again from the bucket as it is.
+        self.graph().limiter().drop_turns();
         let until = match self.ctx.tenant.block(now).await {
             Ok(until) => until,
             Err(err) => {
@@ -307,8 +349,29 @@ impl Io for KubeIo<'_> {
         events::publish(self.ctx, obj, reason, message).await;
     }
 
-    fn sending(&mut self) {
+    fn sending(&mut self, marked_at: Timestamp) {
         self.in_flight = Some(self.ctx.shutdown.post_in_flight());
+        let window = super::decide::SEND_WINDOW - Timestamp::now().duration_since(marked_at);
+        let left = std::time::Duration::try_from(window).unwrap_or_default();
+        self.send_by = Some(tokio::time::Instant::now() + left);
+    }
+
+    async fn sleep_until(&mut self, until: Timestamp) {
+        tokio::time::sleep(super::pass::until_from(Timestamp::now(), until)).await;
+        // The slot's own clock has the last word.
+        if let Some(slot) = self.slots.back() {
+            tokio::time::sleep_until(slot.usable_from()).await;
+        }
+    }
+
+    async fn prepare_post(&mut self) -> Result<(), Failure> {
+        let auth = self
+            .graph()
+            .post_authorization()
+            .await
+            .map_err(|e| failure_of(&e))?;
+        self.post_auth = Some(auth);
+        Ok(())
     }
 
     fn spread(&mut self) -> f64 {

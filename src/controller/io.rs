@@ -102,8 +102,17 @@ pub trait Io {
         reason: Reason,
         message: &str,
     ) -> impl Future<Output = ()> + Send;
-    /// The POST was marked as sending: the process waits for its outcome before it exits.
-    fn sending(&mut self);
+    /// The POST was marked as sending at `marked_at` (`postStartedAt`): the process waits for
+    /// its outcome before it exits, and the POST leaves within the sending window of that
+    /// moment or not at all.
+    fn sending(&mut self, marked_at: Timestamp);
+    /// Waits until `until` (a spaced write slot), before the checks of the POST.
+    fn sleep_until(&mut self, until: Timestamp) -> impl Future<Output = ()> + Send;
+    /// Gets the POST's access token in hand, so that nothing but the HTTP call follows the
+    /// sending mark.
+    fn prepare_post(&mut self) -> impl Future<Output = Result<(), Failure>> + Send {
+        std::future::ready(Ok(()))
+    }
     /// The intent was recorded (a test failpoint may stop the pass here).
     fn intent_recorded(&mut self) -> impl Future<Output = ()> + Send;
     /// A random draw from 0 to 1, spreading the follow-through's checks over time.

@@ -11,6 +11,11 @@
 //! - `OutcomeUnknown` only when the attempt's POST took no effect;
 //! - never a POST for a non-guest, on a user read older than 10 s, while the tenant is
 //!   paused, or to an address outside the allowed domains;
+//! - at every Graph write, with the real write limiter at the production defaults (6 writes a
+//!   minute, burst 3) on the model's clock: the write spends a slot its pass holds and that is
+//!   due; a POST leaves at most 5 s after its sending mark and 10 s after the last read of the
+//!   user; in every window of length w, at most burst + rate·w writes by a writer, across its
+//!   restarts (each restart starts a new limiter);
 //! - observedGeneration never goes down;
 //! - with approval required (half the cases): never a POST for a generation without an
 //!   approval of that generation by someone other than its requester whose right the API
@@ -33,8 +38,12 @@ use super::decide::{
 use super::pass::{End, Io, Outcome, PassRunner};
 use super::reason::Reason;
 use super::status;
-use crate::graph::{DirectoryUser, RedeemUrl, ResetRedemptionRequest};
+use crate::graph::{
+    DirectoryUser, RedeemUrl, ResetRedemptionRequest, SHORT_WAIT, Turn, TurnKey, WriteLimiter,
+    WriteSlot, check_windows,
+};
 use crate::resource::GuestRedemptionReset;
+use tokio::time::Instant;
 
 const USER: &str = "3f0a6c1e-8d2b-4c55-9b0e-2f6a1d9c7e41";
 const ALLOWED: &str = "newco.example";
@@ -67,7 +76,8 @@ enum Action {
     Step(usize, Answer),
     /// Writer 0 or 1 performs up to this many steps, Graph answering Ok but for the last.
     Burst(usize, u8, Answer),
-    /// The writer's process dies: its pass is gone.
+    /// The writer's process dies and starts again: its pass, its slots and its limiter's
+    /// turns are gone.
     Crash(usize),
     /// Time passes.
     Tick(u16),
@@ -81,6 +91,9 @@ enum Action {
     GuestRedeems,
     /// An admin turns the guest into a member.
     ConvertToMember,
+    /// An admin puts the spec's e-mail on the user's mail (one write left to make), or takes
+    /// it away (the mail PATCH is needed again) — between a turn's reservation and its claim.
+    AdminMail { to_spec: bool },
     /// Another writer changes the object's metadata: the next guarded write conflicts.
     Touch,
     /// A decision on the current generation: by the approver, or by the requester (which
@@ -116,6 +129,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => Just(Action::ForeignInvite),
         1 => Just(Action::GuestRedeems),
         1 => Just(Action::ConvertToMember),
+        2 => any::<bool>().prop_map(|to_spec| Action::AdminMail { to_spec }),
         2 => Just(Action::Touch),
         3 => (prop::bool::weighted(0.2), prop::bool::weighted(0.8))
             .prop_map(|(by_requester, approve)| Action::Decide { by_requester, approve }),
@@ -154,7 +168,21 @@ struct World {
     /// Generations, with the retry value, whose approval by the approver the API server
     /// confirmed to a controller.
     confirmed: HashSet<(i64, Option<String>)>,
+    /// The model's second 0 on the limiters' clock.
+    base: Instant,
+    /// Each writer's write limiter (its process's), at the production defaults.
+    limiters: [WriteLimiter; 2],
+    /// The write slots each writer's current pass holds.
+    held: [std::collections::VecDeque<WriteSlot>; 2],
+    /// When each writer's current pass marked its POST as sending.
+    marked: [Option<i64>; 2],
+    /// When each writer's Graph writes left, across its restarts.
+    writes: [Vec<Instant>; 2],
 }
+
+/// The production defaults of the write limit.
+const PER_MINUTE: u32 = 6;
+const BURST: u32 = 3;
 
 impl World {
     /// The retry annotation's value now.
@@ -164,6 +192,7 @@ impl World {
     }
 
     fn new(require_approval: bool) -> Self {
+        let base = Instant::now();
         let spec = fixtures::spec(USER, &format!("alice1@{ALLOWED}"));
         let mut obj = GuestRedemptionReset::new("alice", spec);
         obj.metadata.annotations = Some(
@@ -208,7 +237,40 @@ impl World {
             next_id: 0,
             approver_may: true,
             confirmed: HashSet::new(),
+            base,
+            // As in production: a process that starts issuing starts with an empty bucket.
+            limiters: [0, 1].map(|_| {
+                let limiter = WriteLimiter::new_at(PER_MINUTE, BURST, base);
+                limiter.start_empty(base);
+                limiter
+            }),
+            held: Default::default(),
+            marked: [None, None],
+            writes: Default::default(),
         }
+    }
+
+    fn instant(&self, secs: i64) -> Instant {
+        self.base + std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+    }
+
+    /// The model's second at or after `instant`.
+    fn second_of(&self, instant: Instant) -> i64 {
+        (instant - self.base).as_secs_f64().ceil() as i64
+    }
+
+    /// The writer's process starts again: a new limiter, started empty now.
+    fn restart(&mut self, writer: usize) {
+        self.held[writer].clear();
+        let limiter = WriteLimiter::new_at(PER_MINUTE, BURST, self.base);
+        limiter.start_empty(self.instant(self.now));
+        self.limiters[writer] = limiter;
+    }
+
+    /// The writer's pass ended: the slots it did not spend go back.
+    fn end_pass(&mut self, writer: usize) {
+        self.held[writer].clear();
+        self.marked[writer] = None;
     }
 
     fn generation(&self) -> i64 {
@@ -301,6 +363,13 @@ impl World {
             Action::ForeignInvite => self.foreign_change("PendingAcceptance"),
             Action::GuestRedeems => self.foreign_change("Accepted"),
             Action::ConvertToMember => self.user.user_type = Some("Member".into()),
+            Action::AdminMail { to_spec } => {
+                self.user.mail = Some(if to_spec {
+                    self.obj.spec.email.clone()
+                } else {
+                    "someone@elsewhere.example".into()
+                });
+            }
             Action::Touch => self.bump(),
             Action::Step(..) | Action::Burst(..) | Action::Crash(_) => {}
         }
@@ -402,6 +471,40 @@ impl ModelIo<'_> {
             )),
             None => Err("marked sending without a read of the user".into()),
             Some(_) => Ok(()),
+        }
+    }
+
+    /// The invariants of every Graph write, with the slot it spends: the slot was handed to
+    /// this pass and is due, and the writer's writes keep the limit in every window.
+    fn check_write(&mut self, slot: Option<WriteSlot>) -> Result<(), String> {
+        let now = self.w.instant(self.w.now);
+        let slot = slot.ok_or("a Graph write without a write slot in hand")?;
+        if slot.usable_from() > now {
+            return Err(format!(
+                "a Graph write {:?} before its slot was due",
+                slot.usable_from() - now
+            ));
+        }
+        slot.spend(now);
+        let writes = &mut self.w.writes[self.writer];
+        writes.push(now);
+        check_windows(writes, PER_MINUTE, BURST)
+            .map_err(|e| format!("the write limit broke in a window: {e}"))
+    }
+
+    /// The sending window: the POST leaves within 5 s of its mark and 10 s of the last read
+    /// of the user.
+    fn check_send_window(&self) -> Result<(), String> {
+        let now = self.w.now;
+        let marked = self.w.marked[self.writer].ok_or("a POST without a sending mark")?;
+        if now - marked > 5 {
+            return Err(format!("a POST {} s after its sending mark", now - marked));
+        }
+        match self.w.last_read[self.writer] {
+            Some((read_at, _)) if now - read_at <= 10 => Ok(()),
+            other => Err(format!(
+                "a POST on a read of the user from {other:?}, now {now}"
+            )),
         }
     }
 
@@ -508,8 +611,36 @@ impl Io for ModelIo<'_> {
         Ok(SecretOwner::Absent)
     }
 
-    async fn take_slots(&mut self, _obj: &GuestRedemptionReset, _writes: u32) -> SlotTurn {
-        SlotTurn::Now
+    /// The real limiter of this writer, on the model's clock: a turn due within a moment is
+    /// waited for (the clock moves), a later one is kept and the pass ends.
+    async fn take_slots(&mut self, obj: &GuestRedemptionReset, writes: u32) -> SlotTurn {
+        let key = TurnKey {
+            resource: obj.metadata.uid.clone().unwrap_or_default(),
+            generation: obj.metadata.generation.unwrap_or(0),
+        };
+        loop {
+            let now = self.w.instant(self.w.now);
+            match self.w.limiters[self.writer].turn_at(&key, writes, now) {
+                Turn::Now { slots, .. } => {
+                    let last = slots.last().map(WriteSlot::usable_from);
+                    self.w.held[self.writer] = slots.into();
+                    return match last.filter(|last| *last > now) {
+                        Some(last) => SlotTurn::Spaced {
+                            last: at(self.w.second_of(last)),
+                        },
+                        None => SlotTurn::Now,
+                    };
+                }
+                Turn::After(wait) if wait <= SHORT_WAIT => {
+                    self.w.now = self.w.second_of(now + wait);
+                }
+                Turn::After(wait) => return SlotTurn::At(at(self.w.second_of(now + wait))),
+            }
+        }
+    }
+
+    async fn sleep_until(&mut self, until: Timestamp) {
+        self.w.now = self.w.now.max(until.as_second());
     }
 
     async fn tenant_gate(&mut self) -> Result<TenantGate, kube::Error> {
@@ -520,6 +651,10 @@ impl Io for ModelIo<'_> {
     async fn set_mail(&mut self, _user_id: &str, email: &str) -> Result<(), Failure> {
         if self.paused().is_some() {
             self.violation = Some("a PATCH while the tenant is paused".into());
+        }
+        let slot = self.w.held[self.writer].pop_front();
+        if let Err(violation) = self.check_write(slot) {
+            self.violation = Some(violation);
         }
         match self.answer {
             Answer::Ok | Answer::Ambiguous { .. } => {
@@ -534,7 +669,13 @@ impl Io for ModelIo<'_> {
         &mut self,
         request: &ResetRedemptionRequest,
     ) -> Result<(Posted, RedeemUrl), Failure> {
-        if let Err(violation) = self.check_post(request) {
+        let slot = self.w.held[self.writer].pop_back();
+        let checks = [
+            self.check_post(request),
+            self.check_send_window(),
+            self.check_write(slot),
+        ];
+        if let Some(violation) = checks.into_iter().find_map(Result::err) {
             self.violation = Some(violation);
         }
         let took_effect = matches!(
@@ -613,6 +754,7 @@ impl Io for ModelIo<'_> {
     }
 
     async fn pause_tenant(&mut self, now: Timestamp) -> Timestamp {
+        self.w.limiters[self.writer].drop_turns();
         let until = self.w.now + 3600;
         self.w.paused_since = Some(self.w.now);
         self.w.paused_until = Some(self.w.paused_until.map_or(until, |u| u.max(until)));
@@ -625,7 +767,9 @@ impl Io for ModelIo<'_> {
 
     async fn publish(&mut self, _obj: &GuestRedemptionReset, _reason: Reason, _message: &str) {}
 
-    fn sending(&mut self) {}
+    fn sending(&mut self, marked_at: Timestamp) {
+        self.w.marked[self.writer] = Some(marked_at.as_second());
+    }
 
     async fn intent_recorded(&mut self) {}
 
@@ -703,11 +847,17 @@ fn run_with(require_approval: bool, actions: &[Action]) -> Result<(), String> {
                 }
                 match flow {
                     Ok(()) => {}
-                    Err(End::Done(_)) => passes[*writer] = None,
+                    Err(End::Done(_)) => {
+                        passes[*writer] = None;
+                        world.end_pass(*writer);
+                    }
                     Err(End::Failed(err)) => return Err(format!("an effect failed: {err}")),
                 }
             }
-            Action::Crash(writer) => passes[*writer] = None,
+            Action::Crash(writer) => {
+                passes[*writer] = None;
+                world.restart(*writer);
+            }
             other => world.apply(other),
         }
         world
@@ -740,10 +890,13 @@ proptest! {
 #[test]
 fn the_model_reaches_issued_with_one_post() {
     let actions: Vec<Action> = std::iter::repeat_n(Action::Step(0, Answer::Ok), 20).collect();
-    let mut world_actions = actions.clone();
+    let mut world_actions = vec![Action::Tick(20)];
+    world_actions.extend(actions);
     world_actions.push(Action::Tick(1));
     run(&world_actions).unwrap();
     let mut world = World::new(false);
+    // The limiter starts empty, as in production: the two slots (mail, POST) are there at 20 s.
+    world.now = 20;
     let mut runner = Some(PassRunner::new(world.obj.clone(), 0));
     for _ in 0..20 {
         let Some(r) = runner.as_mut() else { break };

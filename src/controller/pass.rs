@@ -198,6 +198,7 @@ impl PassRunner {
                 let result = read.map(|user| user.map_or(Resolution::NotFound, Resolution::Found));
                 self.pass.target = Some(Read { result, at: now });
                 self.pass.resolved_by_id = true;
+                self.pass.user_read_after_mail = self.pass.mail_set.is_some();
                 Ok(())
             }
             Step::ReadEmailHolders { email } => {
@@ -205,6 +206,7 @@ impl PassRunner {
                     .unless_stopping(io, |io| io.email_holders(&email))
                     .await?;
                 self.pass.holders = Some(Read { result, at: now });
+                self.pass.holders_read_after_mail = self.pass.mail_set.is_some();
                 Ok(())
             }
             Step::CheckSecret { name } => {
@@ -223,6 +225,7 @@ impl PassRunner {
                     .unless_stopping(io, |io| io.take_slots(&current, writes))
                     .await?;
                 self.pass.slots = Some(turn);
+                self.pass.slot_writes = writes;
                 Ok(())
             }
             Step::CheckTenant { write } => {
@@ -231,6 +234,16 @@ impl PassRunner {
                     .await?
                     .map_err(Error::CheckTenant)?;
                 self.pass.prep_mut(write).gate = Some(gate);
+                Ok(())
+            }
+            Step::AwaitSlot { until } => {
+                self.unless_stopping(io, |io| io.sleep_until(until)).await?;
+                self.pass.slot_awaited = true;
+                Ok(())
+            }
+            Step::PrepareSend => {
+                let ready = self.unless_stopping(io, |io| io.prepare_post()).await?;
+                self.pass.send_ready = Some(ready);
                 Ok(())
             }
             Step::SetMail { user_id, email } => {
@@ -349,7 +362,7 @@ impl PassRunner {
         }
         self.pass.marked_sending = true;
         self.pass.marked_at = Some(now);
-        io.sending();
+        io.sending(now);
         Ok(())
     }
 

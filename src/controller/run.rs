@@ -42,6 +42,10 @@ pub async fn run(
     concurrency: u16,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    // A process that starts writing (or takes over the lead) may follow one that spent its
+    // burst a moment ago: it starts with an empty bucket (docs/design.md, "The write limit in
+    // every window").
+    ctx.graph.limiter().start_empty(tokio::time::Instant::now());
     let api: Api<Watched> = match &namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),

@@ -165,6 +165,9 @@ pub struct WritePrep {
 pub enum SlotTurn {
     /// Now: this pass holds them.
     Now,
+    /// This pass holds them, the last (the POST's) usable from this time: a burst smaller
+    /// than the writes spaces them at the rate. The pass waits for it before its fresh reads.
+    Spaced { last: Timestamp },
     /// Not before this time: the limiter keeps them for the resource until it comes back.
     At(Timestamp),
 }
@@ -188,8 +191,18 @@ pub struct Pass {
     pub intent: Option<Attempt>,
     /// The write slots of this reset, reserved before the intent.
     pub slots: Option<SlotTurn>,
+    /// How many writes those slots were taken for.
+    pub slot_writes: u32,
     pub mail: WritePrep,
     pub mail_set: Option<Result<(), Failure>>,
+    /// The user and the e-mail holders were read again after the mail PATCH (reads from
+    /// before it are repeated before the POST).
+    pub user_read_after_mail: bool,
+    pub holders_read_after_mail: bool,
+    /// The POST's write slot is usable (the wait for a spaced slot is over).
+    pub slot_awaited: bool,
+    /// The access token of the POST is in hand (or why not), before the sending mark.
+    pub send_ready: Option<Result<(), Failure>>,
     pub invitation: WritePrep,
     /// `attempt.postStartedAt` written in this pass, and when.
     pub marked_sending: bool,
@@ -242,6 +255,10 @@ pub enum Step {
     RecordIntent { user: Box<DirectoryUser> },
     /// Reserve the write slots of this reset (or claim those reserved for it before).
     TakeSlots { writes: u32 },
+    /// Wait until the POST's write slot is usable (before the reads that precede the POST).
+    AwaitSlot { until: Timestamp },
+    /// Get the POST's access token in hand, before the fresh reads and the sending mark.
+    PrepareSend,
     /// Read the tenant-wide pause, right before a Graph write.
     CheckTenant { write: Write },
     /// `PATCH /users/{id}` setting mail.

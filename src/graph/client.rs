@@ -32,6 +32,17 @@ mod probe;
 /// A guard against a server that keeps handing out next links.
 const MAX_PAGES: usize = 50;
 
+/// An access token in hand, as the `Authorization` header (marked sensitive: no debug output
+/// shows it).
+#[derive(Clone)]
+pub struct Authorization(HeaderValue);
+
+impl fmt::Debug for Authorization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Authorization(..)")
+    }
+}
+
 /// Microsoft Graph for guestreset. Cheap to clone: clones share the HTTP pool, the
 /// credential (and its token cache) and the write limiter.
 #[derive(Clone)]
@@ -203,8 +214,16 @@ impl GraphClient {
         email: &str,
     ) -> Result<(), GraphError> {
         let (url, body) = self.mail_patch(user_id, email);
-        self.send_once(slot, GraphCall::PatchUser, Method::PATCH, &url, Some(body))
-            .await?;
+        let auth = self.authorization(GraphCall::PatchUser).await?;
+        self.send_once(
+            slot,
+            auth,
+            GraphCall::PatchUser,
+            Method::PATCH,
+            &url,
+            Some(body),
+        )
+        .await?;
         Ok(())
     }
 
@@ -215,19 +234,31 @@ impl GraphClient {
         (url, body)
     }
 
-    /// `POST /invitations` with `resetRedemption: true`: waits for a write slot, then
-    /// as [`GraphClient::reset_redemption_in_slot`].
+    /// `POST /invitations` with `resetRedemption: true`: waits for a write slot and a token,
+    /// then as [`GraphClient::reset_redemption_sending`].
     pub async fn reset_redemption(
         &self,
         req: &ResetRedemptionRequest,
     ) -> Result<Invitation, GraphError> {
         let (slot, waited) = self.inner.limiter.take_slot().await;
         self.observe_limiter_wait(waited);
-        self.reset_redemption_in_slot(slot, req).await
+        tokio::time::sleep_until(slot.usable_from()).await;
+        let auth = self.post_authorization().await?;
+        self.reset_redemption_sending(slot, auth, req).await
+    }
+
+    /// The access token of the POST, fetched before its sending mark, so that nothing but
+    /// the HTTP call stands between the mark and the request (docs/design.md, "The sending
+    /// window").
+    pub async fn post_authorization(&self) -> Result<Authorization, GraphError> {
+        self.authorization(GraphCall::PostInvitation)
+            .await
+            .map(Authorization)
     }
 
     /// `POST /invitations` with `resetRedemption: true`, spending a slot the caller
-    /// already took from the limiter, in exactly **one** HTTP attempt.
+    /// already took from the limiter with a token it already holds, in exactly **one** HTTP
+    /// attempt and without any wait before it.
     ///
     /// Never repeated here, not even after a 429 or a failure to connect: the caller
     /// records when the POST is sent (`attempt.postStartedAt`) and counts the
@@ -236,16 +267,17 @@ impl GraphClient {
     /// `TransientBeforeSend`, `Definite`, `AbuseBlocked`, or `Ambiguous` (a timeout, a
     /// lost connection, a 5xx, or a success answer that could not be read), after which
     /// the caller must look for evidence before deciding (docs/graph.md).
-    pub async fn reset_redemption_in_slot(
+    pub async fn reset_redemption_sending(
         &self,
         slot: WriteSlot,
+        auth: Authorization,
         req: &ResetRedemptionRequest,
     ) -> Result<Invitation, GraphError> {
         const CALL: GraphCall = GraphCall::PostInvitation;
         let url = format!("{}/invitations", self.inner.base);
         let body = serde_json::to_vec(req).expect("the request serialises");
         let answer = self
-            .send_once(slot, CALL, Method::POST, &url, Some(body))
+            .send_once(slot, auth.0, CALL, Method::POST, &url, Some(body))
             .await?;
         let wire: InvitationWire = decode(CALL, &answer)?;
         let invitation =
@@ -261,18 +293,19 @@ impl GraphClient {
         Ok(invitation)
     }
 
-    /// One attempt of a write whose slot the caller took.
+    /// One attempt of a write whose slot and token the caller holds: the slot is spent as
+    /// the request leaves.
     async fn send_once(
         &self,
         slot: WriteSlot,
+        auth: HeaderValue,
         call: GraphCall,
         method: Method,
         url: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Answer, GraphError> {
-        // The slot pays for this attempt and no other.
-        drop(slot);
-        self.attempt(call, method, url, body.as_deref(), 1)
+        slot.spend(Instant::now());
+        self.attempt_with(auth, call, method, url, body.as_deref(), 1)
             .await
             .map_err(|mut err| {
                 err.attempts = 1;
@@ -335,9 +368,25 @@ impl GraphClient {
         }
     }
 
-    /// One HTTP attempt, with a fresh `client-request-id`.
+    /// One HTTP attempt with a token fetched for it.
     async fn attempt(
         &self,
+        call: GraphCall,
+        method: Method,
+        url: &str,
+        body: Option<&[u8]>,
+        attempt: u32,
+    ) -> Result<Answer, GraphError> {
+        // A token failure never reached Graph: no client-request-id to quote.
+        let auth = self.authorization(call).await?;
+        self.attempt_with(auth, call, method, url, body, attempt)
+            .await
+    }
+
+    /// One HTTP attempt, with a fresh `client-request-id`.
+    async fn attempt_with(
+        &self,
+        auth: HeaderValue,
         call: GraphCall,
         method: Method,
         url: &str,
@@ -347,8 +396,6 @@ impl GraphClient {
         let inner = &*self.inner;
         let client_request_id = uuid::Uuid::new_v4().to_string();
 
-        // A token failure never reached Graph: no client-request-id to quote.
-        let auth = self.authorization(call).await?;
         // The last moment before the write leaves: nothing may wait between here and Graph.
         if call.is_write() && !inner.fence.allows_now() {
             warn!(

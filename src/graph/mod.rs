@@ -31,13 +31,16 @@ mod response;
 mod retry;
 mod settings;
 
-pub use client::GraphClient;
+pub use client::{Authorization, GraphClient};
 pub use credential::{CredentialError, CredentialKind};
 pub use error::{
     ErrorClass, FailureKind, GraphCall, GraphError, GraphErrorDetails, MAX_CODE_CHARS,
     MAX_DETAIL_CHARS, MAX_ERROR_TEXT_CHARS, MAX_ID_CHARS, MAX_MESSAGE_CHARS, parse_retry_after,
 };
-pub use limiter::{Admission, ReadBudget, SHORT_WAIT, TokenBucket, Turn, WriteLimiter, WriteSlot};
+pub use limiter::{
+    Admission, LATE, ReadBudget, SHORT_WAIT, TokenBucket, Turn, TurnKey, WriteLimiter, WriteSlot,
+    check_windows, check_windows_within,
+};
 pub use model::{
     DirectoryUser, Invitation, InvitationMessage, RedeemUrl, ResetRedemptionRequest, USER_SELECT,
 };
