@@ -63,15 +63,6 @@ impl<'a> KubeIo<'a> {
         &self.ctx.graph
     }
 
-    /// A slot taken by `take_slots`; a write without one (a turn kept for fewer writes than
-    /// the reset now needs) waits for its own.
-    async fn slot(&mut self) -> WriteSlot {
-        match self.slots.pop() {
-            Some(slot) => slot,
-            None => self.graph().limiter().take_slot().await.0,
-        }
-    }
-
     /// A mail write that no turn reserved: the restore of a refused target's previous mail
     /// after its POST (docs/design.md, "Refused targets"). It takes its own slot from the
     /// limiter (waiting for it, as nothing is checked after it but the pause) and is not sent
