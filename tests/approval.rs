@@ -547,6 +547,14 @@ async fn an_approval_by_someone_who_lost_the_right_is_not_acted_on() {
     fx.patch(&fx.admin, name, retry)
         .await
         .expect("the admin asks again");
+    // Bob decides on the retry once the controller took it up: a decision written while the
+    // controller accepts the retry meets a conflict (exit 7) and writes nothing, by design.
+    wait_until("the retry to be taken up", WAIT, || async {
+        let obj = w.get(name).await;
+        let token = obj.status.as_ref().and_then(|s| s.retry_token.clone());
+        Ok::<_, String>((token.as_deref() == Some("after-the-right-came-back")).then_some(()))
+    })
+    .await;
     let again = decide(&bob, &w.ns, "approve", name, 1).await;
     assert!(again.status.success(), "{}", describe(&again));
     wait_generation(&w, name, 1, "Issued").await;

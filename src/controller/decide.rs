@@ -114,7 +114,12 @@ fn issue(
     target: &Target<'_>,
 ) -> Stage<std::convert::Infallible> {
     let user = target.user;
-    if let TenantGate::Paused { until } = tenant {
+    // A pause stops what this pass has not yet sent. Once the POST was answered, its answer
+    // is the outcome: a pause recorded meanwhile by another resource of this process must not
+    // turn an issued invitation into a dropped intent (whose generation would then post again).
+    if let TenantGate::Paused { until } = tenant
+        && pass.posted.is_none()
+    {
         return Err(tenant_blocked(now, until, user).into());
     }
     if pass.intent.is_none() {

@@ -730,6 +730,27 @@ fn tenant_block_pauses_everything_until_the_cooldown() {
     assert_eq!(other.pass(None).unwrap().reason, Reason::Issued);
 }
 
+/// Defect (found by the chaos test at the default rates): another resource of the same process
+/// met Graph's abuse answer between this pass's POST and its report, and the local pause
+/// turned the issued invitation into `TenantBlocked` with the intent dropped; after the
+/// cool-down the generation was posted a second time.
+#[test]
+fn a_pause_recorded_after_the_post_does_not_hide_its_answer() {
+    let mut w = World::new();
+    w.after_post = Some(|w| w.tenant = TenantGate::Paused { until: t(3600) });
+    let report = w.pass(None).unwrap();
+    assert_eq!(report.reason, Reason::Issued, "{}", report.message);
+    assert_eq!(w.posts_took_effect, 1);
+    assert!(w.status.invitation.is_some(), "the invitation is recorded");
+    // After the cool-down nothing more is sent for the generation.
+    w.tenant = TenantGate::Open;
+    w.now = t(3700);
+    for _ in 0..3 {
+        let _report = w.pass(None);
+    }
+    assert_eq!(w.posts_sent, 1);
+}
+
 #[test]
 fn mail_not_yet_propagated_is_retried_then_rejected() {
     let refused = || PostBehaviour::Fail {

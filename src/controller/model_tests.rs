@@ -8,7 +8,8 @@
 //! - at most one effective POST per generation, plus one per retry value set for it;
 //! - a recovered `Issued` only when the attempt's POST took effect, or someone else changed
 //!   the guest's redemption state while the attempt was out (the directory cannot tell);
-//! - `OutcomeUnknown` only when the attempt's POST took no effect;
+//! - `OutcomeUnknown` only when the attempt's POST took no effect, and an attempt whose POST
+//!   took effect is never dropped without its invitation recorded;
 //! - never a POST for a non-guest, on a user read older than 10 s, while the tenant is
 //!   paused, or to an address outside the allowed domains;
 //! - at every Graph write, with the real write limiter at the production defaults (6 writes a
@@ -91,6 +92,9 @@ enum Action {
     GuestRedeems,
     /// An admin turns the guest into a member.
     ConvertToMember,
+    /// Another resource met Graph's abuse answer: the tenant is paused for every pass, also
+    /// one whose POST is out or answered and not yet reported.
+    BlockedElsewhere,
     /// An admin puts the spec's e-mail on the user's mail (one write left to make), or takes
     /// it away (the mail PATCH is needed again) — between a turn's reservation and its claim.
     AdminMail { to_spec: bool },
@@ -129,6 +133,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => Just(Action::ForeignInvite),
         1 => Just(Action::GuestRedeems),
         1 => Just(Action::ConvertToMember),
+        1 => Just(Action::BlockedElsewhere),
         2 => any::<bool>().prop_map(|to_spec| Action::AdminMail { to_spec }),
         2 => Just(Action::Touch),
         3 => (prop::bool::weighted(0.2), prop::bool::weighted(0.8))
@@ -311,6 +316,10 @@ impl World {
     fn apply(&mut self, action: &Action) {
         match *action {
             Action::Tick(secs) => self.now += i64::from(secs),
+            Action::BlockedElsewhere => {
+                self.paused_since = Some(self.now);
+                self.paused_until = Some(self.now + 3600);
+            }
             Action::EditSpec { allowed_domain } => {
                 let generation = self.generation() + 1;
                 let domain = if allowed_domain {
@@ -403,6 +412,16 @@ impl World {
             return Err(format!(
                 "attempt {} recorded as issued (recovered) but its POST took no effect",
                 cleared.id
+            ));
+        }
+        let issued_for_it = new
+            .invitation
+            .as_ref()
+            .is_some_and(|i| i.generation == cleared.generation);
+        if took_effect && !issued_for_it {
+            return Err(format!(
+                "attempt {} dropped ({:?}) although its POST took effect: the generation would be posted again",
+                cleared.id, reason
             ));
         }
         if reason == Some(Reason::OutcomeUnknown) && took_effect {
