@@ -20,6 +20,7 @@ pub mod fence;
 pub mod graph;
 pub mod leader;
 pub mod metrics;
+pub mod mutants;
 pub mod plugin;
 pub mod probe;
 pub mod resource;

@@ -20,6 +20,7 @@ use super::reason::Reason;
 use super::recover::recover;
 use super::report::{Issued, Report, report_failure};
 use crate::graph::DirectoryUser;
+use crate::mutants::{Mutant, planted};
 
 pub use super::preflight::policy_denial;
 pub use super::step::{
@@ -96,6 +97,7 @@ fn entry(o: &Observed<'_>, settings: &Settings, now: Timestamp, pass: &Pass) -> 
     if let Some(attempt) = status.attempt.as_ref()
         && attempt.post_started_at.is_some()
         && pass.intent.is_none()
+        && !planted(Mutant::PostAgainAfterMark)
     {
         return Err(recover(o, settings, now, pass, attempt));
     }
@@ -118,7 +120,8 @@ fn issue(
     // is the outcome: a pause recorded meanwhile by another resource of this process must not
     // turn an issued invitation into a dropped intent (whose generation would then post again).
     if let TenantGate::Paused { until } = tenant
-        && pass.posted.is_none()
+        && (pass.posted.is_none() || planted(Mutant::PauseHidesAnswer))
+        && !planted(Mutant::IgnorePause)
     {
         return Err(tenant_blocked(now, until, user).into());
     }
@@ -290,7 +293,11 @@ fn prepare(prep: WritePrep, write: Write, now: Timestamp, user: &DirectoryUser) 
         WritePrep {
             gate: Some(TenantGate::Paused { until }),
             ..
-        } => Err(tenant_blocked(now, until, user).into()),
+        } if !planted(Mutant::IgnorePause) => Err(tenant_blocked(now, until, user).into()),
+        WritePrep {
+            gate: Some(TenantGate::Paused { .. }),
+            ..
+        } => Ok(()),
         WritePrep {
             gate: Some(TenantGate::Open),
             ..
@@ -308,6 +315,9 @@ fn refresh_if_stale(
     pass: &Pass,
     user: &DirectoryUser,
 ) -> Stage<()> {
+    if planted(Mutant::NoFreshRead) {
+        return Ok(());
+    }
     let stale = |at: Timestamp, read_after_mail: bool| {
         now.duration_since(at) > REFRESH_AFTER || (pass.mail_set.is_some() && !read_after_mail)
     };

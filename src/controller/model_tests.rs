@@ -904,6 +904,48 @@ proptest! {
     }
 }
 
+/// The mutation check: each rule of the decision ([`crate::mutants::Mutant::DECISIONS`]) taken
+/// away in turn (the limiter's are its own property test's to catch), the model
+/// test must find a case that breaks an invariant, within the cases CI runs. A model that
+/// missed one would pass whatever the controller did about that rule. Prints how many cases
+/// each took to catch.
+#[test]
+fn every_planted_defect_is_caught_by_the_model() {
+    use crate::mutants::{self, Mutant};
+    use proptest::test_runner::{Config, RngAlgorithm, TestError, TestRng, TestRunner};
+    let strategy = (any::<bool>(), proptest::collection::vec(action(), 1..120));
+    let mut missed = Vec::new();
+    for mutant in Mutant::DECISIONS {
+        let cases = std::cell::Cell::new(0u32);
+        let outcome = mutants::with(mutant, || {
+            let config = Config {
+                cases: 3000,
+                max_shrink_iters: 0,
+                failure_persistence: None,
+                ..Config::default()
+            };
+            let rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
+            TestRunner::new_with_rng(config, rng).run(&strategy, |(require_approval, actions)| {
+                cases.set(cases.get() + 1);
+                run_with(require_approval, &actions).map_err(TestCaseError::fail)
+            })
+        });
+        match outcome {
+            Err(TestError::Fail(why, _)) => {
+                println!("{mutant:?}: caught after {} cases: {why}", cases.get());
+            }
+            other => {
+                println!(
+                    "{mutant:?}: NOT caught in {} cases ({other:?})",
+                    cases.get()
+                );
+                missed.push(mutant);
+            }
+        }
+    }
+    assert!(missed.is_empty(), "the model test misses {missed:?}");
+}
+
 /// The model itself must be able to fail: a controller that ignored the attempt-id rule
 /// would be caught. Here the rule is sound, so a plain run of many steps ends Issued once.
 #[test]

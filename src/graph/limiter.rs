@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
 
+use crate::mutants::{Mutant, planted};
+
 /// The arithmetic of the bucket, free of I/O. Callers reserve a slot and are told how
 /// long to wait for it; reservations may drive the balance negative, which queues the
 /// next callers behind them in arrival order.
@@ -86,7 +88,12 @@ impl Account {
     fn refill(&mut self, now: Instant) {
         if now > self.updated {
             let gained = (now - self.updated).as_secs_f64() * self.per_second;
-            let room = self.capacity - f64::from(self.in_hand);
+            let in_hand = if planted(Mutant::SlotsInHandNotCounted) {
+                0.0
+            } else {
+                f64::from(self.in_hand)
+            };
+            let room = self.capacity - in_hand;
             self.free = (self.free + gained).min(room).max(self.free);
             self.updated = now;
         }
@@ -721,11 +728,30 @@ mod tests {
     /// that keeps coming back is served.
     #[test]
     fn the_limit_holds_in_every_window_whatever_the_callers_do() {
+        every_window_property().unwrap();
+    }
+
+    /// The mutation check of the limiter: each of its rules taken away, the property above
+    /// finds a crowded window.
+    #[test]
+    fn every_planted_defect_of_the_limiter_is_caught() {
+        for mutant in crate::mutants::Mutant::LIMITER {
+            let outcome = crate::mutants::with(mutant, every_window_property);
+            assert!(outcome.is_err(), "{mutant:?} not caught");
+        }
+    }
+
+    fn every_window_property() -> Result<(), String> {
         use proptest::prelude::*;
-        use proptest::test_runner::{Config, TestRunner};
+        use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
         let op = (0..12u8, 0..6u8, 0..40u16);
-        let mut runner = TestRunner::new(Config::with_cases(300));
-        runner
+        let config = Config {
+            cases: 300,
+            failure_persistence: None,
+            ..Config::default()
+        };
+        let rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
+        TestRunner::new_with_rng(config, rng)
             .run(&proptest::collection::vec(op, 1..300), |ops| {
                 let written = drive(&ops);
                 prop_assert!(
@@ -735,7 +761,7 @@ mod tests {
                 );
                 Ok(())
             })
-            .unwrap();
+            .map_err(|e| e.to_string())
     }
 
     /// Plays `ops` on a limiter at 6/min, burst 3, on a virtual clock; returns the moments the
