@@ -151,6 +151,8 @@ impl PassRunner {
             retry_requested_by: self.retry_requested_by(),
             status: &status,
             failures: self.failures,
+            migration: crate::migration::approval::controlling_migration(&self.current)
+                .map(|(name, _)| name),
         };
         decide(&observed, settings, io.local_gate(now), now, &self.pass)
     }
@@ -173,6 +175,15 @@ impl PassRunner {
                     .await?
                     .map_err(Error::CheckApprover)?;
                 self.pass.approver_allowed = Some(allowed);
+                Ok(())
+            }
+            Step::CheckMigration { name } => {
+                let current = self.current.clone();
+                let grant = self
+                    .unless_stopping(io, |io| io.migration_grant(&current, &name))
+                    .await?
+                    .map_err(Error::CheckApprover)?;
+                self.pass.migration_grant = Some(grant);
                 Ok(())
             }
             Step::ReadPolicy => {

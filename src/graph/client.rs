@@ -24,6 +24,8 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+/// The migration's advanced query: every user of a mail domain, page by page.
+pub mod domain;
 /// The follow-through's single-attempt read.
 mod once;
 /// What `guestreset check` asks of Graph: the token's roles and one cheap read.
@@ -289,6 +291,18 @@ impl GraphClient {
         url: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Answer, GraphError> {
+        self.execute_with(call, method, url, body, &[]).await
+    }
+
+    /// As [`GraphClient::execute`], with `extra` headers on every attempt.
+    async fn execute_with(
+        &self,
+        call: GraphCall,
+        method: Method,
+        url: &str,
+        body: Option<Vec<u8>>,
+        extra: &[(&'static str, &'static str)],
+    ) -> Result<Answer, GraphError> {
         debug_assert_ne!(call, GraphCall::PostInvitation, "the POST is never retried");
         let policy = self.inner.settings.retry;
         let mut attempts = 0u32;
@@ -298,7 +312,7 @@ impl GraphClient {
                 self.wait_for_write_slot(call).await;
             }
             let mut err = match self
-                .attempt(call, method.clone(), url, body.as_deref(), attempts)
+                .attempt_with(call, method.clone(), url, body.as_deref(), attempts, extra)
                 .await
             {
                 Ok(answer) => return Ok(answer),
@@ -344,6 +358,21 @@ impl GraphClient {
         body: Option<&[u8]>,
         attempt: u32,
     ) -> Result<Answer, GraphError> {
+        self.attempt_with(call, method, url, body, attempt, &[])
+            .await
+    }
+
+    /// As [`GraphClient::attempt`], with `extra` headers (the advanced query's
+    /// `ConsistencyLevel: eventual`).
+    async fn attempt_with(
+        &self,
+        call: GraphCall,
+        method: Method,
+        url: &str,
+        body: Option<&[u8]>,
+        attempt: u32,
+        extra: &[(&'static str, &'static str)],
+    ) -> Result<Answer, GraphError> {
         let inner = &*self.inner;
         let client_request_id = uuid::Uuid::new_v4().to_string();
 
@@ -369,6 +398,9 @@ impl GraphClient {
             .header("client-request-id", &client_request_id)
             .header("return-client-request-id", "true")
             .header(ACCEPT, "application/json");
+        for (name, value) in extra {
+            request = request.header(*name, *value);
+        }
         if let Some(body) = body {
             request = request
                 .header(CONTENT_TYPE, "application/json")
