@@ -899,8 +899,11 @@ async fn default_install_grants_exactly_the_controller_rights() {
         right(true, "update", &tenant_state, Scope::Namespace(&ns)),
         right(true, "delete", &tenant_state, Scope::Namespace(&ns)),
         right(true, "create", "configmaps", Scope::Namespace(&ns)),
+        // Watched everywhere (no watchNamespace), a migration's mapping and plan ConfigMaps
+        // may be in any namespace: get, create and patch on ConfigMaps, but never update,
+        // delete, list or watch of another's.
         right(
-            false,
+            true,
             "get",
             "configmaps/someone-else",
             Scope::Namespace(&ns),
@@ -911,8 +914,9 @@ async fn default_install_grants_exactly_the_controller_rights() {
             "configmaps/someone-else",
             Scope::Namespace(&ns),
         ),
-        right(false, "get", &tenant_state, Scope::Namespace(&other)),
-        right(false, "create", "configmaps", Scope::Namespace(&other)),
+        right(false, "update", &tenant_state, Scope::Namespace(&other)),
+        right(false, "delete", &tenant_state, Scope::Namespace(&other)),
+        right(true, "create", "configmaps", Scope::Namespace(&other)),
         right(true, "get", &lease, Scope::Namespace(&ns)),
         right(true, "patch", &lease, Scope::Namespace(&ns)),
         right(true, "create", LEASES, Scope::Namespace(&ns)),
