@@ -43,11 +43,11 @@ pub async fn run(
             ),
             None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
         };
-    // Many resets change at once during a migration: their changes are gathered for a moment
-    // into one pass of their migration.
-    let config = kube::runtime::controller::Config::default()
-        .concurrency(4)
-        .debounce(Duration::from_secs(1));
+    // Many resets change at once during a migration: the queue holds at most one pass per
+    // migration, so the changes that arrive during a pass make one more pass, not one each.
+    // (No debounce: resets that change more often than it lasts would postpone the count
+    // until the last one settled.)
+    let config = kube::runtime::controller::Config::default().concurrency(4);
     Controller::new(migrations, watcher::Config::default().any_semantic())
         .owns(
             resets,
