@@ -426,7 +426,6 @@ impl Pass<'_> {
         planned: &[PlannedGuest],
     ) -> Result<Action, MigrationError> {
         let resets: Api<GuestRedemptionReset> = Api::namespaced(self.ctx.client.clone(), &self.ns);
-        let selector = format!("{MIGRATION_LABEL}={}", self.name);
         let uid = self.obj.uid().unwrap_or_default();
         // Only the resets of the plan count: a reset someone else labelled or gave an owner
         // reference to this migration is neither counted nor approved by it.
@@ -434,74 +433,88 @@ impl Pass<'_> {
             .iter()
             .map(|g| plan::reset_name(&self.name, &g.id))
             .collect();
-        let owned = |r: &GuestRedemptionReset| {
-            names.contains(&r.name_any())
-                && r.owner_references()
+        let ns = self.ns.clone();
+        let owned = |meta: &ObjectMeta| {
+            meta.namespace.as_deref() == Some(ns.as_str())
+                && meta.name.as_ref().is_some_and(|n| names.contains(n))
+                && meta
+                    .owner_references
                     .iter()
+                    .flatten()
                     .any(|o| o.uid == uid && o.controller == Some(true))
         };
-        let existing: Vec<GuestRedemptionReset> = resets
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(kube_err("list the migration's resets"))?
-            .items
-            .into_iter()
-            .filter(owned)
-            .collect();
+        // Counted from the reset controller's watch cache: no list of the API server per pass
+        // (a migration of thousands would otherwise read them all at every change of one).
+        let cached = |ctx: &Context| {
+            ctx.cached_resets(|r| owned(&r.metadata).then(|| mstatus::reset_state(r)))
+        };
         let before = self.status.progress.clone().unwrap_or_default();
-        let have: std::collections::HashSet<String> =
-            existing.iter().map(|r| r.name_any()).collect();
-        let missing: Vec<&PlannedGuest> = planned
-            .iter()
-            .filter(|g| !have.contains(&plan::reset_name(&self.name, &g.id)))
-            .collect();
-        let creating = !missing.is_empty();
-        if creating {
-            // The decision is on record as acted on before any reset exists: a reset's own
-            // check of the migration's approval reads it.
-            let (reason, message) = mstatus::outcome(&mstatus::progress(
-                planned.len(),
-                &existing
-                    .iter()
-                    .map(mstatus::reset_state)
-                    .collect::<Vec<_>>(),
-            ));
-            self.report(reason, &message).await?;
-            if before.created == 0 {
-                let message = format!(
-                    "creating {} resets from {} to {} (digest {})",
-                    missing.len(),
-                    self.obj.spec.from,
-                    self.obj.spec.to,
-                    plan.digest
-                );
-                self.event("Started", false, &message).await;
-            }
-            for chunk in missing.chunks(CREATE_CONCURRENCY) {
-                let created = futures::future::join_all(
-                    chunk
-                        .iter()
-                        .map(|guest| self.create_reset(&resets, (*guest).clone())),
+        let mut states = cached(self.ctx).unwrap_or_default();
+        if states.len() < planned.len() {
+            // Which exist, by the API server's word (the cache may lag behind): names and
+            // owners only.
+            let have: std::collections::HashSet<String> = resets
+                .list_metadata(
+                    &ListParams::default().labels(&format!("{MIGRATION_LABEL}={}", self.name)),
                 )
-                .await;
-                for result in created {
-                    result?;
-                }
-            }
-        }
-        let existing: Vec<GuestRedemptionReset> = if !creating {
-            existing
-        } else {
-            resets
-                .list(&ListParams::default().labels(&selector))
                 .await
                 .map_err(kube_err("list the migration's resets"))?
                 .items
                 .into_iter()
-                .filter(owned)
-                .collect()
-        };
-        let states: Vec<ResetState> = existing.iter().map(mstatus::reset_state).collect();
+                .filter(|r| owned(&r.metadata))
+                .filter_map(|r| r.metadata.name)
+                .collect();
+            let missing: Vec<&PlannedGuest> = planned
+                .iter()
+                .filter(|g| !have.contains(&plan::reset_name(&self.name, &g.id)))
+                .collect();
+            if !missing.is_empty() && before.created < planned.len() as i64 {
+                // The decision is on record as acted on before any reset exists: a reset's own
+                // check of the migration's approval reads it.
+                let (reason, message) =
+                    mstatus::outcome(&mstatus::progress(planned.len(), &states));
+                self.report(reason, &message).await?;
+                if before.created == 0 {
+                    let message = format!(
+                        "creating {} resets from {} to {} (digest {})",
+                        missing.len(),
+                        self.obj.spec.from,
+                        self.obj.spec.to,
+                        plan.digest
+                    );
+                    self.event("Started", false, &message).await;
+                }
+                for chunk in missing.chunks(CREATE_CONCURRENCY) {
+                    let created = futures::future::join_all(
+                        chunk
+                            .iter()
+                            .map(|guest| self.create_reset(&resets, (*guest).clone())),
+                    )
+                    .await;
+                    for result in created {
+                        result?;
+                    }
+                }
+                states = cached(self.ctx).unwrap_or_default();
+                let shown = states.len();
+                // Just created: at work, even before the cache shows them.
+                states.extend(std::iter::repeat_n(
+                    ResetState::Working,
+                    planned.len().saturating_sub(shown),
+                ));
+            } else {
+                // Every reset was created once: one deleted since is never created again (a
+                // new object is a new request, which could invite its guest a second time);
+                // it counts as failed. Those the cache does not show yet are at work.
+                let shown = states.len();
+                let deleted = missing.len();
+                states.extend(std::iter::repeat_n(
+                    ResetState::Working,
+                    planned.len().saturating_sub(shown + deleted),
+                ));
+                states.extend(std::iter::repeat_n(ResetState::Failed, deleted));
+            }
+        }
         let progress = mstatus::progress(planned.len(), &states);
         let now = Timestamp::now();
         self.status.expected_completion =
