@@ -266,6 +266,24 @@ async fn a_dry_run_plans_and_the_migration_then_issues_one_reset_per_guest() {
         per_user, expected,
         "one invitation per planned guest, none for the excluded"
     );
+    // The plugin shows it, as a person watching the migration sees it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-guestreset"))
+        .args(["migration", "status", "m", "-n", &w.ns])
+        .env("KUBECONFIG", w.cp.kubeconfig_path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("contoso.com -> fabrikam.example"), "{text}");
+    assert!(text.contains("] 100%"), "{text}");
+    assert!(
+        text.contains("4 planned, 4 created, 4 issued, 0 failed"),
+        "{text}"
+    );
     let reasons: Vec<String> = w
         .events("m")
         .await
@@ -448,4 +466,44 @@ async fn an_approved_plan_issues_its_resets_and_nothing_else() {
 
 async fn done_uid(w: &World) -> String {
     w.get("m").await.uid().unwrap()
+}
+
+/// A `to` outside --allowed-email-domains stops the migration with a condition naming it,
+/// before the directory is read.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_domain_outside_the_allowed_ones_stops_before_any_read() {
+    let mut w = world("migration-allowed").await;
+    w.start_operator(&["--allowed-email-domains", "fabrikam.example"]);
+    w.create(
+        "elsewhere",
+        json!({"from": "contoso.com", "to": "elsewhere.example"}),
+    )
+    .await;
+    let m = w
+        .wait_reason_for("elsewhere", "DomainNotAllowed", WAIT)
+        .await;
+    let status = m.status.unwrap();
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(
+        ready.message.contains("spec.to elsewhere.example"),
+        "{}",
+        ready.message
+    );
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Stalled" && c.status == "True")
+    );
+    assert!(status.plan.is_none());
+    let journal = w.journal().await;
+    assert!(
+        journal.iter().all(|e| e.call != Call::ListUsers),
+        "nothing read from the directory"
+    );
+    assert!(owned_resets(&w, "elsewhere").await.is_empty());
 }
