@@ -407,6 +407,12 @@ async fn an_approved_plan_issues_its_resets_and_nothing_else() {
     };
     let cara = grr.get(&reset_name("m", &id(3))).await.unwrap();
     assert_eq!(reason(&cara).as_deref(), Some("NotAGuest"));
+    // The audit record of an issued reset names the plan's approver.
+    let ann = grr.get(&reset_name("m", &id(1))).await.unwrap();
+    let audit = ann.status.unwrap().invitation.unwrap().audit.unwrap();
+    assert_eq!(audit.approved_by.as_deref(), Some("bob"));
+    assert_eq!(audit.requested_by.as_deref(), Some(CONTROLLER));
+    assert_eq!(audit.change_ref.as_deref(), Some("CHG-31000"));
     let bob_reset = grr.get(&reset_name("m", &id(2))).await.unwrap();
     assert_eq!(reason(&bob_reset).as_deref(), Some("EmailInUse"));
     let journal = w.journal().await;

@@ -338,7 +338,12 @@ impl PassRunner {
     ) -> Flow {
         let id = io.new_attempt_id();
         let mut attempt = status::new_attempt(id, &self.current.spec.email, user, self.stamp(now));
-        attempt.audit = Some(super::events::capture(&self.current));
+        let mut audit = super::events::capture(&self.current);
+        // A reset approved through its migration's plan names the plan's approver.
+        if let Some(Ok(approver)) = &self.pass.migration_grant {
+            audit.approved_by = Some(approver.clone());
+        }
+        attempt.audit = Some(audit);
         let next = status::with_intent(&self.status(), &attempt, user, self.stamp(now));
         self.guarded(io, next, Error::RecordIntent).await?;
         info!(attempt = %attempt.id, "intent recorded");
