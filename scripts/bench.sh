@@ -4,7 +4,8 @@
 # behind it (B6: a dry run, a recovery and a missing user's re-reads while 1,000 resets wait
 # for write slots, and the expected time in their status; about 2 minutes) and the follow-through over
 # 10,000 issued resources (B7: reads per minute within the read budget, reads and status
-# writes after a restart, memory; about 6 minutes), on a real kube-apiserver
+# writes after a restart, memory; about 6 minutes) and a domain migration of 5,000 guests (B8:
+# the plan's time and directory pages, the writes at the limit, memory; about 3 minutes), on a real kube-apiserver
 # and the Graph simulator, all on loopback. Builds the operator and the benchmark in release
 # mode, runs them, and prints one Markdown table (also written to OUT/table.md).
 #
@@ -12,7 +13,7 @@
 #   scripts/bench.sh --quick         B1 with 200 resources, B2/B3/B7 with 2,000 (about 3 minutes with --skip-b5)
 #   scripts/bench.sh --skip-b5       without B5 (which takes about 5 minutes by design)
 #   scripts/bench.sh --quick --sweep B1 also at --concurrency 4 and 64 (always in a full run)
-#   scripts/bench.sh --only B1,B4    only these benches (B6: --only B6; B7: --only B7)
+#   scripts/bench.sh --only B1,B4    only these benches (B6: --only B6; B7: --only B7; B8: --only B8)
 #   scripts/bench.sh --out DIR       logs, simulator state and table.md (default $TMPDIR/guestreset-bench)
 #
 # Environment:

@@ -11,6 +11,10 @@
 #                               controller with --require-approval, alice (a requester) asking
 #                               through kubectl, and bob (an approver) approving each reset with
 #                               the kubectl plugin after reading its plan
+#   scripts/demo.sh --migration a domain migration instead: 20 guests of northwind.example
+#                               moved to northwind-traders.example as one plan that alice asks
+#                               for, bob approves by its digest, and the controller issues
+#                               (with four eyes, at 120 writes a minute to keep it short)
 #   scripts/demo.sh --keep      leave it running to explore; prints how to use and stop it
 #   scripts/demo.sh --stop      stop a demo left running by --keep
 #
@@ -30,6 +34,7 @@ NAMESPACE=identity
 CP_DIR=$STATE/controlplane
 SIM_DIR=$STATE/graph-sim
 CRD_FILE=$ROOT/crds/guestredemptionresets.guestreset.io.yaml
+MIGRATION_CRD_FILE=$ROOT/crds/guestdomainmigrations.guestreset.io.yaml
 SEED_FILE=$ROOT/scripts/demo-directory.yaml
 # The simulator's default application identity (tests/graph-sim/src/lib.rs).
 SIM_TENANT_ID=00000000-0000-0000-0000-0000000000aa
@@ -52,16 +57,21 @@ die() {
 }
 
 usage() {
-  sed -n '2,21s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  sed -n '2,25s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
   exit "${1:-0}"
 }
 
 MODE=run
 APPROVAL=false
+MIGRATION=false
 for arg in "$@"; do
   case $arg in
     --keep) MODE=keep ;;
     --approval) APPROVAL=true ;;
+    --migration)
+      MIGRATION=true
+      APPROVAL=true
+      ;;
     --stop) MODE=stop ;;
     -h | --help) usage 0 ;;
     *)
@@ -245,6 +255,88 @@ four_eyes_requests_and_approvals() {
   done
 }
 
+# ------------------------------------------------------------------ a domain migration (--migration)
+
+# The 20 guests and one member of northwind.example, added to the demo's directory.
+migration_seed() {
+  local i
+  cat "$SEED_FILE"
+  printf '\n# scripts/demo.sh --migration: the guests of northwind.example, and one member.\n'
+  for i in $(seq -w 1 20); do
+    printf -- '- id: 4e0000%s-1111-4222-8333-444444444444\n  userPrincipalName: "guest%s_northwind.example#EXT#@fabrikam.onmicrosoft.com"\n  userType: Guest\n  mail: guest%s@northwind.example\n' "$i" "$i" "$i"
+  done
+  printf -- '- id: 4e000099-1111-4222-8333-444444444444\n  userPrincipalName: "boss@northwind.example"\n  userType: Member\n  mail: boss@northwind.example\n'
+}
+
+migration_demo() {
+  say "alice asks for a domain migration: northwind.example -> northwind-traders.example"
+  as alice kubectl apply -n "$NAMESPACE" -f - <<'EOF_MIGRATION'
+apiVersion: guestreset.io/v1alpha1
+kind: GuestDomainMigration
+metadata:
+  name: northwind
+  annotations:
+    guestreset.io/requested-by: alice
+spec:
+  from: northwind.example
+  to: northwind-traders.example
+  changeRef: CHG-31000
+EOF_MIGRATION
+  say "The controller pages the directory and records the plan; nothing is written to Graph"
+  local deadline=$((SECONDS + 60))
+  until [[ $(kubectl get gdm -n "$NAMESPACE" northwind -o json |
+    jq -r '(.status.conditions // []) | map(select(.type == "Ready"))[0].reason // ""') == AwaitingApproval ]]; do
+    ((SECONDS < deadline)) || die "the migration was not planned within 60 s"
+    sleep 1
+  done
+  kubectl get gdm -n "$NAMESPACE"
+  as bob "$PLUGIN" migration status northwind | sed 's/^/    /'
+  note "the plan (ConfigMap northwind-plan), first lines: id, new e-mail, current mail"
+  kubectl get configmap -n "$NAMESPACE" northwind-plan -o jsonpath='{.data.planned}' | head -n 3 | sed 's/^/      /'
+  note "excluded: $(kubectl get configmap -n "$NAMESPACE" northwind-plan -o jsonpath='{.data.excluded}')"
+  note "Graph writes so far: $(sim journal | jq '[.[] | select(.call == "PatchUser" or .call == "PostInvitation")] | length')"
+
+  local status digest admitted
+  status=$(kubectl get gdm -n "$NAMESPACE" northwind -o json)
+  digest=$(jq -r .status.plan.digest <<<"$status")
+  admitted=$(jq -c .status.admittedUnder <<<"$status")
+  approval() {
+    jq -cn --arg by "$1" --arg digest "$digest" --argjson admitted "$admitted" --arg at "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+      '{status: {approval: {generation: 1, decision: "Approved", by: $by, groups: ["guestreset-approvers"],
+        at: $at, reason: "CHG-31000 reviewed", digest: $digest, admittedUnder: $admitted}}}'
+  }
+  say "alice may not approve her own plan: the API server refuses"
+  as alice kubectl patch gdm -n "$NAMESPACE" northwind --subresource=status --type merge \
+    -p "$(approval alice)" 2>&1 | tail -n 1 | sed 's/^/      /' || true
+  say "bob approves the plan by its digest ($digest)"
+  as bob kubectl patch gdm -n "$NAMESPACE" northwind --subresource=status --type merge -p "$(approval bob)" |
+    sed 's/^/      /'
+
+  say "The controller creates one reset per guest; each is issued at the write limit"
+  deadline=$((SECONDS + READY_TIMEOUT))
+  local reason=""
+  while :; do
+    reason=$(kubectl get gdm -n "$NAMESPACE" northwind -o json |
+      jq -r '(.status.conditions // []) | map(select(.type == "Ready"))[0].reason // ""')
+    as bob "$PLUGIN" migration status northwind | grep -E '^(Progress|Ready):' | sed 's/^/    /'
+    [[ $reason == Completed || $reason == CompletedWithFailures ]] && break
+    ((SECONDS < deadline)) || die "the migration did not complete within ${READY_TIMEOUT}s"
+    sleep 3
+  done
+  as bob "$PLUGIN" migration status northwind | sed 's/^/    /'
+  kubectl get grr -n "$NAMESPACE" -l guestreset.io/migration=northwind | head -n 6
+  note "... $(kubectl get grr -n "$NAMESPACE" -l guestreset.io/migration=northwind -o name | wc -l) resets in all, owned by the migration"
+  local journal
+  journal=$(sim journal)
+  note "invitations posted: $(jq '[.[] | select(.call == "PostInvitation")] | length' <<<"$journal")," \
+    "to distinct guests: $(jq '[.[] | select(.call == "PostInvitation") | .invited_user_id] | unique | length' <<<"$journal")," \
+    "to the member: $(jq '[.[] | select(.call == "PostInvitation" and .invited_user_id == "4e000099-1111-4222-8333-444444444444")] | length' <<<"$journal")"
+  note "directory pages read for the plan: $(jq '[.[] | select(.call == "ListUsers" and ((.query // "") | contains("endswith")))] | length' <<<"$journal")"
+  say "Events of the migration"
+  kubectl get events -n "$NAMESPACE" --field-selector involvedObject.name=northwind \
+    -o custom-columns=REASON:.reason,MESSAGE:.message --no-headers 2>/dev/null | sed 's/^/    /' || true
+}
+
 # ------------------------------------------------------------------ build
 
 say "Building guestreset and graph-sim (cargo build --bins; the first build takes a few minutes)"
@@ -272,15 +364,22 @@ say "Starting the local control plane (etcd + kube-apiserver on loopback)"
 source "$CP_DIR/env" # KUBECONFIG, and PATH with the kubectl of the same release
 note "KUBECONFIG=$KUBECONFIG"
 
-say "Installing the CRD"
-kubectl apply -f "$CRD_FILE"
-kubectl wait --for=condition=Established --timeout=60s crd/guestredemptionresets.guestreset.io
+say "Installing the CRDs"
+kubectl apply -f "$CRD_FILE" -f "$MIGRATION_CRD_FILE"
+kubectl wait --for=condition=Established --timeout=60s crd/guestredemptionresets.guestreset.io crd/guestdomainmigrations.guestreset.io
 kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl apply -f -
 
 CONTROLLER_FLAGS=()
 if [[ $APPROVAL == true ]]; then
   four_eyes_setup
   CONTROLLER_FLAGS=(--require-approval --admission-policy guestreset)
+fi
+if [[ $MIGRATION == true ]]; then
+  # A demo's pace: the production default is 6 writes a minute, burst 3.
+  CONTROLLER_FLAGS+=(--max-writes-per-minute 120 --write-burst 6)
+  mkdir -p "$STATE"
+  migration_seed >"$STATE/seed.yaml"
+  SEED_FILE=$STATE/seed.yaml
 fi
 
 say "Starting graph-sim, the simulated Microsoft Graph, seeded with scripts/demo-directory.yaml"
@@ -319,7 +418,19 @@ until [[ -n $METRICS_ADDR ]] && curl -sf --max-time 2 "http://$METRICS_ADDR/read
 done
 note "ready (/readyz); metrics at http://$METRICS_ADDR/metrics"
 
-if [[ $APPROVAL == true ]]; then
+if [[ $MIGRATION == true ]]; then
+  migration_demo
+  if [[ $MODE == keep ]]; then
+    KEEP_RUNNING=true
+    echo
+    echo "==> The demo keeps running: export KUBECONFIG=$KUBECONFIG; $PLUGIN migration status northwind -n $NAMESPACE"
+    echo "Stop it with: scripts/demo.sh --stop"
+  else
+    say "Stopping the controller, the simulator and the control plane"
+    stop_all
+  fi
+  exit 0
+elif [[ $APPROVAL == true ]]; then
   four_eyes_requests_and_approvals
 else
   say "Applying examples/ to namespace $NAMESPACE"

@@ -26,14 +26,28 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller.
     Run(Box<RunArgs>),
-    /// Print the CustomResourceDefinition YAML (identical to the file under crds/).
-    Crd,
+    /// Print a CustomResourceDefinition's YAML (identical to its file under crds/).
+    Crd(CrdArgs),
     /// Check the installation before the first reset, with the flags of `run`: the token, its
     /// Graph permission, Graph, the API-server rights, the namespace, the pause record.
     Check(Box<RunArgs>),
     /// GET a URL once (the chart's `helm test` hook checks /readyz with it): exit 0 on a 2xx
     /// answer, 1 with the reason otherwise.
     Probe(crate::probe::ProbeArgs),
+}
+
+/// Which CRD `guestreset crd` prints.
+#[derive(Args, Debug)]
+pub struct CrdArgs {
+    /// `reset` (GuestRedemptionReset, the default) or `migration` (GuestDomainMigration).
+    #[arg(long, value_enum, default_value = "reset")]
+    pub kind: CrdKind,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrdKind {
+    Reset,
+    Migration,
 }
 
 #[derive(Args, Debug)]
@@ -282,7 +296,7 @@ mod tests {
             .chain(args.iter().copied());
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Run(args) => *args,
-            Command::Crd | Command::Check(_) | Command::Probe(_) => panic!("run"),
+            Command::Crd(_) | Command::Check(_) | Command::Probe(_) => panic!("run"),
         }
     }
 

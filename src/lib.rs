@@ -3,6 +3,7 @@
 //! - [`resource`]: the `GuestRedemptionReset` resource and its admission rules (the CRD).
 //! - [`graph`]: the Microsoft Graph client, the only way the controller changes the directory.
 //! - [`controller`]: the pure decision and the thin effects layer around it.
+//! - [`migration`]: domain migrations, one reviewed plan and one reset per guest.
 //! - [`metrics`] and [`admin`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
 //! - [`admission_policy`]: whether the API server enforces the approval rules.
 //! - [`shutdown`]: the stop of the process, shared by the binary and the controller.
@@ -20,6 +21,7 @@ pub mod fence;
 pub mod graph;
 pub mod leader;
 pub mod metrics;
+pub mod migration;
 pub mod mutants;
 pub mod plugin;
 pub mod probe;

@@ -21,8 +21,15 @@ fn main() -> ExitCode {
     let signals = runtime.block_on(async { stop_on_signals(&shutdown) });
     let args = match Cli::parse().command {
         Command::Run(args) => args,
-        Command::Crd => {
-            print!("{}", guestreset::resource::crd_yaml());
+        Command::Crd(crd) => {
+            print!(
+                "{}",
+                match crd.kind {
+                    guestreset::cli::CrdKind::Reset => guestreset::resource::crd_yaml(),
+                    guestreset::cli::CrdKind::Migration =>
+                        guestreset::resource::migration::crd_yaml(),
+                }
+            );
             return ExitCode::SUCCESS;
         }
         Command::Check(args) => return check(&runtime, &args),
@@ -80,7 +87,8 @@ async fn start(args: &RunArgs, stop: &Shutdown) -> Result<(Arc<Context>, TcpList
     let metrics = Arc::new(Metrics::new());
     let graph = args.graph_client()?.with_observer(metrics.clone());
     let kube = kube::Client::try_default().await?;
-    let (settings, tenant) = (args.decide_settings(), args.tenant_guard(&kube, &metrics));
+    let (mut settings, tenant) = (args.decide_settings(), args.tenant_guard(&kube, &metrics));
+    settings.own_identity = guestreset::migration::own_identity(&kube).await;
     let ready = Readiness::default();
     let ctx = Context::new(kube, graph, settings, tenant, metrics, ready, stop.clone())
         .with_read_budget(args.read_budget())

@@ -59,6 +59,10 @@ pub struct Metrics {
     pub redemption_checks: Family<ResultOnlyLabel, Counter>,
     /// One series per condition of each live reset, read from the watch cache at each scrape.
     pub resources: ResourceStates,
+    /// Plans made for domain migrations.
+    pub migration_plans: Counter,
+    /// Resets created by domain migrations.
+    pub migration_resets_created: Counter,
 }
 
 /// One condition of one live reset (`Ready`, `Redeemed`, `Approved`).
@@ -235,8 +239,22 @@ impl Metrics {
         }
         let resources = ResourceStates::default();
         registry.register_collector(Box::new(resources.clone()));
+        let migration_plans = Counter::default();
+        registry.register(
+            "migration_plans",
+            "Plans made for GuestDomainMigrations (one per generation)",
+            migration_plans.clone(),
+        );
+        let migration_resets_created = Counter::default();
+        registry.register(
+            "migration_resets_created",
+            "GuestRedemptionResets created by GuestDomainMigrations",
+            migration_resets_created.clone(),
+        );
         Metrics {
             resources,
+            migration_plans,
+            migration_resets_created,
             registry,
             redemptions_pending: follow.pending,
             redemption_oldest_pending: follow.oldest,

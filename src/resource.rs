@@ -11,11 +11,16 @@ use serde::{Deserialize, Serialize};
 
 /// API group of the resource.
 mod approval;
+pub mod migration;
 pub mod precision;
 mod redemption;
 pub use approval::{
     Approval, Decision, PolicyVersion, REQUESTED_BY_ANNOTATION, RETRY_REQUESTED_BY_ANNOTATION,
     spec_digest,
+};
+pub use migration::{
+    GuestDomainMigration, GuestDomainMigrationSpec, GuestDomainMigrationStatus, MigrationPlan,
+    Progress,
 };
 pub use redemption::{Redemption, RedemptionState};
 

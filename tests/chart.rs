@@ -22,6 +22,9 @@ use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
 const CRD_FILE: &str = "crds/guestredemptionresets.guestreset.io.yaml";
+/// The migrations' resource, for the controller's rights.
+const MIGRATIONS: &str = "guestdomainmigrations.guestreset.io";
+const MIGRATION_CRD_FILE: &str = "crds/guestdomainmigrations.guestreset.io.yaml";
 const CRD_NAME: &str = "guestredemptionresets.guestreset.io";
 /// Resources named in RBAC checks.
 const LEASES: &str = "leases.coordination.k8s.io";
@@ -379,27 +382,30 @@ fn workload_identity_values() -> String {
 
 // ------------------------------------------------------------------ tests
 
-/// The chart ships the repository's CRD, unchanged: a drift would install an old schema.
+/// The chart ships the repository's CRDs, unchanged: a drift would install an old schema.
 #[test]
 fn chart_crd_is_the_repository_crd() {
     let root = repo_root();
-    let repository = std::fs::read(root.join(CRD_FILE)).expect("read the repository CRD");
-    let in_chart = chart_dir().join("crds").join(crd_file_name());
-    let chart =
-        std::fs::read(&in_chart).unwrap_or_else(|e| panic!("read {}: {e}", in_chart.display()));
-    assert!(
-        repository == chart,
-        "{} differs from {CRD_FILE}; copy it: cp {CRD_FILE} {CHART_DIR}/crds/",
-        in_chart.display()
-    );
+    for file in [CRD_FILE, MIGRATION_CRD_FILE] {
+        let repository = std::fs::read(root.join(file)).expect("read the repository CRD");
+        let name = Path::new(file).file_name().expect("CRD file name");
+        let in_chart = chart_dir().join("crds").join(name);
+        let chart =
+            std::fs::read(&in_chart).unwrap_or_else(|e| panic!("read {}: {e}", in_chart.display()));
+        assert!(
+            repository == chart,
+            "{} differs from {file}; copy it: cp {file} {CHART_DIR}/crds/",
+            in_chart.display()
+        );
+    }
     let crds: Vec<_> = std::fs::read_dir(chart_dir().join("crds"))
         .expect("read the chart's crds/")
         .map(|e| e.expect("entry").file_name())
         .collect();
     assert_eq!(
         crds.len(),
-        1,
-        "the chart's crds/ holds only the CRD: {crds:?}"
+        2,
+        "the chart's crds/ holds only the two CRDs: {crds:?}"
     );
 }
 
@@ -854,13 +860,26 @@ async fn default_install_grants_exactly_the_controller_rights() {
         for verb in ["get", "list", "watch", "delete", "update"] {
             rights.push(right(false, verb, "secrets", scope));
         }
-        for verb in ["create", "update", "patch", "delete", "deletecollection"] {
+        for verb in ["update", "patch", "delete", "deletecollection"] {
             rights.push(right(false, verb, CRD_NAME, scope));
         }
+        // Domain migrations: read them, write their status, create their resets, keep their
+        // plan in a ConfigMap and read the mapping ConfigMap they name.
+        rights.push(right(true, "create", CRD_NAME, scope));
+        for verb in ["get", "list", "watch"] {
+            rights.push(right(true, verb, MIGRATIONS, scope));
+        }
+        for verb in ["create", "update", "patch", "delete"] {
+            rights.push(right(false, verb, MIGRATIONS, scope));
+        }
+        for verb in ["get", "create", "patch"] {
+            rights.push(right(true, verb, "configmaps", scope));
+        }
+        rights.push(right(false, "delete", "configmaps", scope));
         rights.push(status_right(false, "create", scope));
         rights.push(right(false, "approve", CRD_NAME, scope));
+        rights.push(right(false, "approve", MIGRATIONS, scope));
         rights.push(right(false, "create", "events", scope));
-        rights.push(right(false, "get", "configmaps", scope));
         rights.push(right(false, "list", "pods", scope));
         rights.push(right(false, "get", "serviceaccounts", scope));
     }
@@ -880,8 +899,11 @@ async fn default_install_grants_exactly_the_controller_rights() {
         right(true, "update", &tenant_state, Scope::Namespace(&ns)),
         right(true, "delete", &tenant_state, Scope::Namespace(&ns)),
         right(true, "create", "configmaps", Scope::Namespace(&ns)),
+        // Watched everywhere (no watchNamespace), a migration's mapping and plan ConfigMaps
+        // may be in any namespace: get, create and patch on ConfigMaps, but never update,
+        // delete, list or watch of another's.
         right(
-            false,
+            true,
             "get",
             "configmaps/someone-else",
             Scope::Namespace(&ns),
@@ -892,8 +914,9 @@ async fn default_install_grants_exactly_the_controller_rights() {
             "configmaps/someone-else",
             Scope::Namespace(&ns),
         ),
-        right(false, "get", &tenant_state, Scope::Namespace(&other)),
-        right(false, "create", "configmaps", Scope::Namespace(&other)),
+        right(false, "update", &tenant_state, Scope::Namespace(&other)),
+        right(false, "delete", &tenant_state, Scope::Namespace(&other)),
+        right(true, "create", "configmaps", Scope::Namespace(&other)),
         right(true, "get", &lease, Scope::Namespace(&ns)),
         right(true, "patch", &lease, Scope::Namespace(&ns)),
         right(true, "create", LEASES, Scope::Namespace(&ns)),
@@ -1000,8 +1023,10 @@ async fn single_namespace_install_is_confined_to_its_namespace() {
         right(false, "get", "secrets", w),
         right(false, "list", "secrets", w),
         right(false, "delete", "secrets", w),
-        right(false, "create", CRD_NAME, w),
+        right(true, "create", CRD_NAME, w),
         right(false, "delete", CRD_NAME, w),
+        right(true, "watch", MIGRATIONS, w),
+        right(false, "create", MIGRATIONS, w),
         right(true, "get", &lease, Scope::Namespace(&ns)),
         right(true, "patch", &lease, Scope::Namespace(&ns)),
         right(true, "create", LEASES, Scope::Namespace(&ns)),
@@ -1012,7 +1037,8 @@ async fn single_namespace_install_is_confined_to_its_namespace() {
             &format!("configmaps/{release}-guestreset-tenant"),
             Scope::Namespace(&ns),
         ),
-        right(false, "create", "configmaps", w),
+        right(true, "create", "configmaps", w),
+        right(false, "list", "configmaps", w),
         right(false, "list", CRD_NAME, Scope::AllNamespaces),
         right(false, "watch", CRD_NAME, Scope::AllNamespaces),
         right(false, "create", "secrets", Scope::AllNamespaces),
@@ -1568,7 +1594,12 @@ async fn approval_values_render_the_policy_the_flags_and_the_rights() {
             "apiGroups": ["guestreset.io"],
             "apiVersions": ["*"],
             "operations": ["CREATE", "UPDATE"],
-            "resources": ["guestredemptionresets", "guestredemptionresets/status"],
+            "resources": [
+                "guestredemptionresets",
+                "guestredemptionresets/status",
+                "guestdomainmigrations",
+                "guestdomainmigrations/status",
+            ],
         }])
     );
     assert_eq!(

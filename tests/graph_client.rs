@@ -910,3 +910,52 @@ async fn logs_never_carry_tokens_or_redeem_urls() {
         "the invitation body was logged"
     );
 }
+
+/// A domain's users through the advanced query, page after page (999 a page), members too.
+#[tokio::test]
+async fn every_user_of_a_domain_is_listed_across_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut users = seed_users();
+    for i in 0..2_100 {
+        users.push(SeedUser::external_guest(
+            &format!("d{i:07}-aaaa-4bbb-8ccc-dddddddddddd"),
+            &format!("g{i}@northwind.example"),
+        ));
+    }
+    users.push(SeedUser::tenant_member(
+        "e0000000-aaaa-4bbb-8ccc-dddddddddddd",
+        "boss@northwind.example",
+    ));
+    let sim = graph_sim::start(SimConfig::new(dir.path().join("sim")).with_users(users))
+        .await
+        .unwrap();
+    let settings = GraphSettings::new(sim.base_url()).with_retry(fast_retry());
+    let client = client_for(&sim, settings, WriteLimiter::new(6000, 100));
+    let listing = client.list_domain_users("northwind.example").await.unwrap();
+    assert_eq!(listing.pages, 3);
+    assert_eq!(listing.users.len(), 2_101);
+    let ids: HashSet<&str> = listing.users.iter().map(|u| u.id.as_str()).collect();
+    assert_eq!(ids.len(), 2_101, "each user once");
+    assert_eq!(listing.users.iter().filter(|u| !u.is_guest()).count(), 1);
+    let calls: Vec<JournalEntry> = sim
+        .admin()
+        .journal()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.call == Call::ListUsers)
+        .collect();
+    assert_eq!(calls.len(), 3);
+    assert!(calls.iter().all(|e| e.status == 200));
+    assert!(calls[0].query.as_deref().unwrap().contains("$top=999"));
+    assert!(calls[0].query.as_deref().unwrap().contains("$count=true"));
+    // Nothing of the other domain.
+    assert!(
+        client
+            .list_domain_users("nowhere.example")
+            .await
+            .unwrap()
+            .users
+            .is_empty()
+    );
+}

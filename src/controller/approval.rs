@@ -20,6 +20,9 @@ pub(super) enum Gate<'a> {
     Awaiting,
     /// Approved by this user, and checked again.
     Approved(&'a Approval),
+    /// Created by the controller for a migration whose approved plan covers it (the
+    /// approver of the plan).
+    ByMigration,
 }
 
 /// The approval stage: the gate for this generation, or the step that stops the pass.
@@ -35,6 +38,29 @@ pub(super) fn approval<'o>(o: &Observed<'o>, settings: &Settings, pass: &Pass) -
         .as_ref()
         .filter(|a| a.covers(o.generation, o.retry_annotation))
     else {
+        // A reset the controller created for a migration is approved by the decision on the
+        // migration's plan, once the plan is shown to cover it (docs/security.md, "Approval of
+        // a migration"); anyone else's reset, owned by a migration or not, needs its own.
+        if let Some(name) = by_migration(o, settings) {
+            match &pass.migration_grant {
+                None => {
+                    return Err(Step::CheckMigration {
+                        name: name.to_owned(),
+                    });
+                }
+                Some(Ok(_)) => return Ok(Gate::ByMigration),
+                Some(Err(_)) if awaiting_already(o) => return Err(Step::Nothing),
+                Some(Err(problem)) => {
+                    return Err(Report::new(
+                        Reason::AwaitingApproval,
+                        format!(
+                            "created for migration {name}, whose approval does not cover it: {problem}; nothing is written to Graph"
+                        ),
+                    )
+                    .into());
+                }
+            }
+        }
         return match (awaiting_already(o), &pass.policy) {
             // The plan is on record and the approvers were told; a status change brings the
             // decision. Planning again on every event would only spend Graph reads.
@@ -61,6 +87,16 @@ pub(super) fn approval<'o>(o: &Observed<'o>, settings: &Settings, pass: &Pass) -
             Decision::Approved => Ok(Gate::Approved(approval)),
         },
     }
+}
+
+/// The migration whose approval may cover this reset: the reset names the controller itself as
+/// its requester (admission holds that annotation to whoever created the reset) and a
+/// migration as its controlling owner.
+fn by_migration<'o>(o: &Observed<'o>, settings: &Settings) -> Option<&'o str> {
+    let me = settings.own_identity.as_deref()?;
+    (o.requested_by == Some(me))
+        .then_some(o.migration)
+        .flatten()
 }
 
 /// The report of a generation waiting for its approval, with the plan on record.

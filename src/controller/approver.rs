@@ -15,16 +15,32 @@ pub const APPROVE_VERB: &str = "approve";
 
 /// The review that asks whether the approval's author may approve `obj`.
 pub fn review_of(obj: &GuestRedemptionReset, approval: &Approval) -> SubjectAccessReview {
+    review_for(
+        "guestredemptionresets",
+        obj.namespace().as_deref(),
+        &obj.name_any(),
+        approval,
+    )
+}
+
+/// The review that asks whether the approval's author may approve the object `name` of
+/// `resource` (a plural of group guestreset.io) in `namespace`.
+pub fn review_for(
+    resource: &str,
+    namespace: Option<&str>,
+    name: &str,
+    approval: &Approval,
+) -> SubjectAccessReview {
     SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
             user: Some(approval.by.clone()),
             groups: (!approval.groups.is_empty()).then(|| approval.groups.clone()),
             resource_attributes: Some(ResourceAttributes {
                 group: Some(GROUP.to_owned()),
-                resource: Some("guestredemptionresets".to_owned()),
+                resource: Some(resource.to_owned()),
                 verb: Some(APPROVE_VERB.to_owned()),
-                namespace: obj.namespace(),
-                name: Some(obj.name_any()),
+                namespace: namespace.map(str::to_owned),
+                name: Some(name.to_owned()),
                 ..ResourceAttributes::default()
             }),
             ..SubjectAccessReviewSpec::default()
@@ -41,6 +57,22 @@ pub async fn may_approve(
     obj: &GuestRedemptionReset,
     approval: &Approval,
 ) -> Result<Result<(), String>, kube::Error> {
+    may_approve_review(client, policy, review_of(obj, approval), approval).await
+}
+
+/// As [`may_approve`] for the review `review` (of any resource of the group).
+pub async fn may_approve_review(
+    client: Client,
+    policy: Option<String>,
+    review: SubjectAccessReview,
+    approval: &Approval,
+) -> Result<Result<(), String>, kube::Error> {
+    let resource = review
+        .spec
+        .resource_attributes
+        .as_ref()
+        .and_then(|a| a.resource.clone())
+        .unwrap_or_default();
     if let Some(policy) = policy {
         let now = match crate::admission_policy::enforced(&client, &policy).await? {
             Ok(now) => now,
@@ -52,15 +84,13 @@ pub async fn may_approve(
         }
     }
     let reviews: Api<SubjectAccessReview> = Api::all(client);
-    let answer = reviews
-        .create(&PostParams::default(), &review_of(obj, approval))
-        .await?;
+    let answer = reviews.create(&PostParams::default(), &review).await?;
     let allowed = answer
         .status
         .is_some_and(|s| s.allowed && s.denied != Some(true));
     Ok(allowed.then_some(()).ok_or_else(|| {
         format!(
-            "the API server says {} may not approve GuestRedemptionResets here (verb {APPROVE_VERB} on guestredemptionresets.guestreset.io)",
+            "the API server says {} may not approve {resource} here (verb {APPROVE_VERB} on {resource}.guestreset.io)",
             approval.by
         )
     }))

@@ -60,7 +60,9 @@ pub fn decide(
                 Gate::Awaiting => Err(awaiting(o, pass, target.plan())
                     .with_user(target.user)
                     .into()),
-                Gate::NotRequired | Gate::Approved(_) => issue(o, tenant, now, pass, &target),
+                Gate::NotRequired | Gate::Approved(_) | Gate::ByMigration => {
+                    issue(o, tenant, now, pass, &target)
+                }
             }
         });
     match staged {

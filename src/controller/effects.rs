@@ -127,6 +127,37 @@ impl Io for KubeIo<'_> {
         super::approver::may_approve(self.ctx.client.clone(), policy, obj, approval)
     }
 
+    async fn migration_grant(
+        &mut self,
+        obj: &GuestRedemptionReset,
+        name: &str,
+    ) -> Result<Result<String, String>, kube::Error> {
+        let Some(me) = self.ctx.settings.own_identity.as_deref() else {
+            return Ok(Err(
+                "the controller does not know its own user name, so it cannot tell a reset it created".to_owned(),
+            ));
+        };
+        let namespace = obj.namespace().unwrap_or_default();
+        let migrations: Api<crate::resource::GuestDomainMigration> =
+            Api::namespaced(self.ctx.client.clone(), &namespace);
+        let Some(migration) = migrations.get_opt(name).await? else {
+            return Ok(Err(format!("migration {name} does not exist")));
+        };
+        let maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+            Api::namespaced(self.ctx.client.clone(), &namespace);
+        let listed = maps
+            .get_opt(&crate::migration::reconcile::plan_config_map(name))
+            .await?
+            .and_then(|cm| cm.data)
+            .and_then(|mut d| d.remove(crate::resource::migration::PLAN_KEY));
+        Ok(crate::migration::approval::grant(
+            obj,
+            me,
+            &migration,
+            listed.as_deref(),
+        ))
+    }
+
     async fn policy_version(&mut self) -> Result<Option<PolicyVersion>, kube::Error> {
         match &self.ctx.approval_policy {
             Some(name) => Ok(crate::admission_policy::enforced(&self.ctx.client, name)

@@ -116,6 +116,7 @@ fn observed<'a>(
         retry_requested_by: None,
         status,
         failures: 0,
+        migration: None,
     }
 }
 

@@ -31,6 +31,16 @@ pub trait Io {
         obj: &GuestRedemptionReset,
         approval: &Approval,
     ) -> impl Future<Output = Result<Result<(), String>, kube::Error>> + Send;
+    /// Whether the approved plan of the migration `name`, which controls `obj`, covers it:
+    /// the approver, or why not. By default no migration covers anything (the models).
+    fn migration_grant(
+        &mut self,
+        _obj: &GuestRedemptionReset,
+        name: &str,
+    ) -> impl Future<Output = Result<Result<String, String>, kube::Error>> + Send {
+        let problem = format!("migration {name} is not known here");
+        async move { Ok(Err(problem)) }
+    }
     /// The approval policy and binding in force now (`None`: not enforced). By default none is
     /// named, as in the models, which check approvers through `can_approve` alone.
     fn policy_version(

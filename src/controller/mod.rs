@@ -137,6 +137,23 @@ impl Context {
         let _ = self.store.set(store);
     }
 
+    /// `pick` of each reset of the watch cache for which it gives something (a domain
+    /// migration counts its resets here rather than listing them from the API server); `None`
+    /// before the reset controller has its cache.
+    pub fn cached_resets<T>(
+        &self,
+        pick: impl Fn(&GuestRedemptionReset) -> Option<T>,
+    ) -> Option<Vec<T>> {
+        let store = self.store.get()?;
+        Some(
+            store
+                .state()
+                .iter()
+                .filter_map(|watched| watched.0.as_ref().ok().and_then(&pick))
+                .collect(),
+        )
+    }
+
     fn failures(&self) -> std::sync::MutexGuard<'_, FailureCounts> {
         self.failures.lock().unwrap_or_else(|e| e.into_inner())
     }

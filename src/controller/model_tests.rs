@@ -238,6 +238,7 @@ impl World {
                     watch: SignedDuration::from_mins(2),
                 },
                 require_approval,
+                own_identity: None,
             },
             next_id: 0,
             approver_may: true,

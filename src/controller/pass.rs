@@ -151,6 +151,8 @@ impl PassRunner {
             retry_requested_by: self.retry_requested_by(),
             status: &status,
             failures: self.failures,
+            migration: crate::migration::approval::controlling_migration(&self.current)
+                .map(|(name, _)| name),
         };
         decide(&observed, settings, io.local_gate(now), now, &self.pass)
     }
@@ -173,6 +175,15 @@ impl PassRunner {
                     .await?
                     .map_err(Error::CheckApprover)?;
                 self.pass.approver_allowed = Some(allowed);
+                Ok(())
+            }
+            Step::CheckMigration { name } => {
+                let current = self.current.clone();
+                let grant = self
+                    .unless_stopping(io, |io| io.migration_grant(&current, &name))
+                    .await?
+                    .map_err(Error::CheckApprover)?;
+                self.pass.migration_grant = Some(grant);
                 Ok(())
             }
             Step::ReadPolicy => {
@@ -340,7 +351,12 @@ impl PassRunner {
     ) -> Flow {
         let id = io.new_attempt_id();
         let mut attempt = status::new_attempt(id, &self.current.spec.email, user, self.stamp(now));
-        attempt.audit = Some(super::events::capture(&self.current));
+        let mut audit = super::events::capture(&self.current);
+        // A reset approved through its migration's plan names the plan's approver.
+        if let Some(Ok(approver)) = &self.pass.migration_grant {
+            audit.approved_by = Some(approver.clone());
+        }
+        attempt.audit = Some(audit);
         let next = status::with_intent(&self.status(), &attempt, user, self.stamp(now));
         self.guarded(io, next, Error::RecordIntent).await?;
         info!(attempt = %attempt.id, "intent recorded");

@@ -69,6 +69,13 @@ pub async fn run(
     let resources = crate::shutdown::end_on_stop(resources, ctx.shutdown.clone());
     let controller = Controller::for_stream(resources, reader.clone()).with_config(config);
     let gauges = tokio::spawn(super::gauges::keep(reader.clone(), ctx.clone()));
+    // Domain migrations: their own watch, beside the resets'. Aborted when the resets' ends
+    // (a migration pass writes only to the API server, never to Graph).
+    let migrations = tokio::spawn(crate::migration::run(
+        ctx.clone(),
+        namespace.clone(),
+        crate::shutdown::stopping_owned(ctx.shutdown.clone()),
+    ));
     // The tenant pause is checked before every Graph write against this watch of its record.
     let _tenant_record = ctx.tenant.follow_record();
     // Ready once the watch cache has synced. Store::wait_until_ready cannot be awaited here:
@@ -92,6 +99,7 @@ pub async fn run(
         })
         .await;
     gauges.abort();
+    migrations.abort();
 }
 
 /// A failed effect: logged, counted by its step, and told on the resource as a Warning Event.
@@ -165,6 +173,7 @@ fn quiet_action(obj: &GuestRedemptionReset, settings: &Settings, now: Timestamp)
             .map(String::as_str),
         status: &status,
         failures: 0,
+        migration: crate::migration::approval::controlling_migration(obj).map(|(name, _)| name),
     };
     // The tenant gate matters only deeper in the flow; Open claims nothing.
     match decide(&observed, settings, TenantGate::Open, now, &Pass::default()) {

@@ -29,6 +29,8 @@ pub struct Observed<'a> {
     pub status: &'a GuestRedemptionResetStatus,
     /// Consecutive failed passes of this generation that the controller remembers.
     pub failures: u32,
+    /// The GuestDomainMigration that controls this reset (its owner reference), if any.
+    pub migration: Option<&'a str>,
 }
 
 /// Controller-wide settings that shape decisions.
@@ -47,6 +49,9 @@ pub struct Settings {
     /// No Graph write for a generation before a person other than its requester approved it
     /// (`--require-approval`).
     pub require_approval: bool,
+    /// The controller's own user name as the API server authenticates it: the requester of
+    /// record of the resets it creates for a domain migration.
+    pub own_identity: Option<String>,
 }
 
 impl Default for Settings {
@@ -58,6 +63,7 @@ impl Default for Settings {
             post_timeout: SignedDuration::from_secs(30),
             schedule: Schedule::default(),
             require_approval: false,
+            own_identity: None,
         }
     }
 }
@@ -217,6 +223,9 @@ pub struct Pass {
     /// The follow-through record was written in this pass: nothing more to do until its
     /// next check.
     pub redemption_recorded: bool,
+    /// Whether the approved plan of the controlling migration covers this reset: the approver,
+    /// or why not (docs/security.md, "Approval of a migration").
+    pub migration_grant: Option<Result<String, String>>,
 }
 
 impl Pass {
@@ -239,6 +248,8 @@ pub enum Step {
     Wait { until: Timestamp },
     /// Ask the API server whether the author of the decision may approve this resource.
     CheckApprover { approval: Box<Approval> },
+    /// Read the controlling migration and its plan: does its approval cover this reset?
+    CheckMigration { name: String },
     /// Read which approval policy and binding are in force, for the plan.
     ReadPolicy,
     /// Read the user of an interrupted attempt to look for evidence of the reset.

@@ -24,6 +24,8 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+/// The migration's advanced query: every user of a mail domain, page by page.
+pub mod domain;
 /// The follow-through's single-attempt read.
 mod once;
 /// What `guestreset check` asks of Graph: the token's roles and one cheap read.
@@ -305,7 +307,7 @@ impl GraphClient {
         body: Option<Vec<u8>>,
     ) -> Result<Answer, GraphError> {
         slot.spend(Instant::now());
-        self.attempt_with(auth, call, method, url, body.as_deref(), 1)
+        self.attempt_with(auth, call, method, url, body.as_deref(), 1, &[])
             .await
             .map_err(|mut err| {
                 err.attempts = 1;
@@ -322,6 +324,18 @@ impl GraphClient {
         url: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Answer, GraphError> {
+        self.execute_with(call, method, url, body, &[]).await
+    }
+
+    /// As [`GraphClient::execute`], with `extra` headers on every attempt.
+    async fn execute_with(
+        &self,
+        call: GraphCall,
+        method: Method,
+        url: &str,
+        body: Option<Vec<u8>>,
+        extra: &[(&'static str, &'static str)],
+    ) -> Result<Answer, GraphError> {
         debug_assert_ne!(call, GraphCall::PostInvitation, "the POST is never retried");
         let policy = self.inner.settings.retry;
         let mut attempts = 0u32;
@@ -331,7 +345,7 @@ impl GraphClient {
                 self.wait_for_write_slot(call).await;
             }
             let mut err = match self
-                .attempt(call, method.clone(), url, body.as_deref(), attempts)
+                .attempt(call, method.clone(), url, body.as_deref(), attempts, extra)
                 .await
             {
                 Ok(answer) => return Ok(answer),
@@ -376,14 +390,16 @@ impl GraphClient {
         url: &str,
         body: Option<&[u8]>,
         attempt: u32,
+        extra: &[(&'static str, &'static str)],
     ) -> Result<Answer, GraphError> {
         // A token failure never reached Graph: no client-request-id to quote.
         let auth = self.authorization(call).await?;
-        self.attempt_with(auth, call, method, url, body, attempt)
+        self.attempt_with(auth, call, method, url, body, attempt, extra)
             .await
     }
 
-    /// One HTTP attempt, with a fresh `client-request-id`.
+    /// One HTTP attempt, with a fresh `client-request-id` and `extra` headers (the advanced
+    /// query's `ConsistencyLevel: eventual`).
     async fn attempt_with(
         &self,
         auth: HeaderValue,
@@ -392,6 +408,7 @@ impl GraphClient {
         url: &str,
         body: Option<&[u8]>,
         attempt: u32,
+        extra: &[(&'static str, &'static str)],
     ) -> Result<Answer, GraphError> {
         let inner = &*self.inner;
         let client_request_id = uuid::Uuid::new_v4().to_string();
@@ -416,6 +433,9 @@ impl GraphClient {
             .header("client-request-id", &client_request_id)
             .header("return-client-request-id", "true")
             .header(ACCEPT, "application/json");
+        for (name, value) in extra {
+            request = request.header(*name, *value);
+        }
         if let Some(body) = body {
             request = request
                 .header(CONTENT_TYPE, "application/json")

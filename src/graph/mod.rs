@@ -17,7 +17,7 @@
 //! - [`http`]: the one HTTP client, trusting the system roots plus `SSL_CERT_FILE`.
 
 pub mod claims;
-mod client;
+pub(crate) mod client;
 pub mod credential;
 mod error;
 #[cfg(test)]
@@ -32,6 +32,7 @@ mod retry;
 mod settings;
 
 pub use client::{Authorization, GraphClient};
+pub use client::domain::{DOMAIN_PAGE_SIZE, DomainListing, domain_filter};
 pub use credential::{CredentialError, CredentialKind};
 pub use error::{
     ErrorClass, FailureKind, GraphCall, GraphError, GraphErrorDetails, MAX_CODE_CHARS,

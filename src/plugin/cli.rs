@@ -110,6 +110,27 @@ kubectl guestreset status alice-to-newco -n identity\n  kubectl guestreset statu
     /// Print a shell completion script for bash, zsh or fish.
     #[command(after_help = COMPLETION_HELP)]
     Completion(CompletionArgs),
+    /// Domain migrations (GuestDomainMigration).
+    #[command(subcommand)]
+    Migration(MigrationCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MigrationCommand {
+    /// Where a migration stands: its reason, plan, decision and a progress bar.
+    #[command(
+        after_help = "Example:\n  kubectl guestreset migration status contoso-to-fabrikam -n identity"
+    )]
+    Status(MigrationStatusArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MigrationStatusArgs {
+    /// Name of the GuestDomainMigration.
+    pub name: String,
+    /// Print the status as YAML or JSON instead of text.
+    #[arg(short, long, value_enum)]
+    pub output: Option<Format>,
 }
 
 const COMPLETION_HELP: &str = "\

@@ -111,7 +111,7 @@ mod tests {
     use super::*;
     use clap::ValueEnum;
 
-    const SUBCOMMANDS: [&str; 7] = [
+    const SUBCOMMANDS: [&str; 8] = [
         "new",
         "approve",
         "deny",
@@ -119,6 +119,7 @@ mod tests {
         "status",
         "plan",
         "completion",
+        "migration",
     ];
 
     /// Each script registers itself for the executable and offers every subcommand and the

@@ -5,7 +5,7 @@
 //! - [`cli`]: the flags, checked by [`validate`] as they are parsed.
 //! - [`session`]: kubeconfig, context, namespace, and who the caller is.
 //! - [`new`], [`plan`], [`decide`] (approve and deny), [`retry`], [`status`]: the subcommands;
-//!   [`completion`] the shell scripts.
+//!   [`migration`] (`migration status`); [`completion`] the shell scripts.
 //! - [`write`]: the merge patches that apply only to the version that was read.
 //! - [`output`] and [`error`]: printing, and the exit codes.
 
@@ -13,6 +13,7 @@ pub mod cli;
 pub mod completion;
 pub mod decide;
 pub mod error;
+pub mod migration;
 pub mod new;
 pub mod output;
 pub mod plan;
@@ -45,6 +46,9 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Status(args) => status::run(&connect().await?, args).await,
         Command::Plan(args) => plan::run(&connect().await?, &args.name, args.output).await,
         Command::Completion(args) => completion::print(args.shell),
+        Command::Migration(cli::MigrationCommand::Status(args)) => {
+            migration::status(&connect().await?, args).await
+        }
     }
 }
 

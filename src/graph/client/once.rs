@@ -16,7 +16,7 @@ impl GraphClient {
         const CALL: GraphCall = GraphCall::GetUser;
         let segment = encode_path_segment(id);
         let url = format!("{}/users/{segment}?$select={USER_SELECT}", self.inner.base);
-        match self.attempt(CALL, Method::GET, &url, None, 1).await {
+        match self.attempt(CALL, Method::GET, &url, None, 1, &[]).await {
             Ok(answer) => decode::<DirectoryUser>(CALL, &answer).map(Some),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),

@@ -27,7 +27,7 @@ impl GraphClient {
     /// `GET /users?$top=1&$select=id` in one attempt: Graph reachable and the token accepted.
     pub async fn probe(&self) -> Result<(), GraphError> {
         let url = format!("{}/users?$top=1&$select=id", self.inner.base);
-        self.attempt(GraphCall::ListUsers, Method::GET, &url, None, 1)
+        self.attempt(GraphCall::ListUsers, Method::GET, &url, None, 1, &[])
             .await
             .map(drop)
     }

@@ -4,8 +4,11 @@
 mod b6;
 #[path = "b7.rs"]
 mod b7;
+#[path = "b8.rs"]
+mod b8;
 pub use b6::b6;
 pub use b7::b7;
+pub use b8::b8;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -23,11 +23,11 @@ use benches::Ctx;
 use machine::{Machine, Processes};
 use table::Table;
 
-const USAGE: &str = "usage: guestreset-bench --operator PATH [--out DIR] [--quick] [--skip-b5] [--sweep] [--only B1,B2,B3,B4,B5,B6,B7]
+const USAGE: &str = "usage: guestreset-bench --operator PATH [--out DIR] [--quick] [--skip-b5] [--sweep] [--only B1,B2,B3,B4,B5,B6,B7,B8]
 
   --operator PATH  the guestreset binary to measure (a release build)
   --out DIR        logs, simulator state and table.md (default: $TMPDIR/guestreset-bench)
-  --quick          B1 with 200 resources, B2/B3/B7 with 2,000 (for development)
+  --quick          B1 with 200 resources, B2/B3/B7 with 2,000, B8 with 1,000 guests (for development)
   --skip-b5        leave out B5 (it takes about 5 minutes)
   --rounds N       B1 rounds, operator and floor alternating; the best of each counts
                    (default 2, 1 with --quick)
@@ -183,6 +183,19 @@ async fn run(options: Options) -> Result<bool> {
         let window = std::time::Duration::from_secs(if options.quick { 60 } else { 120 });
         if let Err(err) = benches::b7(&ctx, b2_n, window, &mut table).await {
             table.fail("B7 follow-through", format!("{err:#}"));
+        }
+    }
+
+    if options.runs("B8") {
+        let (n, window) = if options.quick {
+            (1_000, 60)
+        } else {
+            (5_000, 120)
+        };
+        if let Err(err) =
+            benches::b8(&ctx, n, std::time::Duration::from_secs(window), &mut table).await
+        {
+            table.fail("B8 migration", format!("{err:#}"));
         }
     }
 

@@ -43,6 +43,40 @@ impl Clause {
     }
 }
 
+/// The advanced query of a domain migration: `endswith(mail,'@domain')`, optionally
+/// `and userType eq 'Guest'` (or `'Member'`). Graph answers it only with the header
+/// `ConsistencyLevel: eventual` and `$count=true`; the caller checks those.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advanced {
+    /// What `mail` must end with (compared case-insensitively).
+    pub suffix: String,
+    /// `userType` it must have, when the filter names one.
+    pub user_type: Option<String>,
+}
+
+impl Advanced {
+    pub fn matches(&self, user: &SeedUser) -> bool {
+        let suffix = self.suffix.to_ascii_lowercase();
+        user.mail
+            .as_deref()
+            .is_some_and(|m| m.to_ascii_lowercase().ends_with(&suffix))
+            && self
+                .user_type
+                .as_deref()
+                .is_none_or(|t| user.user_type.eq_ignore_ascii_case(t))
+    }
+}
+
+/// `Some` when `input` is an advanced query (it starts with `endswith(`), parsed.
+pub fn parse_advanced(input: &str) -> Option<Result<Advanced, FilterError>> {
+    let mut parser = Parser { src: input, pos: 0 };
+    parser.skip_ws();
+    if !parser.rest().to_ascii_lowercase().starts_with("endswith(") {
+        return None;
+    }
+    Some(parser.advanced())
+}
+
 pub fn parse(input: &str) -> Result<Filter, FilterError> {
     let mut parser = Parser { src: input, pos: 0 };
     let clauses = parser.disjunction()?;
@@ -150,6 +184,39 @@ impl<'a> Parser<'a> {
             }
         }
         Err(self.syntax("unterminated string literal"))
+    }
+
+    fn advanced(&mut self) -> Result<Advanced, FilterError> {
+        self.expect("endswith")?;
+        self.expect("(")?;
+        let property = self.identifier()?;
+        if !property.eq_ignore_ascii_case("mail") {
+            return Err(unsupported_property(property));
+        }
+        self.expect(",")?;
+        let suffix = self.string()?;
+        self.expect(")")?;
+        self.skip_ws();
+        let mut user_type = None;
+        if self.eat_keyword("and") {
+            let property = self.identifier()?;
+            if !property.eq_ignore_ascii_case("userType") {
+                return Err(unsupported_property(property));
+            }
+            self.skip_ws();
+            let op = self.identifier()?;
+            if !op.eq_ignore_ascii_case("eq") {
+                return Err(FilterError::Unsupported(format!(
+                    "Unsupported Query. Operator '{op}' is not supported for property 'userType'."
+                )));
+            }
+            user_type = Some(self.string()?);
+        }
+        self.skip_ws();
+        if self.pos != self.src.len() {
+            return Err(self.syntax("unexpected text"));
+        }
+        Ok(Advanced { suffix, user_type })
     }
 
     fn disjunction(&mut self) -> Result<Vec<Clause>, FilterError> {
@@ -350,6 +417,48 @@ mod tests {
                 parse(f)
             );
         }
+    }
+
+    #[test]
+    fn advanced_domain_queries() {
+        assert_eq!(parse_advanced("mail eq 'a@b.c'"), None);
+        assert_eq!(
+            parse_advanced("endswith(mail,'@contoso.com')"),
+            Some(Ok(Advanced {
+                suffix: "@contoso.com".into(),
+                user_type: None
+            }))
+        );
+        assert_eq!(
+            parse_advanced(" endsWith(mail, '@contoso.com') and userType eq 'Guest' "),
+            Some(Ok(Advanced {
+                suffix: "@contoso.com".into(),
+                user_type: Some("Guest".into())
+            }))
+        );
+        assert!(matches!(
+            parse_advanced("endswith(displayName,'x')"),
+            Some(Err(FilterError::Unsupported(_)))
+        ));
+        assert!(matches!(
+            parse_advanced("endswith(mail,'@c.com') or mail eq 'x'"),
+            Some(Err(FilterError::Syntax(_)))
+        ));
+        let guest = SeedUser::guest("1", "a_b.c#EXT#@t.onmicrosoft.com", "Ann@Contoso.com");
+        let q = parse_advanced("endswith(mail,'@contoso.com') and userType eq 'Guest'")
+            .unwrap()
+            .unwrap();
+        assert!(q.matches(&guest));
+        let q = parse_advanced("endswith(mail,'@contoso.com') and userType eq 'Member'")
+            .unwrap()
+            .unwrap();
+        assert!(!q.matches(&guest));
+        // The at sign keeps a look-alike domain out.
+        let other = SeedUser::guest("2", "x", "ann@notcontoso.com");
+        let q = parse_advanced("endswith(mail,'@contoso.com')")
+            .unwrap()
+            .unwrap();
+        assert!(!q.matches(&other));
     }
 
     #[test]

@@ -180,11 +180,36 @@ pub(crate) fn get_user(
     Reply::json(200, &Value::Object(body))
 }
 
-pub(crate) fn list_users(state: &State, identity: &Identity, ctx: &Ctx, query: &Query) -> Reply {
+pub(crate) fn list_users(
+    state: &State,
+    identity: &Identity,
+    ctx: &Ctx,
+    query: &Query,
+    consistency_eventual: bool,
+) -> Reply {
     let selected = match selection(ctx, query) {
         Ok(s) => s,
         Err(reply) => return reply,
     };
+    if let Some(advanced) = query.option("filter").and_then(filter::parse_advanced) {
+        return match advanced {
+            Ok(advanced) => list_advanced(
+                state,
+                identity,
+                ctx,
+                query,
+                consistency_eventual,
+                &advanced,
+                selected.as_deref(),
+            ),
+            Err(FilterError::Unsupported(message)) => {
+                Reply::graph_error(ctx, 400, "Request_UnsupportedQuery", &message)
+            }
+            Err(FilterError::Syntax(message)) => {
+                Reply::graph_error(ctx, 400, "BadRequest", &message)
+            }
+        };
+    }
     let filter = match query.option("filter") {
         None => None,
         Some(raw) => match filter::parse(raw) {
@@ -212,6 +237,104 @@ pub(crate) fn list_users(state: &State, identity: &Identity, ctx: &Ctx, query: &
             "value": value,
         }),
     )
+}
+
+/// Graph's default page size for `/users`, and its largest.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 999;
+
+/// An advanced query (`endswith(mail,...)`): refused without `ConsistencyLevel: eventual` and
+/// `$count=true`, as Graph does; answered a page at a time (`$top`, default 100, at most 999)
+/// with `@odata.count` and an `@odata.nextLink` carrying `$skiptoken`.
+fn list_advanced(
+    state: &State,
+    identity: &Identity,
+    ctx: &Ctx,
+    query: &Query,
+    consistency_eventual: bool,
+    advanced: &filter::Advanced,
+    selected: Option<&[&'static str]>,
+) -> Reply {
+    if !consistency_eventual {
+        return Reply::graph_error(
+            ctx,
+            400,
+            "Request_UnsupportedQuery",
+            "Operator 'endsWith' is not supported because the 'ConsistencyLevel:eventual' header is missing. Refer to https://aka.ms/graph-docs/advanced-queries for more information",
+        );
+    }
+    if !query
+        .option("count")
+        .is_some_and(|c| c.eq_ignore_ascii_case("true"))
+    {
+        return Reply::graph_error(
+            ctx,
+            400,
+            "Request_UnsupportedQuery",
+            "Operator 'endsWith' is not supported because the required parameters might be missing. Try adding $count with a value of true and the 'ConsistencyLevel:eventual' header. Refer to https://aka.ms/graph-docs/advanced-queries for more information",
+        );
+    }
+    let top = match query.option("top") {
+        None => DEFAULT_PAGE,
+        Some(raw) => match raw.trim().parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => {
+                return Reply::graph_error(
+                    ctx,
+                    400,
+                    "Request_BadRequest",
+                    &format!(
+                        "Invalid page size specified: '{raw}'. Must be between 1 and {MAX_PAGE} inclusive."
+                    ),
+                );
+            }
+        },
+    };
+    let skip = match query.option("skiptoken") {
+        None => 0,
+        Some(token) => match token
+            .strip_prefix("X")
+            .and_then(|n| usize::from_str_radix(n, 16).ok())
+        {
+            Some(n) => n,
+            None => {
+                return Reply::graph_error(ctx, 400, "Request_BadRequest", "Invalid skip token.");
+            }
+        },
+    };
+    let now = Instant::now();
+    let matching: Vec<&UserRecord> = state
+        .users
+        .iter()
+        .filter(|r| r.visible(now))
+        .filter(|r| advanced.matches(&r.user))
+        .collect();
+    let value: Vec<Value> = matching
+        .iter()
+        .skip(skip)
+        .take(top)
+        .map(|r| Value::Object(render_user(&unkind::as_read(r, now), selected)))
+        .collect();
+    let mut body = json!({
+        "@odata.context": context_url(identity, selected, false),
+        "@odata.count": matching.len(),
+        "value": value,
+    });
+    if skip + top < matching.len() {
+        let mut next = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &query.0 {
+            if !k.trim_start_matches('$').eq_ignore_ascii_case("skiptoken") {
+                next.append_pair(k, v);
+            }
+        }
+        next.append_pair("$skiptoken", &format!("X{:x}", skip + top));
+        body["@odata.nextLink"] = json!(format!(
+            "{}/v1.0/users?{}",
+            identity.base_url,
+            next.finish()
+        ));
+    }
+    Reply::json(200, &body)
 }
 
 /// Graph refuses these anywhere in `invitedUserEmailAddress`.

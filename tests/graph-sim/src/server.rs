@@ -223,6 +223,8 @@ async fn handle(
                             identity,
                             &ctx,
                             &Query::parse(query.as_deref()),
+                            header("consistencylevel")
+                                .is_some_and(|v| v.trim().eq_ignore_ascii_case("eventual")),
                         ),
                         Route::PatchUser { key } => graph::patch_user(&mut state, &ctx, key, &body),
                         Route::PostInvitation => {

@@ -483,3 +483,85 @@ async fn plain_invitation_creates_a_guest() {
     assert_eq!(user.body["userType"], "Guest");
     assert_eq!(user.body["mail"], "erin@new.example");
 }
+
+/// The advanced query of a domain migration, as Graph answers it: refused without
+/// `ConsistencyLevel: eventual` or without `$count=true`, a page of `$top` (at most 999) with
+/// `@odata.count` and a next link that carries on where it stopped.
+#[tokio::test]
+async fn the_advanced_domain_query_needs_its_header_and_count_and_pages() {
+    let mut users = users();
+    for i in 0..25 {
+        users.push(SeedUser::external_guest(
+            &format!("d{i:07}-aaaa-4bbb-8ccc-dddddddddddd"),
+            &format!("g{i}@northwind.example"),
+        ));
+    }
+    users.push(SeedUser::tenant_member(
+        "e0000000-aaaa-4bbb-8ccc-dddddddddddd",
+        "boss@northwind.example",
+    ));
+    let sim =
+        graph_sim::start(graph_sim::SimConfig::new(state_dir("advanced-query")).with_users(users))
+            .await
+            .unwrap();
+    let graph = Graph::new(&sim).await;
+    let filter = "endswith(mail,'@northwind.example')";
+    let url = |extra: &str| {
+        let mut s = form_urlencoded::Serializer::new(String::new());
+        s.append_pair("$filter", filter);
+        s.append_pair("$select", "id,userType,mail");
+        format!("/users?{}{extra}", s.finish())
+    };
+    let get = |path: String, eventual: bool| {
+        let mut request = graph.request(reqwest::Method::GET, &path);
+        if eventual {
+            request = request.header("ConsistencyLevel", "eventual");
+        }
+        async move { answer(request.send().await.unwrap()).await }
+    };
+
+    let no_header = get(url("&$count=true"), false).await;
+    assert_eq!(no_header.status, StatusCode::BAD_REQUEST);
+    assert_eq!(no_header.code(), "Request_UnsupportedQuery");
+    assert!(no_header.message().contains("ConsistencyLevel:eventual"));
+    let no_count = get(url(""), true).await;
+    assert_eq!(no_count.status, StatusCode::BAD_REQUEST);
+    assert_eq!(no_count.code(), "Request_UnsupportedQuery");
+    let too_big = get(url("&$count=true&$top=1000"), true).await;
+    assert_eq!(too_big.status, StatusCode::BAD_REQUEST);
+
+    // Pages of 10: 26 users (members too) in three pages, each once.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut next = Some(format!("{}{}", graph.base, url("&$count=true&$top=10")));
+    let mut pages = 0;
+    while let Some(link) = next {
+        let path = link
+            .strip_prefix(&graph.base)
+            .expect("next link on the endpoint");
+        let page = get(path.to_owned(), true).await;
+        assert_eq!(page.status, StatusCode::OK, "{:?}", page.body);
+        assert_eq!(page.body["@odata.count"], 26);
+        for user in page.body["value"].as_array().unwrap() {
+            assert!(seen.insert(user["id"].as_str().unwrap().to_owned()));
+        }
+        pages += 1;
+        next = page.body["@odata.nextLink"].as_str().map(str::to_owned);
+    }
+    assert_eq!((pages, seen.len()), (3, 26));
+
+    // With the userType clause, the guests only.
+    let guests = get(
+        {
+            let mut s = form_urlencoded::Serializer::new(String::new());
+            s.append_pair(
+                "$filter",
+                "endswith(mail,'@northwind.example') and userType eq 'Guest'",
+            );
+            format!("/users?{}&$count=true&$top=999", s.finish())
+        },
+        true,
+    )
+    .await;
+    assert_eq!(guests.body["@odata.count"], 25);
+    assert!(guests.body.get("@odata.nextLink").is_none());
+}

@@ -501,10 +501,9 @@ impl ControlPlane {
         command
     }
 
-    /// Applies the repository's CRD (server-side, so repeating it is harmless) and waits until
-    /// the API server has established it.
+    /// Applies the repository's CRDs (server-side, so repeating it is harmless) and waits until
+    /// the API server has established them.
     pub fn install_guestreset_crd(&self) -> Result<(), String> {
-        let crd = repo_root().join("crds/guestredemptionresets.guestreset.io.yaml");
         let kubectl = |args: &[&str]| {
             let out = self
                 .kubectl()
@@ -521,13 +520,20 @@ impl ControlPlane {
                 ))
             }
         };
-        kubectl(&["apply", "--server-side", "-f", &crd.to_string_lossy()])?;
-        kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/guestredemptionresets.guestreset.io",
-        ])
+        for name in [
+            "guestredemptionresets.guestreset.io",
+            "guestdomainmigrations.guestreset.io",
+        ] {
+            let crd = repo_root().join(format!("crds/{name}.yaml"));
+            kubectl(&["apply", "--server-side", "-f", &crd.to_string_lossy()])?;
+            kubectl(&[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                &format!("crd/{name}"),
+            ])?;
+        }
+        Ok(())
     }
 
     /// Creates a fresh namespace named `<prefix>-<random>` and returns its name.
