@@ -118,6 +118,12 @@ struct Profile {
     evidence_delay: Duration,
     /// One action every this long, on average.
     pace_ms: (u64, u64),
+    /// The share of actions (in %) that SIGKILL a controller at random, besides the kills on
+    /// a clock up to the minimum and the crashes right after a mail PATCH. At the default
+    /// rates a restarted process starts with an empty bucket (the limit holds across restarts)
+    /// and waits 10 s for its first write: a kill every few seconds would leave the world
+    /// without writes, and without the POSTs the abuse block and the conversion race need.
+    kill_percent: u32,
     minimums: Minimums,
 }
 
@@ -148,6 +154,7 @@ const FAST: Profile = Profile {
     replication_window_secs: 6,
     evidence_delay: Duration::from_secs(2),
     pace_ms: (100, 500),
+    kill_percent: 8,
     minimums: Minimums {
         kills: 3,
         tenant_blocks: 1,
@@ -172,6 +179,7 @@ const DEFAULT_RATE: Profile = Profile {
     replication_window_secs: 6,
     evidence_delay: Duration::from_secs(2),
     pace_ms: (1500, 3500),
+    kill_percent: 2,
     minimums: Minimums {
         kills: 2,
         tenant_blocks: 1,
@@ -1097,8 +1105,8 @@ impl Chaos {
         // hardest, and a fault on every other call would leave most resources stopped early.
         match self.rng.random_range(0..100) {
             // SIGKILL one running controller; it comes back a little later.
-            0..8 => self.kill_one(),
-            8..30 => self.inject_fault().await,
+            roll if roll < self.profile.kill_percent => self.kill_one(),
+            0..30 => self.inject_fault().await,
             30..52 => {
                 if let Some(i) = self.editable() {
                     self.edit(i).await;
