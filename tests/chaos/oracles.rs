@@ -10,8 +10,8 @@ use crate::{Figures, Violation, describe_entry};
 
 /// After Graph's abuse answer, how long a Graph write may still arrive: the process that got
 /// it records the block at once, the other sees the record through its watch within
-/// milliseconds, and a write whose check came just before is on its way (docs/design.md, "The sending window": "no
-/// write into a recorded pause after 1 s").
+/// milliseconds, and a write whose check came just before is on its way: no write into a
+/// recorded pause after 1 s (docs/design.md, "The tenant pause").
 pub const PAUSE_GRACE: SignedDuration = SignedDuration::from_secs(1);
 /// How long the process that got the abuse answer may take to record it (the answer's way
 /// back, a ConfigMap write): a kill within this long after the answer may have lost the block.
