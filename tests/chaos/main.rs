@@ -124,6 +124,10 @@ struct Profile {
     /// and waits 10 s for its first write: a kill every few seconds would leave the world
     /// without writes, and without the POSTs the abuse block and the conversion race need.
     kill_percent: u32,
+    /// The share of actions (in %, at most 22) that edit a spec. At the default rates every
+    /// edit asks for one or two more writes at 6 a minute and sends its resource to the back of
+    /// the line: edits every 11 s outran what two processes can write.
+    edit_percent: u32,
     minimums: Minimums,
 }
 
@@ -155,6 +159,7 @@ const FAST: Profile = Profile {
     evidence_delay: Duration::from_secs(2),
     pace_ms: (100, 500),
     kill_percent: 8,
+    edit_percent: 22,
     minimums: Minimums {
         kills: 3,
         tenant_blocks: 1,
@@ -180,6 +185,7 @@ const DEFAULT_RATE: Profile = Profile {
     evidence_delay: Duration::from_secs(2),
     pace_ms: (1500, 3500),
     kill_percent: 2,
+    edit_percent: 10,
     minimums: Minimums {
         kills: 2,
         tenant_blocks: 1,
@@ -1107,7 +1113,7 @@ impl Chaos {
             // SIGKILL one running controller; it comes back a little later.
             roll if roll < self.profile.kill_percent => self.kill_one(),
             0..30 => self.inject_fault().await,
-            30..52 => {
+            roll @ 30..52 if roll < 30 + self.profile.edit_percent => {
                 if let Some(i) = self.editable() {
                     self.edit(i).await;
                 }
