@@ -509,7 +509,7 @@ fn stops_without_post(setup: impl Fn(&mut World), reason: Reason, message_has: &
         report.message
     );
     assert_eq!(w.posts_sent, 0, "{reason}: no invitation may be posted");
-    // Every stop here comes from the preflight: no mail changed without a reset (API.md 3.7).
+    // Every stop here comes from the preflight: no mail changed without a reset (docs/design.md, "Refused targets").
     assert_eq!(w.patches, 0, "{reason}: the user's mail is left as it was");
     assert_eq!(w.status.phase, Some(crate::resource::Phase::Failed));
     assert_eq!(w.ready().status, "False");

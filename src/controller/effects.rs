@@ -41,6 +41,8 @@ pub struct KubeIo<'a> {
     send_by: Option<tokio::time::Instant>,
     /// Held while this pass may send the one probe after a tenant cool-down.
     probe: Option<ProbeClaim>,
+    /// The resource whose turn this pass took (the tenant probe may stay with it).
+    resource: String,
     /// Held from the sending mark to the end of the pass, so a stop waits for the outcome.
     in_flight: Option<PostInFlight>,
 }
@@ -55,6 +57,7 @@ impl<'a> KubeIo<'a> {
             post_auth: None,
             send_by: None,
             probe: None,
+            resource: String::new(),
             in_flight: None,
         }
     }
@@ -69,7 +72,7 @@ impl<'a> KubeIo<'a> {
     /// during a tenant pause.
     async fn set_mail_outside_a_turn(&mut self, user_id: &str, email: &str) -> Result<(), Failure> {
         let (slot, _) = self.graph().limiter().take_slot().await;
-        match self.ctx.tenant.gate(Timestamp::now(), false).await {
+        match self.ctx.tenant.gate(Timestamp::now(), false, "").await {
             Ok((TenantGate::Open, _)) => {}
             Ok((TenantGate::Paused { until }, _)) => {
                 return Err(Failure::Transient(format!(
@@ -82,6 +85,14 @@ impl<'a> KubeIo<'a> {
             .set_mail_in_slot(slot, user_id, email)
             .await
             .map_err(|e| failure_of(&e))
+    }
+
+    /// A write of this pass went to Graph: if it was the tenant probe, the probe stays with
+    /// this resource until Graph's answer on the block (docs/design.md, "The tenant pause").
+    fn probe_wrote(&self) {
+        if let Some(claim) = &self.probe {
+            claim.wrote(Timestamp::now());
+        }
     }
 
     /// Why a POST did not leave after its mark: the attempt goes to recovery by evidence
@@ -217,6 +228,7 @@ impl Io for KubeIo<'_> {
 
     async fn take_slots(&mut self, obj: &GuestRedemptionReset, writes: u32) -> SlotTurn {
         let key = turn_key(obj);
+        self.resource = key.resource.clone();
         let limiter = self.graph().limiter().clone();
         let (slots, waited) = loop {
             match limiter.turn(&key, writes) {
@@ -249,7 +261,11 @@ impl Io for KubeIo<'_> {
 
     async fn tenant_gate(&mut self) -> Result<TenantGate, kube::Error> {
         let probing = self.probe.is_some();
-        let (gate, claim) = self.ctx.tenant.gate(Timestamp::now(), probing).await?;
+        let (gate, claim) = self
+            .ctx
+            .tenant
+            .gate(Timestamp::now(), probing, &self.resource)
+            .await?;
         if claim.is_some() {
             self.probe = claim;
         }
@@ -260,10 +276,9 @@ impl Io for KubeIo<'_> {
         let Some(slot) = self.slots.pop_front() else {
             return self.set_mail_outside_a_turn(user_id, email).await;
         };
-        self.graph()
-            .set_mail_in_slot(slot, user_id, email)
-            .await
-            .map_err(|e| failure_of(&e))
+        let sent = self.graph().set_mail_in_slot(slot, user_id, email).await;
+        self.probe_wrote();
+        sent.map_err(|e| failure_of(&e))
     }
 
     async fn post_invitation(
@@ -290,11 +305,12 @@ impl Io for KubeIo<'_> {
             );
             tokio::time::sleep(stall).await;
         }
-        let invitation = self
+        let sent = self
             .graph()
             .reset_redemption_sending(slot, auth, request)
-            .await
-            .map_err(|e| failure_of(&e))?;
+            .await;
+        self.probe_wrote();
+        let invitation = sent.map_err(|e| failure_of(&e))?;
         let posted = Posted {
             invitation_id: invitation.id.clone(),
             redeem_status: invitation.status.clone(),

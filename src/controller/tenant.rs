@@ -15,7 +15,9 @@ use super::tenant_record::{Following, Record};
 use crate::backoff::Backoff;
 use crate::metrics::TenantRecordMetrics;
 
-/// How long other resources wait while the probe is out.
+/// How long other resources wait while the probe is out, and how long a resource whose probe
+/// pass wrote to Graph without an answer on the block (a mail PATCH, then a failed read or an
+/// ambiguous POST) keeps the probe for its next pass.
 const PROBE_WAIT: SignedDuration = SignedDuration::from_secs(30);
 /// Between tries to record a block whose first write failed.
 const RECORD_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
@@ -31,18 +33,31 @@ pub struct TenantGuard {
 struct State {
     paused_until: Option<Timestamp>,
     probe_out: bool,
+    /// The resource whose probe pass wrote to Graph, and when: the probe stays with it (for
+    /// [`PROBE_WAIT`]) rather than passing to another resource, whose mail PATCH would be a
+    /// second write into a tenant that may still be blocked.
+    probe_holder: Option<(String, Timestamp)>,
     /// The end of the last pause that an invitation going through answered: a block that
     /// would pause no longer than that is over, even while a view of the record a moment
     /// behind still shows it.
     answered_until: Option<Timestamp>,
 }
 
-/// The right to send the one probe after a cool-down, held for one pass. Dropping it lets the
-/// next pass probe, unless Graph's answer already closed the question: `block` starts a new
-/// cool-down and `clear` ends the pause.
+/// The right to send the one probe after a cool-down, held for one pass of one resource.
+/// Dropping it lets the next pass probe, unless Graph's answer already closed the question
+/// (`block` starts a new cool-down, `clear` ends the pause) or the pass wrote to Graph
+/// ([`ProbeClaim::wrote`]): then only the same resource probes, until [`PROBE_WAIT`] passed.
 #[derive(Debug)]
 pub struct ProbeClaim {
     guard: TenantGuard,
+    resource: String,
+}
+
+impl ProbeClaim {
+    /// The probe pass sent a write at `now`: the probe stays with its resource.
+    pub fn wrote(&self, now: Timestamp) {
+        self.guard.lock().probe_holder = Some((self.resource.clone(), now));
+    }
 }
 
 impl TenantGuard {
@@ -99,10 +114,12 @@ impl TenantGuard {
     ///
     /// `probing` says the caller's pass already holds the probe claim: its next write (the
     /// POST after the mail PATCH) goes on unless Graph blocked the tenant again meanwhile.
+    /// `resource` names the caller's resource (the probe may stay with it).
     pub async fn gate(
         &self,
         now: Timestamp,
         probing: bool,
+        resource: &str,
     ) -> Result<(TenantGate, Option<ProbeClaim>), kube::Error> {
         if let Some(store) = &self.store {
             let blocked_at = store.blocked_at().await?;
@@ -113,10 +130,15 @@ impl TenantGuard {
                 self.remember_block(blocked_at);
             }
         }
-        Ok(self.gate_in_memory(now, probing))
+        Ok(self.gate_in_memory(now, probing, resource))
     }
 
-    fn gate_in_memory(&self, now: Timestamp, probing: bool) -> (TenantGate, Option<ProbeClaim>) {
+    fn gate_in_memory(
+        &self,
+        now: Timestamp,
+        probing: bool,
+        resource: &str,
+    ) -> (TenantGate, Option<ProbeClaim>) {
         let mut state = self.lock();
         match state.paused_until {
             None => (TenantGate::Open, None),
@@ -128,15 +150,24 @@ impl TenantGuard {
                 },
                 None,
             ),
-            Some(_) => {
-                state.probe_out = true;
-                (
-                    TenantGate::Open,
-                    Some(ProbeClaim {
-                        guard: self.clone(),
-                    }),
-                )
-            }
+            Some(_) => match &state.probe_holder {
+                Some((holder, since)) if holder != resource && now < *since + PROBE_WAIT => (
+                    TenantGate::Paused {
+                        until: *since + PROBE_WAIT,
+                    },
+                    None,
+                ),
+                _ => {
+                    state.probe_out = true;
+                    (
+                        TenantGate::Open,
+                        Some(ProbeClaim {
+                            guard: self.clone(),
+                            resource: resource.to_owned(),
+                        }),
+                    )
+                }
+            },
         }
     }
 
@@ -146,7 +177,11 @@ impl TenantGuard {
     /// error is returned for the log): other replicas must learn of it.
     pub async fn block(&self, now: Timestamp) -> Result<Timestamp, kube::Error> {
         self.remember_block(now);
-        self.lock().probe_out = false;
+        {
+            let mut state = self.lock();
+            state.probe_out = false;
+            state.probe_holder = None;
+        }
         if let Some(store) = &self.store
             && let Err(err) = store.record_block(now).await
         {
@@ -214,6 +249,7 @@ impl TenantGuard {
     fn answer(state: &mut State) -> Option<Timestamp> {
         let answered = state.paused_until.take();
         state.probe_out = false;
+        state.probe_holder = None;
         state.answered_until = state.answered_until.max(answered);
         answered
     }
@@ -259,10 +295,10 @@ mod tests {
     #[test]
     fn open_until_blocked_then_paused_for_the_cooldown() {
         let guard = TenantGuard::new(SignedDuration::from_hours(1));
-        assert_eq!(guard.gate_in_memory(at(0), false).0, TenantGate::Open);
+        assert_eq!(guard.gate_in_memory(at(0), false, "a").0, TenantGate::Open);
         block(&guard, at(0));
         assert_eq!(
-            guard.gate_in_memory(at(10), false).0,
+            guard.gate_in_memory(at(10), false, "a").0,
             TenantGate::Paused { until: at(3600) }
         );
         assert!(guard.is_paused(at(3599)));
@@ -272,18 +308,18 @@ mod tests {
     fn one_probe_after_the_cooldown() {
         let guard = TenantGuard::new(SignedDuration::from_secs(60));
         block(&guard, at(0));
-        let (gate, claim) = guard.gate_in_memory(at(61), false);
+        let (gate, claim) = guard.gate_in_memory(at(61), false, "a");
         assert_eq!(gate, TenantGate::Open);
         let claim = claim.expect("the first caller after the cool-down probes");
         assert!(matches!(
-            guard.gate_in_memory(at(62), false),
+            guard.gate_in_memory(at(62), false, "a"),
             (TenantGate::Paused { .. }, None)
         ));
         // The probe is blocked again: a new cool-down starts.
         block(&guard, at(63));
         drop(claim);
         assert_eq!(
-            guard.gate_in_memory(at(64), false).0,
+            guard.gate_in_memory(at(64), false, "a").0,
             TenantGate::Paused { until: at(123) }
         );
     }
@@ -293,24 +329,51 @@ mod tests {
         let guard = TenantGuard::new(SignedDuration::from_secs(60));
         block(&guard, at(0));
         // A pass that takes the claim but never posts (a dry run, a failed read) ...
-        drop(guard.gate_in_memory(at(61), false));
+        drop(guard.gate_in_memory(at(61), false, "a"));
         // ... leaves the probe to the next pass, and the next, until one gets an answer.
-        let (gate, claim) = guard.gate_in_memory(at(62), false);
+        let (gate, claim) = guard.gate_in_memory(at(62), false, "a");
         assert_eq!(gate, TenantGate::Open);
         assert!(claim.is_some(), "another resource may probe");
         drop(claim);
-        assert!(guard.gate_in_memory(at(63), false).1.is_some());
+        assert!(guard.gate_in_memory(at(63), false, "a").1.is_some());
+    }
+
+    /// Defect (found by the chaos test once the POST's user was read again after the mail
+    /// PATCH): a probe pass that PATCHed the mail and then ended on a failed read dropped its
+    /// claim, and the next resource's pass probed with a PATCH of its own, and the next: four
+    /// mail PATCHes into a tenant that might still be blocked before any POST asked Graph.
+    #[test]
+    fn a_probe_that_wrote_stays_with_its_resource() {
+        let guard = TenantGuard::new(SignedDuration::from_secs(60));
+        block(&guard, at(0));
+        let (gate, claim) = guard.gate_in_memory(at(61), false, "a");
+        assert_eq!(gate, TenantGate::Open);
+        let claim = claim.expect("a probes");
+        claim.wrote(at(61));
+        drop(claim);
+        // Another resource waits for a's probe ...
+        assert_eq!(
+            guard.gate_in_memory(at(62), false, "b").0,
+            TenantGate::Paused { until: at(91) }
+        );
+        // ... which a's next pass makes.
+        let (gate, claim) = guard.gate_in_memory(at(65), false, "a");
+        assert_eq!(gate, TenantGate::Open);
+        assert!(claim.is_some());
+        drop(claim);
+        // A probe that never got its answer passes on after the wait.
+        assert!(guard.gate_in_memory(at(91), false, "b").1.is_some());
     }
 
     #[test]
     fn a_successful_probe_reopens() {
         let guard = TenantGuard::new(SignedDuration::from_secs(60));
         block(&guard, at(0));
-        let (_, claim) = guard.gate_in_memory(at(61), false);
+        let (_, claim) = guard.gate_in_memory(at(61), false, "a");
         futures::executor::block_on(guard.clear()).unwrap();
         drop(claim);
         assert!(matches!(
-            guard.gate_in_memory(at(62), false),
+            guard.gate_in_memory(at(62), false, "a"),
             (TenantGate::Open, None)
         ));
         assert!(!guard.is_paused(at(62)));
@@ -321,12 +384,12 @@ mod tests {
         let guard = TenantGuard::new(SignedDuration::from_secs(60));
         guard.remember_block(at(0));
         assert_eq!(
-            guard.gate_in_memory(at(30), false).0,
+            guard.gate_in_memory(at(30), false, "a").0,
             TenantGate::Paused { until: at(60) }
         );
         let old = TenantGuard::new(SignedDuration::from_secs(60));
         old.remember_block(at(0));
-        assert_eq!(old.gate_in_memory(at(90), false).0, TenantGate::Open);
+        assert_eq!(old.gate_in_memory(at(90), false, "a").0, TenantGate::Open);
     }
 
     /// Defect (found while moving the check to a watch of the record): after the probe went
@@ -336,19 +399,19 @@ mod tests {
     fn a_block_answered_by_a_later_invitation_does_not_pause_again() {
         let guard = TenantGuard::new(SignedDuration::from_secs(60));
         block(&guard, at(0));
-        let (_, claim) = guard.gate_in_memory(at(61), false);
+        let (_, claim) = guard.gate_in_memory(at(61), false, "a");
         futures::executor::block_on(guard.clear()).unwrap();
         drop(claim);
         // The view still shows the block of +0 (the deletion is on its way).
         guard.remember_block(at(0));
         assert!(matches!(
-            guard.gate_in_memory(at(63), false),
+            guard.gate_in_memory(at(63), false, "a"),
             (TenantGate::Open, None)
         ));
         // A block recorded after the invitation pauses as ever.
         guard.remember_block(at(64));
         assert_eq!(
-            guard.gate_in_memory(at(65), false).0,
+            guard.gate_in_memory(at(65), false, "a").0,
             TenantGate::Paused { until: at(124) }
         );
     }
@@ -359,23 +422,23 @@ mod tests {
     fn the_probe_makes_both_of_its_writes() {
         let guard = TenantGuard::new(SignedDuration::from_secs(60));
         block(&guard, at(0));
-        let (gate, claim) = guard.gate_in_memory(at(61), false);
+        let (gate, claim) = guard.gate_in_memory(at(61), false, "a");
         assert_eq!(gate, TenantGate::Open);
         assert!(claim.is_some());
         // Its POST after the mail PATCH: open, and no second claim.
         assert!(matches!(
-            guard.gate_in_memory(at(62), true),
+            guard.gate_in_memory(at(62), true, "a"),
             (TenantGate::Open, None)
         ));
         // Everyone else still waits for the probe's answer.
         assert!(matches!(
-            guard.gate_in_memory(at(62), false),
+            guard.gate_in_memory(at(62), false, "a"),
             (TenantGate::Paused { .. }, None)
         ));
         // A new block meanwhile pauses the probe's pass too.
         block(&guard, at(63));
         assert_eq!(
-            guard.gate_in_memory(at(64), true).0,
+            guard.gate_in_memory(at(64), true, "a").0,
             TenantGate::Paused { until: at(123) }
         );
     }
@@ -387,26 +450,26 @@ mod tests {
     fn the_deletion_of_the_record_ends_the_pause_it_recorded() {
         let guard = TenantGuard::new(SignedDuration::from_secs(60));
         guard.remember_block(at(0));
-        let (_, claim) = guard.gate_in_memory(at(61), false);
+        let (_, claim) = guard.gate_in_memory(at(61), false, "a");
         assert!(claim.is_some(), "probing, as far as this process knows");
         guard.end_block(at(0));
         drop(claim);
         assert!(matches!(
-            guard.gate_in_memory(at(62), false),
+            guard.gate_in_memory(at(62), false, "a"),
             (TenantGate::Open, None)
         ));
         assert!(!guard.is_paused(at(62)));
         // A view that still shows the deleted block does not bring it back ...
         guard.remember_block(at(0));
         assert!(matches!(
-            guard.gate_in_memory(at(63), false),
+            guard.gate_in_memory(at(63), false, "a"),
             (TenantGate::Open, None)
         ));
         // ... and the end of an older block does not end a later one.
         guard.remember_block(at(70));
         guard.end_block(at(0));
         assert_eq!(
-            guard.gate_in_memory(at(71), false).0,
+            guard.gate_in_memory(at(71), false, "a").0,
             TenantGate::Paused { until: at(130) }
         );
     }

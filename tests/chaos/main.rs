@@ -14,7 +14,7 @@
 //! 2. `Issued` (or a history entry) for generation g only if an effective POST for g exists,
 //!    recorded with g's email; else only if a change of the guest by others is evidence for
 //!    one of g's attempts as the watch saw them (later than its `userStateBefore`, not before
-//!    its `startedAt` less the clock-skew allowance: API.md 3.3);
+//!    its `startedAt` less the clock-skew allowance: docs/design.md, "Interrupted attempts");
 //! 3. `OutcomeUnknown` for g only if no effective POST for g preceded it since the last
 //!    retry a human asked for from a settled state (or the directory cannot tell);
 //! 4. no POST for a non-Guest beyond the race the contract leaves (a read up to 10 s old);
@@ -64,12 +64,12 @@ const GRAPH_TIMEOUT_SECS: i64 = 5;
 /// The longest `DelayAfter` the test injects on an answer (a read's answer included).
 const MAX_DELAY_AFTER_MS: u64 = 3000;
 /// A conversion to member this long before a POST is a race no controller can close: the
-/// contract lets a POST follow a read of up to 10 s (API.md 3.7), the send window of 5 s
+/// contract lets a POST follow a read of up to 10 s (docs/design.md, "The sending window"), the send window of 5 s
 /// included, and the read's answer may itself have been delayed by the test's fault; 1 s for
 /// the request's way. Later POSTs to a member are violations.
 const CONVERSION_RACE: SignedDuration =
     SignedDuration::from_millis(10_000 + MAX_DELAY_AFTER_MS as i64 + 1_000);
-/// The controller's clock-skew allowance (API.md 3.3: evidence not earlier than the attempt's
+/// The controller's clock-skew allowance (docs/design.md, "Interrupted attempts": evidence not earlier than the attempt's
 /// start less a small allowance; `Settings::clock_skew`).
 const CLOCK_SKEW: SignedDuration = SignedDuration::from_secs(60);
 /// Generations per resource at most (spec edits + 1).
@@ -118,6 +118,16 @@ struct Profile {
     evidence_delay: Duration,
     /// One action every this long, on average.
     pace_ms: (u64, u64),
+    /// The share of actions (in %) that SIGKILL a controller at random, besides the kills on
+    /// a clock up to the minimum and the crashes right after a mail PATCH. At the default
+    /// rates a restarted process starts with an empty bucket (the limit holds across restarts)
+    /// and waits 10 s for its first write: a kill every few seconds would leave the world
+    /// without writes, and without the POSTs the abuse block and the conversion race need.
+    kill_percent: u32,
+    /// The share of actions (in %, at most 22) that edit a spec. At the default rates every
+    /// edit asks for one or two more writes at 6 a minute and sends its resource to the back of
+    /// the line: edits every 11 s outran what two processes can write.
+    edit_percent: u32,
     minimums: Minimums,
 }
 
@@ -148,6 +158,8 @@ const FAST: Profile = Profile {
     replication_window_secs: 6,
     evidence_delay: Duration::from_secs(2),
     pace_ms: (100, 500),
+    kill_percent: 8,
+    edit_percent: 22,
     minimums: Minimums {
         kills: 3,
         tenant_blocks: 1,
@@ -172,6 +184,8 @@ const DEFAULT_RATE: Profile = Profile {
     replication_window_secs: 6,
     evidence_delay: Duration::from_secs(2),
     pace_ms: (1500, 3500),
+    kill_percent: 2,
+    edit_percent: 10,
     minimums: Minimums {
         kills: 2,
         tenant_blocks: 1,
@@ -295,7 +309,7 @@ impl Target {
     }
 
     /// How many issuances the resource may have in all: one per generation, one per retry
-    /// value (API.md 3.1, 3.5).
+    /// value (docs/resource.md, "Asking again").
     fn allowed_in_all(&self) -> usize {
         self.generations.len() + self.retries.len()
     }
@@ -339,7 +353,7 @@ struct Seen {
     attempt: Option<SeenAttempt>,
 }
 
-/// `status.attempt` as the watch saw it: the bounds of its evidence (API.md 3.3) and its
+/// `status.attempt` as the watch saw it: the bounds of its evidence (docs/design.md, "Interrupted attempts") and its
 /// mark (3.7).
 #[derive(Clone, Debug, PartialEq)]
 struct SeenAttempt {
@@ -1097,9 +1111,9 @@ impl Chaos {
         // hardest, and a fault on every other call would leave most resources stopped early.
         match self.rng.random_range(0..100) {
             // SIGKILL one running controller; it comes back a little later.
-            0..8 => self.kill_one(),
-            8..30 => self.inject_fault().await,
-            30..52 => {
+            roll if roll < self.profile.kill_percent => self.kill_one(),
+            0..30 => self.inject_fault().await,
+            roll @ 30..52 if roll < 30 + self.profile.edit_percent => {
                 if let Some(i) = self.editable() {
                     self.edit(i).await;
                 }
@@ -1669,7 +1683,7 @@ impl Chaos {
     /// Whether a change of the guest by someone else is evidence for an attempt of
     /// `generation` that the watch saw: strictly later than the attempt's
     /// `userStateBefore` and not earlier than its `startedAt` less the clock-skew allowance
-    /// (API.md 3.3). Redeems and foreign resets both leave an evidence state.
+    /// (docs/design.md, "Interrupted attempts"). Redeems and foreign resets both leave an evidence state.
     fn evidence_by_others(&self, t: &Target, generation: i64, seen: &[Seen]) -> bool {
         let attempts: Vec<&SeenAttempt> = seen
             .iter()

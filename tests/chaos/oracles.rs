@@ -10,8 +10,8 @@ use crate::{Figures, Violation, describe_entry};
 
 /// After Graph's abuse answer, how long a Graph write may still arrive: the process that got
 /// it records the block at once, the other sees the record through its watch within
-/// milliseconds, and a write whose check came just before is on its way (API.md 3.7: "no
-/// write into a recorded pause after 1 s").
+/// milliseconds, and a write whose check came just before is on its way: no write into a
+/// recorded pause after 1 s (docs/design.md, "The tenant pause").
 pub const PAUSE_GRACE: SignedDuration = SignedDuration::from_secs(1);
 /// How long the process that got the abuse answer may take to record it (the answer's way
 /// back, a ConfigMap write): a kill within this long after the answer may have lost the block.
@@ -19,7 +19,7 @@ const RECORDING: SignedDuration = SignedDuration::from_millis(500);
 /// How long a probe's answer may take when the simulator delayed or held it: the operators'
 /// Graph timeout.
 const PROBE_ANSWER: SignedDuration = SignedDuration::from_secs(5);
-/// API.md 3.7: the POST leaves within 5 s of `postStartedAt`.
+/// docs/design.md, "The sending window": the POST leaves within 5 s of `postStartedAt`.
 const SEND_WINDOW: SignedDuration = SignedDuration::from_secs(5);
 /// `postStartedAt` has whole seconds, rounded up (a metav1.Time): the mark was up to 1 s
 /// before the value the status shows, never after it.
