@@ -74,6 +74,16 @@ impl fmt::Debug for GraphClient {
     }
 }
 
+/// One HTTP request to Graph as an attempt sends it; `extra` are headers beyond the usual ones
+/// (the advanced query's `ConsistencyLevel: eventual`).
+struct Request<'a> {
+    call: GraphCall,
+    method: Method,
+    url: &'a str,
+    body: Option<&'a [u8]>,
+    extra: &'a [(&'static str, &'static str)],
+}
+
 impl GraphClient {
     pub fn new(
         settings: GraphSettings,
@@ -307,7 +317,14 @@ impl GraphClient {
         body: Option<Vec<u8>>,
     ) -> Result<Answer, GraphError> {
         slot.spend(Instant::now());
-        self.attempt_with(auth, call, method, url, body.as_deref(), 1, &[])
+        let request = Request {
+            call,
+            method,
+            url,
+            body: body.as_deref(),
+            extra: &[],
+        };
+        self.attempt_with(auth, request, 1)
             .await
             .map_err(|mut err| {
                 err.attempts = 1;
@@ -394,22 +411,30 @@ impl GraphClient {
     ) -> Result<Answer, GraphError> {
         // A token failure never reached Graph: no client-request-id to quote.
         let auth = self.authorization(call).await?;
-        self.attempt_with(auth, call, method, url, body, attempt, extra)
-            .await
+        let request = Request {
+            call,
+            method,
+            url,
+            body,
+            extra,
+        };
+        self.attempt_with(auth, request, attempt).await
     }
 
-    /// One HTTP attempt, with a fresh `client-request-id` and `extra` headers (the advanced
-    /// query's `ConsistencyLevel: eventual`).
+    /// One HTTP attempt, with a fresh `client-request-id`.
     async fn attempt_with(
         &self,
         auth: HeaderValue,
-        call: GraphCall,
-        method: Method,
-        url: &str,
-        body: Option<&[u8]>,
+        request: Request<'_>,
         attempt: u32,
-        extra: &[(&'static str, &'static str)],
     ) -> Result<Answer, GraphError> {
+        let Request {
+            call,
+            method,
+            url,
+            body,
+            extra,
+        } = request;
         let inner = &*self.inner;
         let client_request_id = uuid::Uuid::new_v4().to_string();
 

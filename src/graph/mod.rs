@@ -31,8 +31,8 @@ mod response;
 mod retry;
 mod settings;
 
-pub use client::{Authorization, GraphClient};
 pub use client::domain::{DOMAIN_PAGE_SIZE, DomainListing, domain_filter};
+pub use client::{Authorization, GraphClient};
 pub use credential::{CredentialError, CredentialKind};
 pub use error::{
     ErrorClass, FailureKind, GraphCall, GraphError, GraphErrorDetails, MAX_CODE_CHARS,
