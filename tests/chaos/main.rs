@@ -868,8 +868,22 @@ impl Chaos {
             self.create(i).await;
         }
         self.due_later(true).await;
-        // The chaos stops: no more faults, nothing held, both controllers up.
+        // The chaos stops: no more faults, nothing held, both controllers up. An abuse block
+        // that met no POST during the chaos (at the default rate a seed may send its first
+        // POSTs only now) stays armed for the first POST to come, so that every seed checks
+        // the pause and its probe (invariants 8 and 9).
+        let block_fired =
+            self.w.admin.journal().await.unwrap().iter().any(|e| {
+                e.call == Call::PostInvitation && e.fault.as_deref() == Some("AbuseBlock")
+            });
         self.w.admin.clear_faults().await.unwrap();
+        if !block_fired {
+            self.add_fault(FaultRule::once(
+                Call::PostInvitation,
+                FaultAction::AbuseBlock,
+            ))
+            .await;
+        }
         self.w.admin.release_held().await.unwrap();
         for slot in 0..2 {
             if self.slots[slot].is_none() {
