@@ -17,18 +17,31 @@ pub enum Mutant {
     NoFreshRead,
     /// A pause recorded after the POST hides its answer (the defect the chaos test found).
     PauseHidesAnswer,
+    /// Someone else's Secret of the spec's `redeemUrlSecret` name does not stop the reset.
+    IgnoreForeignSecret,
+    /// Another user carrying the e-mail does not stop the reset.
+    IgnoreEmailHolders,
+    /// A POST leaves however long after its sending mark the pass stalled.
+    SendAfterWindow,
+    /// A stopping process goes on with a pass that has not marked its POST as sending.
+    WorkWhileStopping,
     /// The limiter forgets the slots in hand when it refills, so a turn can be saved up.
     SlotsInHandNotCounted,
 }
 
 impl Mutant {
-    /// The rules of the decision, which the model test of the controller must defend.
-    pub const DECISIONS: [Mutant; 5] = [
+    /// The rules of the decision and its executor, which the model test of the controller
+    /// must defend.
+    pub const DECISIONS: [Mutant; 9] = [
         Mutant::MemberIsGuest,
         Mutant::PostAgainAfterMark,
         Mutant::IgnorePause,
         Mutant::NoFreshRead,
         Mutant::PauseHidesAnswer,
+        Mutant::IgnoreForeignSecret,
+        Mutant::IgnoreEmailHolders,
+        Mutant::WorkWhileStopping,
+        Mutant::SendAfterWindow,
     ];
     /// The rules of the write limiter, which its own property test must defend.
     pub const LIMITER: [Mutant; 1] = [Mutant::SlotsInHandNotCounted];

@@ -78,6 +78,15 @@ fn entry(o: &Observed<'_>, settings: &Settings, now: Timestamp, pass: &Pass) -> 
         .retry_annotation
         .filter(|token| Some(*token) != status.retry_token.as_deref());
     if let Some(reason) = settled_reason(o) {
+        // A retry never drops an attempt that may have taken effect (a POST marked as sending,
+        // its outcome lost with its process, its evidence read refused since): the attempt is
+        // resolved first, and the retry then applies to what it became (docs/design.md,
+        // "Asking again"). Found by the model test with a status write that failed.
+        if retry_pending.is_some()
+            && let Some(attempt) = interrupted(status, pass)
+        {
+            return Err(recover(o, settings, now, pass, attempt));
+        }
         return Err(match retry_pending {
             Some(token) => Step::AcceptRetry {
                 token: token.to_owned(),
@@ -96,9 +105,7 @@ fn entry(o: &Observed<'_>, settings: &Settings, now: Timestamp, pass: &Pass) -> 
     }
     // An attempt that was being sent when a pass ended: find out what became of it before
     // anything else, and never post again blindly (docs/design.md, "Interrupted attempts").
-    if let Some(attempt) = status.attempt.as_ref()
-        && attempt.post_started_at.is_some()
-        && pass.intent.is_none()
+    if let Some(attempt) = interrupted(status, pass)
         && !planted(Mutant::PostAgainAfterMark)
     {
         return Err(recover(o, settings, now, pass, attempt));
@@ -106,6 +113,17 @@ fn entry(o: &Observed<'_>, settings: &Settings, now: Timestamp, pass: &Pass) -> 
     // A new generation is acknowledged by the first status write that has something to say
     // about it (the intent, or a report): no write of its own (docs/design.md, "One pass").
     Ok(())
+}
+
+/// The attempt of an earlier pass that was being sent and has no outcome yet.
+fn interrupted<'s>(
+    status: &'s crate::resource::GuestRedemptionResetStatus,
+    pass: &Pass,
+) -> Option<&'s crate::resource::Attempt> {
+    status
+        .attempt
+        .as_ref()
+        .filter(|a| a.post_started_at.is_some() && pass.intent.is_none())
 }
 
 /// From the intent to the POST: every Graph write prepared by a slot, fresh reads and the
@@ -163,6 +181,7 @@ fn issue(
         if pass
             .marked_at
             .is_some_and(|marked| now.duration_since(marked) > SEND_WINDOW)
+            && !planted(Mutant::SendAfterWindow)
         {
             return Err(Report::new(
                 Reason::InProgress,

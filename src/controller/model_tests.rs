@@ -4,14 +4,31 @@
 //! annotations and changes made by others. The executor under test is the controller's own
 //! (`PassRunner` and `decide`); only the effects are modelled.
 //!
-//! Invariants, checked on every status write and after every action:
+//! The model's world also fails as production's does: status writes that are refused or whose
+//! answer is lost after they landed; a process that begins to stop (SIGTERM, or a leader past
+//! its renew deadline, whose write fence then holds back even a marked POST); a directory whose
+//! reads show a reset's effect up to 100 s late (within the replication window), a guest that
+//! is deleted and restored, another user taking the e-mail; someone else's Secret of the
+//! `redeemUrlSecret` name; a view of the pause record that shows another process's pause up to
+//! 10 s late (the view's freshness bound); and a random spread of the follow-through's checks.
+//! Reads of the resource itself are quorum reads in production (`read_again`), so they do not
+//! lag here either.
+//!
+//! Invariants, checked on every status write, every Graph write and after every action:
 //! - at most one effective POST per generation, plus one per retry value set for it;
-//! - a recovered `Issued` only when the attempt's POST took effect, or someone else changed
-//!   the guest's redemption state while the attempt was out (the directory cannot tell);
-//! - `OutcomeUnknown` only when the attempt's POST took no effect, and an attempt whose POST
-//!   took effect is never dropped without its invitation recorded;
-//! - never a POST for a non-guest, on a user read older than 10 s, while the tenant is
-//!   paused, or to an address outside the allowed domains;
+//! - a recovered `Issued` only when the attempt's POST took effect, or the directory cannot
+//!   tell (someone else changed the guest's redemption state after the state the attempt
+//!   recorded, or an earlier reset showed only after the attempt began);
+//! - `OutcomeUnknown` only when the attempt's POST took no effect or the guest was deleted
+//!   meanwhile, and an attempt whose POST took effect is never dropped without its invitation
+//!   recorded;
+//! - never a POST for a non-guest, on a read of the user or of the e-mail's holders older than
+//!   10 s, to an e-mail another user carried when the holders were read, while the tenant is
+//!   paused as the writer's view showed it at its gate read, or to an address outside the
+//!   allowed domains;
+//! - no Graph write by a pass that found someone else's Secret or did not look; no Graph write
+//!   by a stopping process but the POST it marked before it began to stop, and no sending mark
+//!   after it began;
 //! - at every Graph write, with the real write limiter at the production defaults (6 writes a
 //!   minute, burst 3) on the model's clock: the write spends a slot its pass holds and that is
 //!   due; a POST leaves at most 5 s after its sending mark and 10 s after the last read of the
@@ -24,8 +41,9 @@
 //!   "Approval"). The model's approvals include the ones admission would refuse (by the
 //!   requester, by someone without the right), as if the policy had been missing.
 //!
-//! Each step takes a second of the model's clock. `PROPTEST_CASES` sets the number of cases (CI runs the default below); a failure prints
-//! the seed and the shrunk sequence of actions.
+//! Each step takes a second of the model's clock. `PROPTEST_CASES` sets the number of cases
+//! (CI runs the default below); a failure prints the case, the seed and the shrunk sequence
+//! of actions.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -55,6 +73,11 @@ use super::fixtures::{self, at};
 /// may give it, a different one from second to second (none in one second of seven).
 fn change_time(now: i64) -> Timestamp {
     at(now) + SignedDuration::from_millis(now.rem_euclid(7) * 143)
+}
+
+/// The model's second of a time the controller wrote (`at(second)`).
+fn model_second(t: Timestamp) -> i64 {
+    t.as_second() - at(0).as_second()
 }
 
 /// What Graph answers to the call a step makes (a step makes at most one).
@@ -105,6 +128,87 @@ enum Action {
     Decide { by_requester: bool, approve: bool },
     /// The approver's right to approve is withdrawn or granted again.
     ApproverRight(bool),
+    /// The next status write fails: refused, or (`lost_answer`) written and its answer lost.
+    ApiFault { lost_answer: bool },
+    /// The writer's process begins to stop: SIGTERM, or (`renew_deadline`) its leader Lease
+    /// was not renewed in time, which also closes its write fence (no Graph write leaves,
+    /// not even a POST already marked). It exits when its pass has ended, and starts again.
+    Stop { writer: usize, renew_deadline: bool },
+    /// Someone creates a Secret of the spec's `redeemUrlSecret` name that the resource does
+    /// not own (replacing the resource's own), or deletes it.
+    ForeignSecret(bool),
+    /// Another user of the directory takes the spec's e-mail, or gives it up.
+    OtherHolder(bool),
+    /// The guest is deleted, or restored from the deleted items.
+    UserGone(bool),
+}
+
+/// What a case fixes for all its actions.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    require_approval: bool,
+    /// Whether the spec names a `redeemUrlSecret`.
+    redeem_url_secret: bool,
+    /// Seconds before a reset's effect shows in the directory's reads (its change time is
+    /// the POST's): within the replication window, as the contract assumes (docs/graph.md).
+    evidence_lag: i64,
+    /// Seconds before a pause another process recorded shows in this process's view of the
+    /// record: at most the view's freshness bound, 10 s (docs/design.md, "The tenant view").
+    view_lag: i64,
+    /// The seed of the follow-through's random spread.
+    jitter_seed: u64,
+}
+
+impl Case {
+    /// No approval, no Secret, a directory and a view without lag.
+    fn plain() -> Self {
+        Case {
+            require_approval: false,
+            redeem_url_secret: false,
+            evidence_lag: 0,
+            view_lag: 0,
+            jitter_seed: 1,
+        }
+    }
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        any::<bool>(),
+        any::<bool>(),
+        prop_oneof![Just(0i64), 1..=100i64],
+        prop_oneof![Just(0i64), 1..=10i64],
+        any::<u64>(),
+    )
+        .prop_map(
+            |(require_approval, redeem_url_secret, evidence_lag, view_lag, jitter_seed)| Case {
+                require_approval,
+                redeem_url_secret,
+                evidence_lag,
+                view_lag,
+                jitter_seed,
+            },
+        )
+}
+
+/// A reset that took effect.
+#[derive(Clone, Debug)]
+struct Reset {
+    attempt: Option<String>,
+    sent: i64,
+    shows_from: i64,
+}
+
+/// The Secret of the spec's `redeemUrlSecret` name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Secret {
+    Absent,
+    /// Created by the controller, owned by the resource.
+    Ours,
+    /// Someone else's, since this second.
+    Foreign {
+        since: i64,
+    },
 }
 
 /// The requester of every generation, and the one approver, in the model.
@@ -139,6 +243,12 @@ fn action() -> impl Strategy<Value = Action> {
         3 => (prop::bool::weighted(0.2), prop::bool::weighted(0.8))
             .prop_map(|(by_requester, approve)| Action::Decide { by_requester, approve }),
         1 => any::<bool>().prop_map(Action::ApproverRight),
+        2 => any::<bool>().prop_map(|lost_answer| Action::ApiFault { lost_answer }),
+        1 => (0..2usize, any::<bool>())
+            .prop_map(|(writer, renew_deadline)| Action::Stop { writer, renew_deadline }),
+        1 => any::<bool>().prop_map(Action::ForeignSecret),
+        1 => any::<bool>().prop_map(Action::OtherHolder),
+        1 => prop::bool::weighted(0.4).prop_map(Action::UserGone),
     ]
 }
 
@@ -183,6 +293,46 @@ struct World {
     marked: [Option<i64>; 2],
     /// When each writer's Graph writes left, across its restarts.
     writes: [Vec<Instant>; 2],
+    case: Case,
+    /// Who recorded the current pause: a writer (whose process knows at once) or, `None`,
+    /// another process (seen `view_lag` later).
+    recorded_by: Option<usize>,
+    /// The end of the pause each writer's process learnt from its own abuse answer.
+    paused_seen: [Option<i64>; 2],
+    /// The next status write fails; `Some(true)`: after it landed (the answer is lost).
+    api_fault: Option<bool>,
+    /// Since when each writer's process is stopping, and whether its write fence is closed.
+    stopping: [Option<i64>; 2],
+    fenced: [bool; 2],
+    secret: Secret,
+    /// When each writer's current pass read the Secret's owner.
+    secret_read: [Option<i64>; 2],
+    /// Another user carrying an e-mail, since then.
+    other_holder: Option<(String, i64)>,
+    /// When each writer's current pass last read the holders of the spec's e-mail.
+    last_holders: [Option<i64>; 2],
+    user_gone: bool,
+    /// When the guest was deleted.
+    deletions: Vec<i64>,
+    /// Resets that took effect and do not show yet: when they show, with their change time.
+    unseen: Vec<(i64, Timestamp)>,
+    /// Every reset that took effect: its attempt, when it was sent and when it showed.
+    resets: Vec<Reset>,
+    /// The state of the follow-through's random spread.
+    jitter: u64,
+    /// What the case exercised.
+    seen: Seen,
+}
+
+/// What a run exercised, for the test that requires the model's worlds to happen at all.
+#[derive(Clone, Debug, Default)]
+struct Seen {
+    reasons: HashSet<Reason>,
+    faults_fired: u32,
+    abandoned_while_stopping: u32,
+    fenced_writes: u32,
+    recovered_after_lag: u32,
+    posts_after_lagging_view: u32,
 }
 
 /// The production defaults of the write limit.
@@ -196,9 +346,15 @@ impl World {
         annotations.get(crate::resource::RETRY_ANNOTATION).cloned()
     }
 
-    fn new(require_approval: bool) -> Self {
+    fn new(case: Case) -> Self {
+        let require_approval = case.require_approval;
         let base = Instant::now();
-        let spec = fixtures::spec(USER, &format!("alice1@{ALLOWED}"));
+        let mut spec = fixtures::spec(USER, &format!("alice1@{ALLOWED}"));
+        if case.redeem_url_secret {
+            spec.redeem_url_secret = Some(crate::resource::SecretRef {
+                name: "alice-redeem-url".into(),
+            });
+        }
         let mut obj = GuestRedemptionReset::new("alice", spec);
         obj.metadata.annotations = Some(
             [(
@@ -253,6 +409,58 @@ impl World {
             held: Default::default(),
             marked: [None, None],
             writes: Default::default(),
+            case,
+            recorded_by: None,
+            paused_seen: [None, None],
+            api_fault: None,
+            stopping: [None, None],
+            fenced: [false, false],
+            secret: Secret::Absent,
+            secret_read: [None, None],
+            other_holder: None,
+            last_holders: [None, None],
+            user_gone: false,
+            deletions: Vec::new(),
+            unseen: Vec::new(),
+            resets: Vec::new(),
+            jitter: case.jitter_seed | 1,
+            seen: Seen::default(),
+        }
+    }
+
+    /// The tenant pause as the writer's process sees it now: its own abuse answer at once,
+    /// a pause recorded by another process `view_lag` seconds after it was recorded.
+    fn paused_for(&self, writer: usize) -> Option<i64> {
+        let own = self.paused_seen[writer].filter(|until| self.now < *until);
+        let recorded = self
+            .paused_until
+            .filter(|until| self.now < *until && self.visible_from(writer) <= self.now);
+        own.max(recorded)
+    }
+
+    /// From when the current pause shows in the writer's view of the record.
+    fn visible_from(&self, writer: usize) -> i64 {
+        let since = self.paused_since.unwrap_or(i64::MIN);
+        if self.recorded_by == Some(writer) {
+            since
+        } else {
+            since.saturating_add(self.case.view_lag)
+        }
+    }
+
+    /// The directory's reads now: the resets whose effect has shown are applied, unless a
+    /// later change of the state is already there.
+    fn settle(&mut self) {
+        let now = self.now;
+        let (shown, unseen): (Vec<_>, Vec<_>) =
+            self.unseen.drain(..).partition(|(from, _)| *from <= now);
+        self.unseen = unseen;
+        for (_, changed) in shown {
+            let current = self.user.external_user_state_change_date_time;
+            if current.is_none_or(|c| c < changed) {
+                self.user.external_user_state = Some("PendingAcceptance".into());
+                self.user.external_user_state_change_date_time = Some(changed);
+            }
         }
     }
 
@@ -268,6 +476,9 @@ impl World {
     /// The writer's process starts again: a new limiter, started empty now.
     fn restart(&mut self, writer: usize) {
         self.held[writer].clear();
+        self.stopping[writer] = None;
+        self.fenced[writer] = false;
+        self.paused_seen[writer] = None;
         let limiter = WriteLimiter::new_at(PER_MINUTE, BURST, self.base);
         limiter.start_empty(self.instant(self.now));
         self.limiters[writer] = limiter;
@@ -309,9 +520,20 @@ impl World {
             .as_ref()
             .and_then(|b| b.changed_at.as_ref())
             .map(|t| t.0);
-        self.foreign_changes
+        let foreign = self
+            .foreign_changes
             .iter()
-            .any(|t| before.is_none_or(|b| change_time(*t) > b))
+            .any(|t| before.is_none_or(|b| change_time(*t) > b));
+        // A reset of another attempt, sent before this one began and shown only after: the
+        // state this attempt recorded as before could not include it (replication lag).
+        let started = model_second(attempt.started_at.0);
+        let unseen_before = self.resets.iter().any(|r| {
+            r.attempt.as_deref() != Some(attempt.id.as_str())
+                && r.sent < started
+                && r.shows_from > started
+                && before.is_none_or(|b| change_time(r.sent) > b)
+        });
+        foreign || unseen_before
     }
 
     fn apply(&mut self, action: &Action) {
@@ -320,6 +542,31 @@ impl World {
             Action::BlockedElsewhere => {
                 self.paused_since = Some(self.now);
                 self.paused_until = Some(self.now + 3600);
+                self.recorded_by = None;
+            }
+            Action::ApiFault { lost_answer } => self.api_fault = Some(lost_answer),
+            Action::Stop {
+                writer,
+                renew_deadline,
+            } => {
+                self.stopping[writer].get_or_insert(self.now);
+                self.fenced[writer] |= renew_deadline;
+            }
+            Action::ForeignSecret(foreign) => {
+                self.secret = match (foreign, self.secret) {
+                    (true, Secret::Foreign { since }) => Secret::Foreign { since },
+                    (true, _) => Secret::Foreign { since: self.now },
+                    (false, _) => Secret::Absent,
+                };
+            }
+            Action::OtherHolder(holds) => {
+                self.other_holder = holds.then(|| (self.obj.spec.email.clone(), self.now));
+            }
+            Action::UserGone(gone) => {
+                if gone && !self.user_gone {
+                    self.deletions.push(self.now);
+                }
+                self.user_gone = gone;
             }
             Action::EditSpec { allowed_domain } => {
                 let generation = self.generation() + 1;
@@ -386,7 +633,7 @@ impl World {
     }
 
     /// Checks a status write against the invariants before it lands.
-    fn check_write(&self, next: &GuestRedemptionReset) -> Result<(), String> {
+    fn check_write(&mut self, next: &GuestRedemptionReset) -> Result<(), String> {
         let old = self.obj.status.clone().unwrap_or_default();
         let new = next.status.clone().unwrap_or_default();
         if new.approval != old.approval {
@@ -409,6 +656,9 @@ impl World {
         let recovered_for_it = new.invitation.as_ref().is_some_and(|i| {
             i.recovered && i.generation == cleared.generation && new.invitation != old.invitation
         });
+        if recovered_for_it && self.case.evidence_lag > 0 {
+            self.seen.recovered_after_lag += 1;
+        }
         if recovered_for_it && !took_effect && !clouded {
             return Err(format!(
                 "attempt {} recorded as issued (recovered) but its POST took no effect",
@@ -419,6 +669,14 @@ impl World {
             .invitation
             .as_ref()
             .is_some_and(|i| i.generation == cleared.generation);
+        // The guest was deleted after the attempt began: no read can show its evidence, and
+        // `OutcomeUnknown` (stopped until a human asks again) is the honest answer.
+        let started = model_second(cleared.started_at.0);
+        let unknowable =
+            reason == Some(Reason::OutcomeUnknown) && self.deletions.iter().any(|t| *t >= started);
+        if unknowable {
+            return Ok(());
+        }
         if took_effect && !issued_for_it {
             return Err(format!(
                 "attempt {} dropped ({:?}) although its POST took effect: the generation would be posted again",
@@ -453,6 +711,26 @@ struct ModelIo<'w> {
     writer: usize,
     answer: Answer,
     violation: Option<String>,
+    /// Whether a status write of this step failed as the case's `ApiFault` asked.
+    fault_fired: bool,
+}
+
+/// The API server's answer to a status write that failed (or whose answer was lost).
+fn api_error() -> kube::Error {
+    let status =
+        kube::core::Status::failure("etcdserver: request timed out", "Timeout").with_code(504);
+    kube::Error::Api(Box::new(status))
+}
+
+/// Whether `next` marks the POST as sending where `current` had not.
+fn marks_sending_now(next: &GuestRedemptionReset, current: &GuestRedemptionReset) -> bool {
+    let marked = |o: &GuestRedemptionReset| {
+        o.status
+            .as_ref()
+            .and_then(|s| s.attempt.as_ref())
+            .is_some_and(|a| a.post_started_at.is_some())
+    };
+    marked(next) && !marked(current)
 }
 
 impl ModelIo<'_> {
@@ -465,19 +743,98 @@ impl ModelIo<'_> {
         }
     }
 
-    fn read_user(&mut self) -> Result<DirectoryUser, Failure> {
+    /// A read of the user by id: `None` while the guest is deleted.
+    fn read_user(&mut self) -> Result<Option<DirectoryUser>, Failure> {
         if let Some(failure) = self.read_failure() {
             return Err(failure);
         }
-        self.w.last_read[self.writer] = Some((self.w.now, self.w.user.is_guest()));
-        Ok(self.w.user.clone())
+        self.w.settle();
+        let user = (!self.w.user_gone).then(|| self.w.user.clone());
+        let guest = user.as_ref().is_some_and(DirectoryUser::is_guest);
+        self.w.last_read[self.writer] = Some((self.w.now, guest));
+        Ok(user)
     }
 
     fn paused(&self) -> Option<Timestamp> {
+        self.w.paused_for(self.writer).map(at)
+    }
+
+    /// A Graph write is about to leave: the answer of a write that cannot leave (the leader's
+    /// write fence is closed) or that finds no user, if so.
+    fn refused_write(&self) -> Option<Failure> {
+        if self.w.fenced[self.writer] {
+            return Some(Failure::Transient(
+                "not sent: past the renew deadline".into(),
+            ));
+        }
         self.w
-            .paused_until
-            .filter(|until| self.w.now < *until)
-            .map(at)
+            .user_gone
+            .then(|| Failure::NotFound("404 Request_ResourceNotFound".into()))
+    }
+
+    /// No Graph write into a pause that this writer's view showed when its pass last read the
+    /// gate, nor without such a read while the tenant is paused.
+    fn check_pause(&self, what: &str) -> Result<(), String> {
+        if self.w.paused_until.is_none_or(|until| self.w.now >= until) {
+            return Ok(());
+        }
+        match self.w.last_gate[self.writer] {
+            None => Err(format!("a {what} without reading the tenant gate")),
+            Some(gate) if self.w.visible_from(self.writer) <= gate => Err(format!(
+                "a {what} while the tenant is paused (recorded at {:?}, gate read at {gate})",
+                self.w.paused_since
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// A stopping process writes nothing to Graph but the POST it marked before it began
+    /// to stop.
+    fn check_stopping(&self, what: &str) -> Result<(), String> {
+        let Some(since) = self.w.stopping[self.writer] else {
+            return Ok(());
+        };
+        match self.w.marked[self.writer] {
+            Some(marked) if what == "POST" && marked < since => Ok(()),
+            _ => Err(format!(
+                "a {what} by a process stopping since {since} (marked: {:?})",
+                self.w.marked[self.writer]
+            )),
+        }
+    }
+
+    /// No Graph write by a pass that found someone else's Secret, nor by one that did not
+    /// look (docs/resource.md, "The redeem URL").
+    fn check_secret(&self, what: &str) -> Result<(), String> {
+        if !self.w.case.redeem_url_secret {
+            return Ok(());
+        }
+        match (self.w.secret_read[self.writer], self.w.secret) {
+            (None, _) => Err(format!("a {what} without checking the redeem URL's Secret")),
+            (Some(read), Secret::Foreign { since }) if since <= read => Err(format!(
+                "a {what} after the pass found someone else's Secret (since {since}, read {read})"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The e-mail is nobody else's as of a read of its holders no older than 10 s.
+    fn check_holders(&self, email: &str) -> Result<(), String> {
+        let now = self.w.now;
+        let read = match self.w.last_holders[self.writer] {
+            Some(read) if now - read <= 10 => read,
+            other => {
+                return Err(format!(
+                    "a POST on a read of the e-mail's holders from {other:?}, now {now}"
+                ));
+            }
+        };
+        match &self.w.other_holder {
+            Some((held, since)) if held == email && *since <= read => Err(format!(
+                "a POST to {email}, which another user carries since {since} (read at {read})"
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The controller's duty at the sending mark: the POST that follows acts on a read of a
@@ -528,22 +885,17 @@ impl ModelIo<'_> {
         }
     }
 
-    /// The invariants a POST must satisfy when it is sent. A pause that began after this
-    /// pass read the gate is the one race left (the sending mark lies between); a pause the
-    /// gate already showed is a violation.
+    /// The invariants a POST must satisfy when it is sent. A pause that showed in the
+    /// writer's view only after its pass read the gate is the one race left (the sending mark
+    /// lies between); a pause the gate could show is a violation.
     fn check_post(&self, request: &ResetRedemptionRequest) -> Result<(), String> {
         if self.w.last_read[self.writer].is_some_and(|(_, guest)| !guest) {
             return Err("a POST for a user last read as a non-guest".into());
         }
-        if self.paused().is_some() {
-            match (self.w.paused_since, self.w.last_gate[self.writer]) {
-                (_, None) => return Err("a POST without reading the tenant gate".into()),
-                (Some(since), Some(gate)) if since <= gate => {
-                    return Err("a POST while the tenant is paused".into());
-                }
-                _ => {}
-            }
-        }
+        self.check_pause("POST")?;
+        self.check_stopping("POST")?;
+        self.check_secret("POST")?;
+        self.check_holders(&request.email)?;
         if self.w.settings.require_approval {
             let generation = generation_of(&request.email);
             // Every POST follows a decision confirmed for that generation and that retry: the
@@ -573,11 +925,16 @@ impl Io for ModelIo<'_> {
     }
 
     fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
-        std::future::pending()
+        let stopping = self.is_stopping();
+        async move {
+            if !stopping {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     fn is_stopping(&self) -> bool {
-        false
+        self.w.stopping[self.writer].is_some()
     }
 
     fn local_gate(&self, _now: Timestamp) -> TenantGate {
@@ -604,23 +961,29 @@ impl Io for ModelIo<'_> {
     }
 
     async fn resolve(&mut self, _lookup: &Lookup) -> Result<Resolution, Failure> {
-        self.read_user().map(Resolution::Found)
+        let user = self.read_user()?;
+        Ok(user.map_or(Resolution::NotFound, Resolution::Found))
     }
 
     async fn get_user(&mut self, _id: &str) -> Result<Option<DirectoryUser>, Failure> {
-        self.read_user().map(Some)
+        self.read_user()
     }
 
     async fn email_holders(&mut self, email: &str) -> Result<Vec<DirectoryUser>, Failure> {
         if let Some(failure) = self.read_failure() {
             return Err(failure);
         }
+        self.w.settle();
+        self.w.last_holders[self.writer] = Some(self.w.now);
         let user = &self.w.user;
-        Ok(user
-            .carries_email(email)
-            .then(|| user.clone())
-            .into_iter()
-            .collect())
+        let guest = (!self.w.user_gone && user.carries_email(email)).then(|| user.clone());
+        let other = self
+            .w
+            .other_holder
+            .as_ref()
+            .filter(|(held, _)| held == email)
+            .map(|_| fixtures::guest("7c1d2e3f-0000-4000-8000-00000000beef", email));
+        Ok(guest.into_iter().chain(other).collect())
     }
 
     async fn secret_owner(
@@ -628,7 +991,12 @@ impl Io for ModelIo<'_> {
         _obj: &GuestRedemptionReset,
         _name: &str,
     ) -> Result<SecretOwner, kube::Error> {
-        Ok(SecretOwner::Absent)
+        self.w.secret_read[self.writer] = Some(self.w.now);
+        Ok(match self.w.secret {
+            Secret::Absent => SecretOwner::Absent,
+            Secret::Ours => SecretOwner::ThisResource,
+            Secret::Foreign { .. } => SecretOwner::Foreign,
+        })
     }
 
     /// The real limiter of this writer, on the model's clock: a turn due within a moment is
@@ -669,12 +1037,27 @@ impl Io for ModelIo<'_> {
     }
 
     async fn set_mail(&mut self, _user_id: &str, email: &str) -> Result<(), Failure> {
-        if self.paused().is_some() {
-            self.violation = Some("a PATCH while the tenant is paused".into());
-        }
         let slot = self.w.held[self.writer].pop_front();
-        if let Err(violation) = self.check_write(slot) {
+        if self.w.fenced[self.writer] {
+            self.w.seen.fenced_writes += 1;
+            return Err(self.refused_write().expect("fenced"));
+        }
+        let paused_now = match self.paused() {
+            Some(_) => Err("a PATCH while the tenant is paused in this writer's view".into()),
+            None => Ok(()),
+        };
+        let checks = [
+            paused_now,
+            self.check_pause("PATCH"),
+            self.check_stopping("PATCH"),
+            self.check_secret("PATCH"),
+            self.check_write(slot),
+        ];
+        if let Some(violation) = checks.into_iter().find_map(Result::err) {
             self.violation = Some(violation);
+        }
+        if let Some(refused) = self.refused_write() {
+            return Err(refused);
         }
         match self.answer {
             Answer::Ok | Answer::Ambiguous { .. } => {
@@ -690,13 +1073,25 @@ impl Io for ModelIo<'_> {
         request: &ResetRedemptionRequest,
     ) -> Result<(Posted, RedeemUrl), Failure> {
         let slot = self.w.held[self.writer].pop_back();
+        if self.w.fenced[self.writer] {
+            self.w.seen.fenced_writes += 1;
+            return Err(self.refused_write().expect("fenced"));
+        }
         let checks = [
-            self.check_post(request),
             self.check_send_window(),
+            self.check_post(request),
             self.check_write(slot),
         ];
         if let Some(violation) = checks.into_iter().find_map(Result::err) {
             self.violation = Some(violation);
+        }
+        if let Some(refused) = self.refused_write() {
+            return Err(refused);
+        }
+        if self.w.paused_for(self.writer).is_none()
+            && self.w.paused_until.is_some_and(|u| self.w.now < u)
+        {
+            self.w.seen.posts_after_lagging_view += 1;
         }
         let took_effect = matches!(
             self.answer,
@@ -708,8 +1103,14 @@ impl Io for ModelIo<'_> {
             if let Some(id) = self.w.sent_attempt() {
                 self.w.effective_attempts.insert(id);
             }
-            self.w.user.external_user_state = Some("PendingAcceptance".into());
-            self.w.user.external_user_state_change_date_time = Some(change_time(self.w.now));
+            let shows_from = self.w.now + self.w.case.evidence_lag;
+            self.w.unseen.push((shows_from, change_time(self.w.now)));
+            self.w.resets.push(Reset {
+                attempt: self.w.sent_attempt(),
+                sent: self.w.now,
+                shows_from,
+            });
+            self.w.settle();
         }
         match self.answer {
             Answer::Ok => Ok((
@@ -736,16 +1137,22 @@ impl Io for ModelIo<'_> {
         if obj.metadata.resource_version != self.w.obj.metadata.resource_version {
             return Ok(None);
         }
+        let fault = self.w.api_fault.take();
+        if fault == Some(false) {
+            self.fault_fired = true;
+            return Err(api_error());
+        }
+        let marks_sending = marks_sending_now(obj, &self.w.obj);
+        if marks_sending && self.is_stopping() {
+            self.violation = Some("marked a POST as sending while stopping".into());
+        }
         if let Err(violation) = self.w.check_write(obj) {
             self.violation = Some(violation);
         }
-        let marks_sending = |o: &GuestRedemptionReset| {
-            o.status
-                .as_ref()
-                .and_then(|s| s.attempt.as_ref())
-                .is_some_and(|a| a.post_started_at.is_some())
-        };
-        if marks_sending(obj) && !marks_sending(&self.w.obj) {
+        if let Some(reason) = obj.status.as_ref().and_then(status::ready_reason) {
+            self.w.seen.reasons.insert(reason);
+        }
+        if marks_sending {
             if let Err(violation) = self.check_mark() {
                 self.violation = Some(violation);
             }
@@ -754,6 +1161,10 @@ impl Io for ModelIo<'_> {
         }
         self.w.obj.status = obj.status.clone();
         self.w.bump();
+        if fault == Some(true) {
+            self.fault_fired = true;
+            return Err(api_error());
+        }
         Ok(Some(self.w.obj.clone()))
     }
 
@@ -770,7 +1181,14 @@ impl Io for ModelIo<'_> {
         _name: &str,
         _url: &RedeemUrl,
     ) -> Result<(), String> {
-        Ok(())
+        match self.w.secret {
+            // As the effect does: someone else's Secret is never written or adopted.
+            Secret::Foreign { .. } => Err("a Secret of that name belongs to someone else".into()),
+            Secret::Absent | Secret::Ours => {
+                self.w.secret = Secret::Ours;
+                Ok(())
+            }
+        }
     }
 
     async fn pause_tenant(&mut self, now: Timestamp) -> Timestamp {
@@ -778,23 +1196,33 @@ impl Io for ModelIo<'_> {
         let until = self.w.now + 3600;
         self.w.paused_since = Some(self.w.now);
         self.w.paused_until = Some(self.w.paused_until.map_or(until, |u| u.max(until)));
+        self.w.recorded_by = Some(self.writer);
+        self.w.paused_seen[self.writer] = Some(until);
         now + SignedDuration::from_hours(1)
     }
 
     async fn clear_tenant(&mut self) {
         self.w.paused_until = None;
+        self.w.paused_seen = [None, None];
     }
 
     async fn publish(&mut self, _obj: &GuestRedemptionReset, _reason: Reason, _message: &str) {}
 
     fn sending(&mut self, marked_at: Timestamp) {
-        self.w.marked[self.writer] = Some(marked_at.as_second());
+        self.w.marked[self.writer] = Some(model_second(marked_at));
     }
 
     async fn intent_recorded(&mut self) {}
 
+    /// A draw of the case's own generator (xorshift), so that the follow-through's spread
+    /// varies from case to case and from check to check.
     fn spread(&mut self) -> f64 {
-        0.5
+        let mut x = self.w.jitter;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.w.jitter = x;
+        (x % 1000) as f64 / 1000.0
     }
 
     /// The follow-through's read: the directory as it is, or the step's failure. It does not
@@ -804,10 +1232,11 @@ impl Io for ModelIo<'_> {
         _obj: &GuestRedemptionReset,
         _user_id: &str,
     ) -> Result<Option<DirectoryUser>, Failure> {
-        match self.read_failure() {
-            Some(failure) => Err(failure),
-            None => Ok(Some(self.w.user.clone())),
+        if let Some(failure) = self.read_failure() {
+            return Err(failure);
         }
+        self.w.settle();
+        Ok((!self.w.user_gone).then(|| self.w.user.clone()))
     }
 
     async fn redemption_changed(&mut self, _obj: &GuestRedemptionReset, _follow_up: &FollowUp) {}
@@ -825,12 +1254,24 @@ fn generation_of(email: &str) -> i64 {
 
 /// Runs the actions; the first broken invariant is the error.
 fn run(actions: &[Action]) -> Result<(), String> {
-    run_with(false, actions)
+    run_with(Case::plain(), actions)
 }
 
-/// Runs the actions with or without approval required.
-fn run_with(require_approval: bool, actions: &[Action]) -> Result<(), String> {
-    let mut world = World::new(require_approval);
+/// Runs the actions in the world the case fixes.
+fn run_with(case: Case, actions: &[Action]) -> Result<(), String> {
+    run_seeing(case, actions).0
+}
+
+/// Runs the actions; also says what the run exercised.
+fn run_seeing(case: Case, actions: &[Action]) -> (Result<(), String>, Seen) {
+    let mut world = World::new(case);
+    let result = run_in(&mut world, actions);
+    (result, world.seen)
+}
+
+fn run_in(world: &mut World, actions: &[Action]) -> Result<(), String> {
+    // MODEL_TRACE=1 prints the world after every action (for reading a shrunk case).
+    let trace = std::env::var_os("MODEL_TRACE").is_some();
     let mut passes: [Option<PassRunner>; 2] = [None, None];
     let expanded = actions
         .iter()
@@ -846,18 +1287,27 @@ fn run_with(require_approval: bool, actions: &[Action]) -> Result<(), String> {
         });
     for (i, action) in expanded {
         match &action {
+            Action::Step(writer, _)
+                if passes[*writer].is_none() && world.stopping[*writer].is_some() =>
+            {
+                // The stopping process has drained its pass: it exits, and a new one starts.
+                world.restart(*writer);
+            }
             Action::Step(writer, answer) => {
                 if passes[*writer].is_none() {
                     world.last_gate[*writer] = None;
+                    world.secret_read[*writer] = None;
+                    world.last_holders[*writer] = None;
                 }
                 let runner =
                     passes[*writer].get_or_insert_with(|| PassRunner::new(world.obj.clone(), 0));
                 let settings = world.settings.clone();
                 let mut io = ModelIo {
-                    w: &mut world,
+                    w: &mut *world,
                     writer: *writer,
                     answer: *answer,
                     violation: None,
+                    fault_fired: false,
                 };
                 let flow = futures::executor::block_on(runner.step(&mut io, &settings));
                 // Every step takes time: Graph's change times of two resets never coincide.
@@ -865,13 +1315,25 @@ fn run_with(require_approval: bool, actions: &[Action]) -> Result<(), String> {
                 if let Some(violation) = io.violation {
                     return Err(format!("action {i} ({action:?}): {violation}"));
                 }
-                match flow {
-                    Ok(()) => {}
-                    Err(End::Done(_)) => {
-                        passes[*writer] = None;
-                        world.end_pass(*writer);
+                let fault_fired = io.fault_fired;
+                world.seen.faults_fired += u32::from(fault_fired);
+                let ended = match flow {
+                    Ok(()) => false,
+                    Err(End::Done(outcome)) => {
+                        let stopping = world.stopping[*writer].is_some();
+                        if stopping && matches!(outcome, Outcome::Abandoned) {
+                            world.seen.abandoned_while_stopping += 1;
+                        }
+                        true
                     }
+                    // A status write the case made fail: the pass ends with its error, and the
+                    // resource is queued again (its backoff is the runner's, not the model's).
+                    Err(End::Failed(_)) if fault_fired => true,
                     Err(End::Failed(err)) => return Err(format!("an effect failed: {err}")),
+                };
+                if ended {
+                    passes[*writer] = None;
+                    world.end_pass(*writer);
                 }
             }
             Action::Crash(writer) => {
@@ -879,6 +1341,24 @@ fn run_with(require_approval: bool, actions: &[Action]) -> Result<(), String> {
                 world.restart(*writer);
             }
             other => world.apply(other),
+        }
+        if trace {
+            let status = world.obj.status.clone().unwrap_or_default();
+            eprintln!(
+                "{:>4}s #{i} {action:?}: gen {} {:?} attempt {:?} invitation {:?} effective {:?}",
+                world.now,
+                world.generation(),
+                status::ready_reason(&status),
+                status
+                    .attempt
+                    .as_ref()
+                    .map(|a| (&a.id, a.generation, a.post_started_at.is_some())),
+                status
+                    .invitation
+                    .as_ref()
+                    .map(|i| (i.generation, i.recovered)),
+                world.effective,
+            );
         }
         world
             .check()
@@ -896,13 +1376,69 @@ proptest! {
 
     #[test]
     fn once_per_generation_and_honest_outcomes_under_any_interleaving(
-        require_approval in any::<bool>(),
+        case in case(),
         actions in proptest::collection::vec(action(), 1..120)
     ) {
-        if let Err(violation) = run_with(require_approval, &actions) {
-            prop_assert!(false, "{violation}\nrequire_approval: {require_approval}\nactions: {actions:#?}");
+        if let Err(violation) = run_with(case, &actions) {
+            prop_assert!(false, "{violation}\ncase: {case:?}\nactions: {actions:#?}");
         }
     }
+}
+
+/// The model's worlds happen: over the cases CI runs, every failure the model adds is met
+/// and leads where it should (a model whose new actions never fired would pass anything).
+/// Prints what the cases exercised.
+#[test]
+fn the_model_exercises_every_failure_it_models() {
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    let strategy = (case(), proptest::collection::vec(action(), 1..120));
+    let total = std::cell::RefCell::new(Seen::default());
+    let config = Config {
+        cases: 3000,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    let rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
+    TestRunner::new_with_rng(config, rng)
+        .run(&strategy, |(case, actions)| {
+            let (result, seen) = run_seeing(case, &actions);
+            let mut total = total.borrow_mut();
+            total.reasons.extend(seen.reasons);
+            total.faults_fired += seen.faults_fired;
+            total.abandoned_while_stopping += seen.abandoned_while_stopping;
+            total.fenced_writes += seen.fenced_writes;
+            total.recovered_after_lag += seen.recovered_after_lag;
+            total.posts_after_lagging_view += seen.posts_after_lagging_view;
+            result.map_err(TestCaseError::fail)
+        })
+        .unwrap();
+    let total = total.into_inner();
+    println!("{total:?}");
+    for reason in [
+        Reason::Issued,
+        Reason::OutcomeUnknown,
+        Reason::TenantBlocked,
+        Reason::PolicyDenied,
+        Reason::EmailInUse,
+        Reason::UserNotFound,
+        Reason::NotAGuest,
+    ] {
+        assert!(
+            total.reasons.contains(&reason),
+            "no case reached {reason:?}"
+        );
+    }
+    assert!(total.faults_fired > 0, "no status write failed");
+    assert!(
+        total.abandoned_while_stopping > 0,
+        "no pass was abandoned by a stop"
+    );
+    assert!(total.fenced_writes > 0, "no write met a closed fence");
+    assert!(total.recovered_after_lag > 0, "no evidence showed late");
+    assert!(
+        total.posts_after_lagging_view > 0,
+        "no POST went out while the writer's view lagged behind a pause"
+    );
 }
 
 /// The mutation check: each rule of the decision ([`crate::mutants::Mutant::DECISIONS`]) taken
@@ -914,7 +1450,7 @@ proptest! {
 fn every_planted_defect_is_caught_by_the_model() {
     use crate::mutants::{self, Mutant};
     use proptest::test_runner::{Config, RngAlgorithm, TestError, TestRng, TestRunner};
-    let strategy = (any::<bool>(), proptest::collection::vec(action(), 1..120));
+    let strategy = (case(), proptest::collection::vec(action(), 1..120));
     let mut missed = Vec::new();
     for mutant in Mutant::DECISIONS {
         let cases = std::cell::Cell::new(0u32);
@@ -926,9 +1462,9 @@ fn every_planted_defect_is_caught_by_the_model() {
                 ..Config::default()
             };
             let rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
-            TestRunner::new_with_rng(config, rng).run(&strategy, |(require_approval, actions)| {
+            TestRunner::new_with_rng(config, rng).run(&strategy, |(case, actions)| {
                 cases.set(cases.get() + 1);
-                run_with(require_approval, &actions).map_err(TestCaseError::fail)
+                run_with(case, &actions).map_err(TestCaseError::fail)
             })
         });
         match outcome {
@@ -956,7 +1492,7 @@ fn the_model_reaches_issued_with_one_post() {
     world_actions.extend(actions);
     world_actions.push(Action::Tick(1));
     run(&world_actions).unwrap();
-    let mut world = World::new(false);
+    let mut world = World::new(Case::plain());
     // The limiter starts empty, as in production: the two slots (mail, POST) are there at 20 s.
     world.now = 20;
     let mut runner = Some(PassRunner::new(world.obj.clone(), 0));
@@ -968,6 +1504,7 @@ fn the_model_reaches_issued_with_one_post() {
             writer: 0,
             answer: Answer::Ok,
             violation: None,
+            fault_fired: false,
         };
         match futures::executor::block_on(r.step(&mut io, &settings)) {
             Ok(()) => {}
@@ -979,6 +1516,43 @@ fn the_model_reaches_issued_with_one_post() {
         }
     }
     assert_eq!(world.effective.get(&1), Some(&1));
+}
+
+/// Defect (found by the model with 60,000 cases): writer 0's POST takes effect and its process
+/// dies before the outcome is written; writer 1's evidence read is refused (a definite 4xx),
+/// which settles the resource as `GraphRejected` with the attempt kept; a human then sets the
+/// retry annotation, and accepting it dropped the attempt, so the generation would have been
+/// posted again blindly. The attempt is now resolved first (here: evidence, `Issued`).
+#[test]
+fn a_retry_never_drops_an_attempt_that_may_have_taken_effect() {
+    use Action::{ApiFault, Burst, Crash, Retry, Step, Tick};
+    let actions = vec![
+        Burst(0, 4, Answer::Ok),
+        ApiFault { lost_answer: false },
+        Burst(0, 9, Answer::Ok),
+        Tick(7),
+        // Slots, intent, gate, mail, gate, fresh reads and the sending mark.
+        Burst(0, 15, Answer::Ok),
+        // The POST takes effect; the process dies before writing its outcome.
+        Step(0, Answer::Ok),
+        Step(1, Answer::Rejected),
+        Crash(0),
+        Burst(1, 2, Answer::Ok),
+        Retry,
+        Burst(0, 4, Answer::Ok),
+    ];
+    let mut world = World::new(Case::plain());
+    run_in(&mut world, &actions).unwrap();
+    let status = world.obj.status.clone().unwrap_or_default();
+    let invitation = status.invitation.as_ref();
+    assert!(
+        invitation.is_some_and(|i| i.recovered && i.generation == 1),
+        "the interrupted attempt was recovered before the retry: {invitation:?}"
+    );
+    // The retry was set while the attempt was unresolved: seen, and not acted on.
+    assert_eq!(status.retry_token.as_deref(), Some("1"));
+    assert_eq!(status::ready_reason(&status), Some(Reason::Issued));
+    assert_eq!(world.effective.get(&1), Some(&1), "one invitation");
 }
 
 /// Steps `writer` until its pass ends (or `max` steps), with Graph answering `answer`.

@@ -19,6 +19,7 @@ use super::reason::Reason;
 use super::report::Report;
 use super::status::{self, Stamp};
 use crate::graph::{DirectoryUser, InvitationMessage, RedeemUrl, ResetRedemptionRequest};
+use crate::mutants::{Mutant, planted};
 use crate::resource::{
     GuestRedemptionReset, GuestRedemptionResetStatus, REQUESTED_BY_ANNOTATION, RETRY_ANNOTATION,
     RETRY_REQUESTED_BY_ANNOTATION,
@@ -161,7 +162,7 @@ impl PassRunner {
     pub async fn step<I: Io>(&mut self, io: &mut I, settings: &Settings) -> Flow {
         let now = io.now();
         let step = self.next_step(io, settings, now);
-        if !self.pass.marked_sending && io.is_stopping() {
+        if !self.pass.marked_sending && io.is_stopping() && !planted(Mutant::WorkWhileStopping) {
             return Err(End::Done(Outcome::Abandoned));
         }
         match step {
@@ -297,7 +298,7 @@ impl PassRunner {
         F: Future<Output = T> + 'io,
     {
         let stopping = io.stopping();
-        if self.pass.marked_sending {
+        if self.pass.marked_sending || planted(Mutant::WorkWhileStopping) {
             return Ok(effect(io).await);
         }
         tokio::select! {
