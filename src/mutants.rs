@@ -1,11 +1,13 @@
 //! Planted defects for the mutation check (docs/design.md, "Tests that can fail"): each names
 //! one rule of the contract that a decision enforces, and in the unit tests of this crate a
 //! test may plant it for the current thread to show that the model test catches its absence.
-//! Outside `cfg(test)` nothing can plant one: [`planted`] is a constant `false`, so no build
-//! that ships has the switch at all.
+//! A binary built with the test-only `failpoints` feature plants the one named by
+//! `GUESTRESET_MUTANT` in the whole process, so that `scripts/mutants.sh` can show what the
+//! chaos test catches. In every other build [`planted`] is a constant `false`: no build that
+//! ships has the switch at all.
 
 /// A rule the mutation check takes away, one at a time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::EnumString, strum::VariantArray)]
 pub enum Mutant {
     /// The preflight lets a member through (an invitation would convert it).
     MemberIsGuest,
@@ -58,8 +60,25 @@ pub fn planted(mutant: Mutant) -> bool {
     PLANTED.with(|p| p.get() == Some(mutant))
 }
 
-/// Whether `mutant` is planted: never, outside this crate's unit tests.
-#[cfg(not(test))]
+/// Whether `mutant` is planted in this process: the one `GUESTRESET_MUTANT` names, read once,
+/// in a binary built with the test-only `failpoints` feature.
+#[cfg(all(not(test), feature = "failpoints"))]
+pub fn planted(mutant: Mutant) -> bool {
+    static PLANTED: std::sync::OnceLock<Option<Mutant>> = std::sync::OnceLock::new();
+    let named = PLANTED.get_or_init(|| {
+        let name = std::env::var("GUESTRESET_MUTANT").ok()?;
+        let parsed = name.parse().ok();
+        if parsed.is_none() {
+            tracing::error!(name, "GUESTRESET_MUTANT names no planted defect");
+        }
+        parsed
+    });
+    *named == Some(mutant)
+}
+
+/// Whether `mutant` is planted: never, outside this crate's unit tests and the test-only
+/// `failpoints` builds.
+#[cfg(all(not(test), not(feature = "failpoints")))]
 #[inline(always)]
 pub const fn planted(_mutant: Mutant) -> bool {
     false
@@ -78,4 +97,28 @@ pub fn with<T>(mutant: Mutant, f: impl FnOnce() -> T) -> T {
     PLANTED.with(|p| p.set(Some(mutant)));
     let _unplant = Unplant;
     f()
+}
+
+#[cfg(test)]
+mod tests {
+    use strum::VariantArray;
+
+    use super::Mutant;
+
+    /// `scripts/mutants.sh` plants every defect by name: its list is the enum's.
+    #[test]
+    fn the_chaos_mutation_script_names_every_planted_defect() {
+        let script = include_str!("../scripts/mutants.sh");
+        let line = script
+            .lines()
+            .find_map(|l| l.strip_prefix("mutants=("))
+            .and_then(|l| l.strip_suffix(')'))
+            .expect("scripts/mutants.sh lists the defects as mutants=(...)");
+        let listed: Vec<&str> = line.split_whitespace().collect();
+        let known: Vec<String> = Mutant::VARIANTS.iter().map(|m| format!("{m:?}")).collect();
+        assert_eq!(listed, known);
+        for name in listed {
+            assert!(name.parse::<Mutant>().is_ok(), "{name} parses");
+        }
+    }
 }
