@@ -18,7 +18,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 # Every variant of `Mutant` (a unit test keeps this list equal to the enum).
-mutants=(MemberIsGuest PostAgainAfterMark IgnorePause NoFreshRead PauseHidesAnswer IgnoreForeignSecret IgnoreEmailHolders SendAfterWindow WorkWhileStopping SlotsInHandNotCounted)
+mutants=(MemberIsGuest PostAgainAfterMark IgnorePause NoFreshRead PauseHidesAnswer IgnoreForeignSecret IgnoreEmailHolders SendAfterWindow RefusalKeepsMail WorkWhileStopping SlotsInHandNotCounted)
 
 profile=default
 seed=1

@@ -25,6 +25,8 @@ pub enum Mutant {
     IgnoreEmailHolders,
     /// A POST leaves however long after its sending mark the pass stalled.
     SendAfterWindow,
+    /// A refused target keeps a mail that an earlier pass of its reset set.
+    RefusalKeepsMail,
     /// A stopping process goes on with a pass that has not marked its POST as sending.
     WorkWhileStopping,
     /// The limiter forgets the slots in hand when it refills, so a turn can be saved up.
@@ -45,6 +47,9 @@ impl Mutant {
         Mutant::WorkWhileStopping,
         Mutant::SendAfterWindow,
     ];
+    /// Rules whose interleaving the model meets too rarely to find within CI's cases: a
+    /// focused test defends each (its mutation check plants it and requires that test to fail).
+    pub const FOCUSED: [Mutant; 1] = [Mutant::RefusalKeepsMail];
     /// The rules of the write limiter, which its own property test must defend.
     pub const LIMITER: [Mutant; 1] = [Mutant::SlotsInHandNotCounted];
 }

@@ -267,6 +267,11 @@ pub struct ResolvedUser {
     /// The user's mail before this reset changed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_mail: Option<String>,
+    /// The user's mail before the controller set a generation's e-mail on it, while no reset
+    /// has gone with that change ("" when it had none): what a target Graph refuses to reset
+    /// gets back, whichever pass made the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail_changed_from: Option<String>,
 }
 
 /// An invitation issued by Graph.

@@ -209,14 +209,20 @@ fn issue(
 /// `Directory.Read.All`): the mail this pass set is put back first, then the refusal is
 /// reported as final (`Forbidden` without a next attempt; docs/design.md, "Refused targets").
 fn refused_target(o: &Observed<'_>, pass: &Pass, user: &DirectoryUser, detail: &str) -> Step {
-    let previous = o
-        .status
-        .user
-        .as_ref()
-        .filter(|known| known.id == user.id)
-        .and_then(|known| known.previous_mail.as_deref());
+    let known = o.status.user.as_ref().filter(|known| known.id == user.id);
     let mail_set = matches!(pass.mail_set, Some(Ok(())));
-    let restore = match (mail_set, previous, &pass.mail_restored) {
+    // The mail before the controller's change, by this pass or an earlier one of a reset that
+    // never went out (an older status without the record: this pass's own change only).
+    let from = known.and_then(|known| {
+        let recorded = known.mail_changed_from.as_deref();
+        let previous = known.previous_mail.as_deref().filter(|_| mail_set);
+        recorded.or(previous)
+    });
+    let earlier = from.is_some_and(|from| user.mail.as_deref().unwrap_or("") != from)
+        && !planted(Mutant::RefusalKeepsMail);
+    let changed = mail_set || earlier;
+    let previous = from.filter(|from| !from.is_empty());
+    let restore = match (changed, previous, &pass.mail_restored) {
         (false, _, _) => "its mail was not changed".to_owned(),
         (true, Some(mail), None) => {
             return Step::RestoreMail {

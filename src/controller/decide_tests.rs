@@ -1673,6 +1673,54 @@ fn a_refused_target_gets_its_mail_back_and_is_not_retried() {
     assert_eq!(w.pass(None).unwrap().reason, Reason::Issued);
 }
 
+/// Defect (found by the model test): a pass set the mail and ended before its POST (here a
+/// crash; a conflict or a stop does the same); the next pass found the mail already set, sent
+/// no PATCH of its own, and reported the refusal with "its mail was not changed", leaving the
+/// guest with the new mail and no reset. The intent records the mail before the planned PATCH,
+/// so whichever pass meets the refusal puts it back.
+#[test]
+fn a_refused_target_gets_back_the_mail_an_earlier_pass_set() {
+    let w = refused_after_an_earlier_patch();
+    let alice = w.users.iter().find(|u| u.id == ID).unwrap();
+    assert_eq!(alice.mail.as_deref(), Some("alice@contoso.com"));
+    assert_eq!(
+        (w.patches, w.posts_sent),
+        (2, 1),
+        "set by the first pass, put back by the second"
+    );
+    assert!(
+        w.ready().message.contains("put back to alice@contoso.com"),
+        "{}",
+        w.ready().message
+    );
+}
+
+/// The first pass sets the mail and crashes; the second meets Graph's refusal.
+fn refused_after_an_earlier_patch() -> World {
+    let mut w = refused_target_world();
+    assert!(w.pass(Some(Crash::AfterPatch)).is_none());
+    assert_eq!(w.patches, 1);
+    let report = w.pass(None).unwrap();
+    assert_eq!(report.reason, Reason::Forbidden);
+    w
+}
+
+/// The mutation check of the focused tests ([`crate::mutants::Mutant::FOCUSED`]): with the
+/// rule taken away, the guest keeps the new mail.
+#[test]
+fn the_focused_refusal_test_catches_its_planted_defect() {
+    use crate::mutants::{self, Mutant};
+    for mutant in Mutant::FOCUSED {
+        let w = mutants::with(mutant, refused_after_an_earlier_patch);
+        let alice = w.users.iter().find(|u| u.id == ID).unwrap();
+        assert_ne!(
+            alice.mail.as_deref(),
+            Some("alice@contoso.com"),
+            "{mutant:?} planted, yet the mail was put back"
+        );
+    }
+}
+
 #[test]
 fn a_missing_permission_is_still_retried() {
     let mut w = World::new();

@@ -10,7 +10,9 @@
 //! reads show a reset's effect up to 100 s late (within the replication window), a guest that
 //! is deleted and restored, another user taking the e-mail; someone else's Secret of the
 //! `redeemUrlSecret` name; a view of the pause record that shows another process's pause up to
-//! 10 s late (the view's freshness bound); and a random spread of the follow-through's checks.
+//! 10 s late (the view's freshness bound); a target Graph refuses to reset (it holds a directory
+//! role); another resource of the process meeting the abuse answer right after a POST was
+//! answered; and a random spread of the follow-through's checks.
 //! Reads of the resource itself are quorum reads in production (`read_again`), so they do not
 //! lag here either.
 //!
@@ -29,6 +31,9 @@
 //! - no Graph write by a pass that found someone else's Secret or did not look; no Graph write
 //!   by a stopping process but the POST it marked before it began to stop, and no sending mark
 //!   after it began;
+//! - a target Graph refused is left with the mail it had before the controller changed it
+//!   without a reset (or the report says to put it back by hand), and gets no further POST for
+//!   its generation without a new retry value;
 //! - at every Graph write, with the real write limiter at the production defaults (6 writes a
 //!   minute, burst 3) on the model's clock: the write spends a slot its pass holds and that is
 //!   due; a POST leaves at most 5 s after its sending mark and 10 s after the last read of the
@@ -92,6 +97,9 @@ enum Answer {
     Transient,
     Rejected,
     AbuseBlocked,
+    /// Graph refuses to reset this target (403 `Authorization_RequestDenied`: it holds a
+    /// directory role). Only a POST is refused; reads and the mail PATCH succeed.
+    TargetRefused,
 }
 
 #[derive(Clone, Debug)]
@@ -100,6 +108,10 @@ enum Action {
     Step(usize, Answer),
     /// Writer 0 or 1 performs up to this many steps, Graph answering Ok but for the last.
     Burst(usize, u8, Answer),
+    /// Writer 0 or 1 performs this many steps, Graph answering Ok; right after a POST of
+    /// these steps is answered, another resource of the same process meets the abuse answer
+    /// (the pause then reaches a pass whose POST is answered and not yet reported).
+    BurstIntoBlock(usize, u8),
     /// The writer's process dies and starts again: its pass, its slots and its limiter's
     /// turns are gone.
     Crash(usize),
@@ -223,6 +235,7 @@ fn answer() -> impl Strategy<Value = Answer> {
         1 => Just(Answer::Transient),
         1 => Just(Answer::Rejected),
         1 => Just(Answer::AbuseBlocked),
+        1 => Just(Answer::TargetRefused),
     ]
 }
 
@@ -230,6 +243,7 @@ fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
         12 => (0..2usize, answer()).prop_map(|(w, a)| Action::Step(w, a)),
         12 => (0..2usize, 2..14u8, answer()).prop_map(|(w, n, a)| Action::Burst(w, n, a)),
+        1 => (0..2usize, 2..20u8).prop_map(|(w, n)| Action::BurstIntoBlock(w, n)),
         2 => (0..2usize).prop_map(Action::Crash),
         4 => (1..400u16).prop_map(Action::Tick),
         2 => any::<bool>().prop_map(|allowed_domain| Action::EditSpec { allowed_domain }),
@@ -314,6 +328,14 @@ struct World {
     user_gone: bool,
     /// When the guest was deleted.
     deletions: Vec<i64>,
+    /// The user's mail before the controller's first mail PATCH since the last reset that took
+    /// effect (a mail that went with no reset), and when that PATCH was made.
+    mail_before: Option<(Option<String>, i64)>,
+    /// When an admin last changed the user's mail.
+    admin_mail_at: Option<i64>,
+    /// Generations whose POST Graph refused as a target it will not reset, with the number
+    /// of retry values set for the generation then.
+    refusals: HashMap<i64, u32>,
     /// Resets that took effect and do not show yet: when they show, with their change time.
     unseen: Vec<(i64, Timestamp)>,
     /// Every reset that took effect: its attempt, when it was sent and when it showed.
@@ -332,7 +354,8 @@ struct Seen {
     abandoned_while_stopping: u32,
     fenced_writes: u32,
     recovered_after_lag: u32,
-    posts_after_lagging_view: u32,
+    writes_behind_the_view: u32,
+    blocked_after_post: u32,
 }
 
 /// The production defaults of the write limit.
@@ -421,6 +444,9 @@ impl World {
             last_holders: [None, None],
             user_gone: false,
             deletions: Vec::new(),
+            mail_before: None,
+            admin_mail_at: None,
+            refusals: HashMap::new(),
             unseen: Vec::new(),
             resets: Vec::new(),
             jitter: case.jitter_seed | 1,
@@ -621,6 +647,7 @@ impl World {
             Action::GuestRedeems => self.foreign_change("Accepted"),
             Action::ConvertToMember => self.user.user_type = Some("Member".into()),
             Action::AdminMail { to_spec } => {
+                self.admin_mail_at = Some(self.now);
                 self.user.mail = Some(if to_spec {
                     self.obj.spec.email.clone()
                 } else {
@@ -628,7 +655,10 @@ impl World {
                 });
             }
             Action::Touch => self.bump(),
-            Action::Step(..) | Action::Burst(..) | Action::Crash(_) => {}
+            Action::Step(..)
+            | Action::Burst(..)
+            | Action::BurstIntoBlock(..)
+            | Action::Crash(_) => {}
         }
     }
 
@@ -645,6 +675,7 @@ impl World {
                 old.observed_generation, new.observed_generation
             ));
         }
+        self.check_refusal(&old, &new)?;
         let Some(cleared) = old.attempt.as_ref().filter(|a| {
             a.post_started_at.is_some() && new.attempt.as_ref().map(|n| &n.id) != Some(&a.id)
         }) else {
@@ -692,6 +723,42 @@ impl World {
         Ok(())
     }
 
+    /// A target Graph refused is left as it was: when the refusal is reported, the user's
+    /// mail is the one it had before the controller changed it without a reset, or the report
+    /// says to put it back by hand (the restore failed). An admin's change of the mail since
+    /// the controller's last read before its PATCH excuses it.
+    fn check_refusal(
+        &self,
+        old: &crate::resource::GuestRedemptionResetStatus,
+        new: &crate::resource::GuestRedemptionResetStatus,
+    ) -> Result<(), String> {
+        let refused = |s: &crate::resource::GuestRedemptionResetStatus| {
+            status::ready_reason(s) == Some(Reason::Forbidden) && s.next_attempt_at.is_none()
+        };
+        if !refused(new) || refused(old) {
+            return Ok(());
+        }
+        let Some((before, patched_at)) = &self.mail_before else {
+            return Ok(());
+        };
+        let message = new
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| c.message.as_str())
+            .unwrap_or_default();
+        // Graph's PATCH has no precondition: an admin's change in the seconds between the last
+        // read of the user and the PATCH (at most 10 s, the reads' freshness) is the race left.
+        let touched = self.admin_mail_at.is_some_and(|t| t + 10 >= *patched_at);
+        if self.user.mail != *before && !message.contains("by hand") && !touched {
+            return Err(format!(
+                "a refused target left with mail {:?} instead of {before:?}: {message}",
+                self.user.mail
+            ));
+        }
+        Ok(())
+    }
+
     fn check(&self) -> Result<(), String> {
         for (generation, count) in &self.effective {
             let allowed = 1 + self.retries.get(generation).copied().unwrap_or(0);
@@ -713,6 +780,9 @@ struct ModelIo<'w> {
     violation: Option<String>,
     /// Whether a status write of this step failed as the case's `ApiFault` asked.
     fault_fired: bool,
+    /// Whether another resource of this process meets the abuse answer right after this
+    /// step's POST is answered.
+    block_after_post: bool,
 }
 
 /// The API server's answer to a status write that failed (or whose answer was lost).
@@ -739,7 +809,7 @@ impl ModelIo<'_> {
             Answer::Throttled => Some(Failure::Throttled { retry_after: None }),
             Answer::Transient | Answer::Ambiguous { .. } => Some(Failure::Transient("503".into())),
             Answer::Rejected => Some(Failure::Rejected("400".into())),
-            Answer::Ok | Answer::AbuseBlocked => None,
+            Answer::Ok | Answer::AbuseBlocked | Answer::TargetRefused => None,
         }
     }
 
@@ -885,12 +955,61 @@ impl ModelIo<'_> {
         }
     }
 
+    /// A write leaves while the tenant is paused and this writer's view does not show it yet.
+    fn count_write_behind_the_view(&mut self) {
+        let paused = self.w.paused_until.is_some_and(|until| self.w.now < until);
+        if paused && self.w.paused_for(self.writer).is_none() {
+            self.w.seen.writes_behind_the_view += 1;
+        }
+    }
+
+    /// The restore of a refused target's mail after its POST, as the effect makes it: a slot
+    /// of its own from the limiter (waited for), not sent during a pause.
+    fn restore_mail(&mut self, _user_id: &str, mail: &str) -> Result<(), Failure> {
+        let key = TurnKey {
+            resource: "restore".into(),
+            generation: self.w.generation(),
+        };
+        let slot = loop {
+            let now = self.w.instant(self.w.now);
+            match self.w.limiters[self.writer].turn_at(&key, 1, now) {
+                Turn::Now { mut slots, .. } => break slots.pop(),
+                Turn::After(wait) => self.w.now = self.w.second_of(now + wait),
+            }
+        };
+        if self.paused().is_some() {
+            return Err(Failure::Transient(
+                "the tenant pause holds Graph writes".into(),
+            ));
+        }
+        if let Some(refused) = self.refused_write() {
+            return Err(refused);
+        }
+        if let Err(violation) = self.check_write(slot) {
+            self.violation = Some(violation);
+        }
+        match self.answer {
+            Answer::Ok | Answer::Ambiguous { .. } | Answer::TargetRefused => {
+                self.w.user.mail = Some(mail.to_owned());
+                Ok(())
+            }
+            _ => Err(Failure::Transient("503".into())),
+        }
+    }
+
     /// The invariants a POST must satisfy when it is sent. A pause that showed in the
     /// writer's view only after its pass read the gate is the one race left (the sending mark
     /// lies between); a pause the gate could show is a violation.
     fn check_post(&self, request: &ResetRedemptionRequest) -> Result<(), String> {
         if self.w.last_read[self.writer].is_some_and(|(_, guest)| !guest) {
             return Err("a POST for a user last read as a non-guest".into());
+        }
+        let generation = generation_of(&request.email);
+        let retries = self.w.retries.get(&generation).copied().unwrap_or(0);
+        if self.w.refusals.get(&generation) == Some(&retries) {
+            return Err(format!(
+                "a POST for generation {generation} after Graph's final refusal of the target"
+            ));
         }
         self.check_pause("POST")?;
         self.check_stopping("POST")?;
@@ -1036,7 +1155,10 @@ impl Io for ModelIo<'_> {
         Ok(self.local_gate(at(self.w.now)))
     }
 
-    async fn set_mail(&mut self, _user_id: &str, email: &str) -> Result<(), Failure> {
+    async fn set_mail(&mut self, user_id: &str, email: &str) -> Result<(), Failure> {
+        if self.w.marked[self.writer].is_some() {
+            return self.restore_mail(user_id, email);
+        }
         let slot = self.w.held[self.writer].pop_front();
         if self.w.fenced[self.writer] {
             self.w.seen.fenced_writes += 1;
@@ -1059,8 +1181,11 @@ impl Io for ModelIo<'_> {
         if let Some(refused) = self.refused_write() {
             return Err(refused);
         }
+        self.count_write_behind_the_view();
         match self.answer {
-            Answer::Ok | Answer::Ambiguous { .. } => {
+            Answer::Ok | Answer::Ambiguous { .. } | Answer::TargetRefused => {
+                let before = self.w.user.mail.clone();
+                self.w.mail_before.get_or_insert((before, self.w.now));
                 self.w.user.mail = Some(email.to_owned());
                 Ok(())
             }
@@ -1088,11 +1213,7 @@ impl Io for ModelIo<'_> {
         if let Some(refused) = self.refused_write() {
             return Err(refused);
         }
-        if self.w.paused_for(self.writer).is_none()
-            && self.w.paused_until.is_some_and(|u| self.w.now < u)
-        {
-            self.w.seen.posts_after_lagging_view += 1;
-        }
+        self.count_write_behind_the_view();
         let took_effect = matches!(
             self.answer,
             Answer::Ok | Answer::Ambiguous { took_effect: true }
@@ -1103,6 +1224,8 @@ impl Io for ModelIo<'_> {
             if let Some(id) = self.w.sent_attempt() {
                 self.w.effective_attempts.insert(id);
             }
+            // The mail now goes with a reset.
+            self.w.mail_before = None;
             let shows_from = self.w.now + self.w.case.evidence_lag;
             self.w.unseen.push((shows_from, change_time(self.w.now)));
             self.w.resets.push(Reset {
@@ -1111,6 +1234,15 @@ impl Io for ModelIo<'_> {
                 shows_from,
             });
             self.w.settle();
+        }
+        if self.block_after_post {
+            // Another resource of this process: its process knows at once.
+            let until = self.w.now + 3600;
+            self.w.paused_since = Some(self.w.now);
+            self.w.paused_until = Some(until);
+            self.w.recorded_by = Some(self.writer);
+            self.w.paused_seen[self.writer] = Some(until);
+            self.w.seen.blocked_after_post += 1;
         }
         match self.answer {
             Answer::Ok => Ok((
@@ -1127,6 +1259,14 @@ impl Io for ModelIo<'_> {
             Answer::Transient => Err(Failure::Transient("connect".into())),
             Answer::Rejected => Err(Failure::Rejected("400".into())),
             Answer::AbuseBlocked => Err(Failure::AbuseBlocked("blocked".into())),
+            Answer::TargetRefused => {
+                let generation = generation_of(&request.email);
+                let retries = self.w.retries.get(&generation).copied().unwrap_or(0);
+                self.w.refusals.insert(generation, retries);
+                Err(Failure::TargetRefused(
+                    "403 Authorization_RequestDenied: Insufficient privileges".into(),
+                ))
+            }
         }
     }
 
@@ -1283,17 +1423,24 @@ fn run_in(world: &mut World, actions: &[Action]) -> Result<(), String> {
                     (i, Action::Step(writer, answer))
                 })
                 .collect::<Vec<_>>(),
+            Action::BurstIntoBlock(writer, n) => (1..=n)
+                .map(|_| (i, Action::BurstIntoBlock(writer, 1)))
+                .collect::<Vec<_>>(),
             _ => vec![(i, action.clone())],
         });
     for (i, action) in expanded {
         match &action {
-            Action::Step(writer, _)
+            Action::Step(writer, _) | Action::BurstIntoBlock(writer, _)
                 if passes[*writer].is_none() && world.stopping[*writer].is_some() =>
             {
                 // The stopping process has drained its pass: it exits, and a new one starts.
                 world.restart(*writer);
             }
-            Action::Step(writer, answer) => {
+            Action::Step(writer, _) | Action::BurstIntoBlock(writer, _) => {
+                let (answer, block_after_post) = match action {
+                    Action::Step(_, answer) => (answer, false),
+                    _ => (Answer::Ok, true),
+                };
                 if passes[*writer].is_none() {
                     world.last_gate[*writer] = None;
                     world.secret_read[*writer] = None;
@@ -1305,9 +1452,10 @@ fn run_in(world: &mut World, actions: &[Action]) -> Result<(), String> {
                 let mut io = ModelIo {
                     w: &mut *world,
                     writer: *writer,
-                    answer: *answer,
+                    answer,
                     violation: None,
                     fault_fired: false,
+                    block_after_post,
                 };
                 let flow = futures::executor::block_on(runner.step(&mut io, &settings));
                 // Every step takes time: Graph's change times of two resets never coincide.
@@ -1408,7 +1556,8 @@ fn the_model_exercises_every_failure_it_models() {
             total.abandoned_while_stopping += seen.abandoned_while_stopping;
             total.fenced_writes += seen.fenced_writes;
             total.recovered_after_lag += seen.recovered_after_lag;
-            total.posts_after_lagging_view += seen.posts_after_lagging_view;
+            total.writes_behind_the_view += seen.writes_behind_the_view;
+            total.blocked_after_post += seen.blocked_after_post;
             result.map_err(TestCaseError::fail)
         })
         .unwrap();
@@ -1422,6 +1571,7 @@ fn the_model_exercises_every_failure_it_models() {
         Reason::EmailInUse,
         Reason::UserNotFound,
         Reason::NotAGuest,
+        Reason::Forbidden,
     ] {
         assert!(
             total.reasons.contains(&reason),
@@ -1436,10 +1586,17 @@ fn the_model_exercises_every_failure_it_models() {
     assert!(total.fenced_writes > 0, "no write met a closed fence");
     assert!(total.recovered_after_lag > 0, "no evidence showed late");
     assert!(
-        total.posts_after_lagging_view > 0,
-        "no POST went out while the writer's view lagged behind a pause"
+        total.blocked_after_post > 0,
+        "no pause met an answered POST"
+    );
+    assert!(
+        total.writes_behind_the_view > 0,
+        "no write went out while the writer's view lagged behind a pause"
     );
 }
+
+/// The cases the mutation check may spend on one planted defect: as many as CI runs.
+const MUTATION_BUDGET: u32 = 3000;
 
 /// The mutation check: each rule of the decision ([`crate::mutants::Mutant::DECISIONS`]) taken
 /// away in turn (the limiter's are its own property test's to catch), the model
@@ -1456,7 +1613,7 @@ fn every_planted_defect_is_caught_by_the_model() {
         let cases = std::cell::Cell::new(0u32);
         let outcome = mutants::with(mutant, || {
             let config = Config {
-                cases: 3000,
+                cases: MUTATION_BUDGET,
                 max_shrink_iters: 0,
                 failure_persistence: None,
                 ..Config::default()
@@ -1505,6 +1662,7 @@ fn the_model_reaches_issued_with_one_post() {
             answer: Answer::Ok,
             violation: None,
             fault_fired: false,
+            block_after_post: false,
         };
         match futures::executor::block_on(r.step(&mut io, &settings)) {
             Ok(()) => {}

@@ -204,16 +204,17 @@ pub fn ready_reason(status: &GuestRedemptionResetStatus) -> Option<Reason> {
 fn record_user(status: &mut GuestRedemptionResetStatus, user: &DirectoryUser) {
     // previousMail is the mail before this reset changed it: keep the first one seen for the
     // same user, since a re-read after the mail PATCH already shows the new address.
-    let previous_mail = match &status.user {
-        Some(known) if known.id == user.id => {
-            known.previous_mail.clone().or_else(|| user.mail.clone())
-        }
-        _ => user.mail.clone(),
+    let known = status.user.as_ref().filter(|known| known.id == user.id);
+    let previous_mail = match known {
+        Some(known) => known.previous_mail.clone().or_else(|| user.mail.clone()),
+        None => user.mail.clone(),
     };
+    let mail_changed_from = known.and_then(|known| known.mail_changed_from.clone());
     status.user = Some(ResolvedUser {
         id: user.id.clone(),
         user_principal_name: user.user_principal_name.clone(),
         previous_mail,
+        mail_changed_from,
     });
     status.target = Some(
         user.user_principal_name
@@ -260,6 +261,10 @@ pub fn apply_report(
         next.history.insert(0, HistoryEntry::from(&invitation));
         next.history.truncate(HISTORY_LIMIT);
         next.invitation = Some(invitation);
+        // The mail the controller set went with a reset: it is the user's mail now.
+        if let Some(user) = next.user.as_mut() {
+            user.mail_changed_from = None;
+        }
     }
     let unsent_leftover = next
         .attempt
@@ -320,6 +325,18 @@ pub fn with_intent(
     let mut next = status.clone();
     acknowledge(&mut next, stamp);
     record_user(&mut next, user);
+    // The mail PATCH this intent plans is recorded before it is sent, so that a refusal of
+    // the target by any later pass puts the user's mail back (docs/design.md, "Refused
+    // targets"); the oldest unreset value stays.
+    let patches_mail = attempt
+        .email
+        .as_deref()
+        .is_some_and(|email| !user.carries_email(email));
+    if let Some(known) = next.user.as_mut().filter(|_| patches_mail) {
+        known
+            .mail_changed_from
+            .get_or_insert_with(|| user.mail.clone().unwrap_or_default());
+    }
     next.user_missing_since = None;
     // The pass is working now: a wait it overrode (a retry asked for) is over.
     next.next_attempt_at = None;
