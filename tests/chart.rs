@@ -494,6 +494,11 @@ async fn bad_values_are_refused_with_the_value_named() {
             "at '/leaderElection': additional properties 'enable' not allowed",
         ),
         (
+            "renew deadline not a duration",
+            "leaderElection:\n  renewDeadline: soon\n".into(),
+            "at '/leaderElection/renewDeadline'",
+        ),
+        (
             "two replicas without leader election",
             "leaderElection:\n  enabled: false\n".into(),
             "at '/replicas': maximum: got 2, want 1",
@@ -721,6 +726,8 @@ async fn deployment_is_hardened() {
     for expected in [
         "--leader-elect",
         "--leader-election-lease-name=guestreset",
+        "--leader-election-lease-duration=15s",
+        "--leader-election-renew-deadline=10s",
         "--metrics-addr=0.0.0.0:8080",
         "--log-format=json",
         "--max-writes-per-minute=6",
@@ -1072,9 +1079,9 @@ async fn leader_election_off_drops_the_lease_rights() {
     assert_eq!(m.deployment()["spec"]["replicas"], 1);
     // The lease name stays: it also names the tenant-pause ConfigMap.
     assert!(
-        !m.args()
-            .iter()
-            .any(|a| a == "--leader-elect" || a.starts_with("--leader-election-lease-duration")),
+        !m.args().iter().any(|a| a == "--leader-elect"
+            || a.starts_with("--leader-election-lease-duration")
+            || a.starts_with("--leader-election-renew-deadline")),
         "{:?}",
         m.args()
     );
