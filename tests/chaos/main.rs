@@ -179,7 +179,11 @@ const DEFAULT_RATE: Profile = Profile {
     },
     resources: 5,
     seconds: 90,
-    settle: Duration::from_secs(100),
+    // The backlog the chaos can leave at 6 writes a minute: a mail PATCH and a POST for each
+    // of the 5 resources, one write per 10 s (100 s), after the cool-down (15 s) and its probe,
+    // with the replication window (6 s) and a margin. 100 s was less than that: seed 15 ended
+    // with two resources Pending on turns due 20 s and 40 s after the deadline.
+    settle: Duration::from_secs(160),
     cooldown: SignedDuration::from_secs(15),
     replication_window_secs: 6,
     evidence_delay: Duration::from_secs(2),
