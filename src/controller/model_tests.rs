@@ -955,6 +955,19 @@ impl ModelIo<'_> {
         }
     }
 
+    /// A write of this step leaves: the first invariant it breaks is the step's violation; one
+    /// that finds no user gets Graph's answer for it.
+    fn leave<const N: usize>(&mut self, checks: [Result<(), String>; N]) -> Result<(), Failure> {
+        if let Some(violation) = checks.into_iter().find_map(Result::err) {
+            self.violation = Some(violation);
+        }
+        if let Some(refused) = self.refused_write() {
+            return Err(refused);
+        }
+        self.count_write_behind_the_view();
+        Ok(())
+    }
+
     /// A write leaves while the tenant is paused and this writer's view does not show it yet.
     fn count_write_behind_the_view(&mut self) {
         let paused = self.w.paused_until.is_some_and(|until| self.w.now < until);
@@ -1175,13 +1188,7 @@ impl Io for ModelIo<'_> {
             self.check_secret("PATCH"),
             self.check_write(slot),
         ];
-        if let Some(violation) = checks.into_iter().find_map(Result::err) {
-            self.violation = Some(violation);
-        }
-        if let Some(refused) = self.refused_write() {
-            return Err(refused);
-        }
-        self.count_write_behind_the_view();
+        self.leave(checks)?;
         match self.answer {
             Answer::Ok | Answer::Ambiguous { .. } | Answer::TargetRefused => {
                 let before = self.w.user.mail.clone();
@@ -1207,13 +1214,7 @@ impl Io for ModelIo<'_> {
             self.check_post(request),
             self.check_write(slot),
         ];
-        if let Some(violation) = checks.into_iter().find_map(Result::err) {
-            self.violation = Some(violation);
-        }
-        if let Some(refused) = self.refused_write() {
-            return Err(refused);
-        }
-        self.count_write_behind_the_view();
+        self.leave(checks)?;
         let took_effect = matches!(
             self.answer,
             Answer::Ok | Answer::Ambiguous { took_effect: true }
@@ -1538,16 +1539,9 @@ proptest! {
 /// Prints what the cases exercised.
 #[test]
 fn the_model_exercises_every_failure_it_models() {
-    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
     let strategy = (case(), proptest::collection::vec(action(), 1..120));
     let total = std::cell::RefCell::new(Seen::default());
-    let config = Config {
-        cases: 3000,
-        failure_persistence: None,
-        ..Config::default()
-    };
-    let rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
-    TestRunner::new_with_rng(config, rng)
+    fixed_runner(true)
         .run(&strategy, |(case, actions)| {
             let (result, seen) = run_seeing(case, &actions);
             let mut total = total.borrow_mut();
@@ -1595,8 +1589,25 @@ fn the_model_exercises_every_failure_it_models() {
     );
 }
 
-/// The cases the mutation check may spend on one planted defect: as many as CI runs.
-const MUTATION_BUDGET: u32 = 3000;
+/// The cases of the fixed-seed runs (the exercise test; the mutation check, per planted
+/// defect): as many as CI runs of the property test.
+const FIXED_CASES: u32 = 3000;
+
+/// A runner of `FIXED_CASES` cases on a fixed seed, so that what a run exercised and how
+/// soon a planted defect is caught are the same from run to run; `shrink` or stop at the
+/// first failing case.
+fn fixed_runner(shrink: bool) -> proptest::test_runner::TestRunner {
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    let mut config = Config {
+        cases: FIXED_CASES,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    if !shrink {
+        config.max_shrink_iters = 0;
+    }
+    TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha))
+}
 
 /// The mutation check: each rule of the decision ([`crate::mutants::Mutant::DECISIONS`]) taken
 /// away in turn (the limiter's are its own property test's to catch), the model
@@ -1606,20 +1617,13 @@ const MUTATION_BUDGET: u32 = 3000;
 #[test]
 fn every_planted_defect_is_caught_by_the_model() {
     use crate::mutants::{self, Mutant};
-    use proptest::test_runner::{Config, RngAlgorithm, TestError, TestRng, TestRunner};
+    use proptest::test_runner::TestError;
     let strategy = (case(), proptest::collection::vec(action(), 1..120));
     let mut missed = Vec::new();
     for mutant in Mutant::DECISIONS {
         let cases = std::cell::Cell::new(0u32);
         let outcome = mutants::with(mutant, || {
-            let config = Config {
-                cases: MUTATION_BUDGET,
-                max_shrink_iters: 0,
-                failure_persistence: None,
-                ..Config::default()
-            };
-            let rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
-            TestRunner::new_with_rng(config, rng).run(&strategy, |(case, actions)| {
+            fixed_runner(false).run(&strategy, |(case, actions)| {
                 cases.set(cases.get() + 1);
                 run_with(case, &actions).map_err(TestCaseError::fail)
             })
