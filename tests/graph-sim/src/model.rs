@@ -125,6 +125,10 @@ pub struct JournalEntry {
     /// For `POST /invitations`: `invitedUserEmailAddress` as sent (whatever the outcome).
     #[serde(default)]
     pub invited_email: Option<String>,
+    /// RFC 3339, when the response left (after any injected delay, hold or latency); `None`
+    /// while it is held, when the connection was dropped, or when the client went away first.
+    #[serde(default)]
+    pub answered_at: Option<String>,
 }
 
 /// A fault injected into matching calls, in rule order; `times: None` lasts until cleared.

@@ -179,8 +179,9 @@ async fn handle(
             fault: fault.map(|f| f.name().to_string()),
             invited_user_id: invited_user_id.clone(),
             invited_email: invited_email.clone(),
+            answered_at: None,
         };
-        shared.lock().journal_append(entry);
+        shared.lock().journal_append(entry)
     };
 
     // Decide: authentication, then faults, then the call itself, all under one lock so
@@ -244,10 +245,10 @@ async fn handle(
         (Duration::ZERO, None)
     };
 
-    let reply = match &fault {
+    let (reply, seq) = match &fault {
         None => {
-            journal(reply.status, reply.effect.clone(), None);
-            reply
+            let seq = journal(reply.status, reply.effect.clone(), None);
+            (reply, seq)
         }
         Some(FaultAction::DropConnectionBefore) => {
             journal(0, None, fault.as_ref());
@@ -263,31 +264,34 @@ async fn handle(
             } else {
                 server_error(&ctx, *status)
             };
-            journal(error.status, reply.effect.clone(), fault.as_ref());
-            error
+            let seq = journal(error.status, reply.effect.clone(), fault.as_ref());
+            (error, seq)
         }
         Some(FaultAction::DelayAfter { millis }) => {
-            journal(reply.status, reply.effect.clone(), fault.as_ref());
+            let seq = journal(reply.status, reply.effect.clone(), fault.as_ref());
             tokio::time::sleep(Duration::from_millis(*millis)).await;
-            reply
+            (reply, seq)
         }
         Some(FaultAction::HangAfter) => {
             // Counted as held before it is journaled, so a release sent by anyone who saw
             // the journal entry or the held count reaches it.
             let held = Held::new(&shared);
-            journal(reply.status, reply.effect.clone(), fault.as_ref());
+            let seq = journal(reply.status, reply.effect.clone(), fault.as_ref());
             held.wait().await;
-            reply
+            (reply, seq)
         }
         Some(_) => {
-            journal(reply.status, None, fault.as_ref());
-            reply
+            let seq = journal(reply.status, None, fault.as_ref());
+            (reply, seq)
         }
     };
     let reply = crate::unkind::retry_after_on_503(reply, retry_after_503);
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
+    // Dated here, not when the body is written: a client that went away during a hold or
+    // delay dropped this future before, and its entry keeps no answer.
+    shared.lock().journal_answered(seq, now_rfc3339());
     Ok(to_response(reply, &ctx, is_graph || call == Call::Token))
 }
 

@@ -167,6 +167,13 @@ impl State {
         self.journal.push(entry);
         seq
     }
+
+    /// Dates the answer of journal entry `seq`: its response is leaving now.
+    pub fn journal_answered(&mut self, seq: u64, at: String) {
+        if let Some(entry) = self.journal.get_mut(seq as usize - 1) {
+            entry.answered_at = Some(at);
+        }
+    }
 }
 
 pub(crate) enum TokenCheck {

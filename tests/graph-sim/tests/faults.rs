@@ -134,6 +134,19 @@ async fn delay_after_applies_and_answers_late() {
     let entry = last_post(&sim).await;
     assert_eq!(entry.fault.as_deref(), Some("DelayAfter"));
     assert_eq!(entry.effect.as_deref(), Some("invitation issued"));
+    // The journal dates the decision and, apart, the answer: the delay lies between them.
+    let answered = entry.answered_at.as_deref().expect("an answered entry");
+    assert!(
+        elapsed(&entry.at, answered) >= Duration::from_millis(300),
+        "{entry:?}"
+    );
+}
+
+/// The time from RFC 3339 `from` to RFC 3339 `to`.
+fn elapsed(from: &str, to: &str) -> Duration {
+    use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+    let parse = |s: &str| OffsetDateTime::parse(s, &Rfc3339).unwrap();
+    (parse(to) - parse(from)).try_into().unwrap()
 }
 
 #[tokio::test]
@@ -158,6 +171,7 @@ async fn hang_after_applies_holds_and_is_released_by_the_admin_call() {
     let entry = last_post(&sim).await;
     assert_eq!(entry.fault.as_deref(), Some("HangAfter"));
     assert_eq!(entry.status, 201);
+    assert_eq!(entry.answered_at, None, "a held answer has not left");
     assert!(!post.is_finished());
 
     admin.release_held().await.unwrap();
@@ -167,6 +181,7 @@ async fn hang_after_applies_holds_and_is_released_by_the_admin_call() {
         .unwrap();
     assert_eq!(a.status, StatusCode::CREATED);
     assert_eq!(admin.held_count().await.unwrap(), 0);
+    assert!(last_post(&sim).await.answered_at.is_some());
 }
 
 #[tokio::test]
@@ -189,6 +204,11 @@ async fn hang_after_ends_when_the_client_goes_away() {
     assert_eq!(
         alice_state(&sim).await.as_deref(),
         Some("PendingAcceptance")
+    );
+    assert_eq!(
+        last_post(&sim).await.answered_at,
+        None,
+        "the client went away before the answer"
     );
 }
 
