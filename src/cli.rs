@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use jiff::SignedDuration;
 
-use crate::controller::decide::Settings;
-use crate::controller::schedule::Schedule;
+use crate::controller::core::input::Settings;
+use crate::controller::core::schedule::Schedule;
 use crate::controller::tenant::TenantGuard;
 use crate::fence::WriteFence;
 use crate::graph::{self, GraphClient, GraphSettings, ReadBudget, WriteLimiter};

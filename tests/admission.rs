@@ -3,7 +3,7 @@
 //! and on update), printer columns, `kubectl explain`, `kubectl wait` and the status
 //! subresource.
 //!
-//! The offline CEL tests in `src/resource.rs` are the fast, exhaustive half; these tests
+//! The offline CEL tests in `src/resource/reset.rs` are the fast, exhaustive half; these tests
 //! prove that the API server reads the schema the same way.
 
 use std::process::{Output, Stdio};
@@ -774,7 +774,7 @@ async fn an_update_to_two_user_keys_is_refused() {
     assert_eq!(stored.metadata.generation, Some(1));
 }
 
-/// The verdicts of the offline CEL tests in src/resource.rs, asked of the real server
+/// The verdicts of the offline CEL tests in src/resource/reset.rs, asked of the real server
 /// (server-side dry run: validated and admitted, never stored).
 #[tokio::test]
 async fn the_server_agrees_with_the_offline_cel_verdicts() {

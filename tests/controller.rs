@@ -1727,7 +1727,7 @@ async fn without_the_watch_the_record_is_read_before_each_write() {
 /// then end its pause). The deletion now keeps a block later than the one it answered.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_success_deletes_only_the_block_it_answered() {
-    use guestreset::controller::tenant_record::Record;
+    use guestreset::controller::tenant::record::Record;
     use k8s_openapi::api::core::v1::ConfigMap;
     let w = World::new("pause-clear").await;
     let record = Record::new(

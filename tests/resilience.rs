@@ -214,7 +214,7 @@ async fn a_leader_cut_off_from_the_api_server_stops_graph_writes_before_its_leas
 /// write is retried until it lands, and the pause holds in this process meanwhile.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pause_record_that_could_not_be_written_is_written_once_the_api_server_answers() {
-    use guestreset::controller::decide::TenantGate;
+    use guestreset::controller::core::input::TenantGate;
     use guestreset::controller::tenant::TenantGuard;
     let (w, proxy, _, _) = proxied_world("record-retry").await;
     let mut config = w.cp.config().await;

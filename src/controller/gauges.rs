@@ -9,11 +9,11 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 
-use super::Context;
-use super::run::Watched;
-use super::status::READY;
+use super::context::{Context, Watched};
+use super::core::follow::pending_summary;
 use crate::metrics::{ResourceCondition, ResourceRow};
 use crate::resource::GuestRedemptionReset;
+use crate::resource::reason::{APPROVED, READY, REDEEMED};
 
 /// How often the gauges of pending redemptions are counted over the watch cache.
 const GAUGE_PERIOD: Duration = Duration::from_secs(10);
@@ -21,7 +21,7 @@ const GAUGE_PERIOD: Duration = Duration::from_secs(10);
 /// The conditions with a series per resource: what happened (Ready), whether the guest
 /// redeemed (Redeemed) and the approval (Approved). Reconciling and Stalled follow Ready's
 /// reason and would only multiply the series.
-const EXPORTED: [&str; 3] = [READY, super::follow::REDEEMED, super::status::APPROVED];
+const EXPORTED: [&str; 3] = [READY, REDEEMED, APPROVED];
 
 /// Serves the per-resource series from `reader` at each scrape, and keeps the gauges of
 /// pending redemptions current until the task is aborted.
@@ -35,7 +35,7 @@ pub async fn keep(reader: Store<Watched>, ctx: Arc<Context>) {
         tick.tick().await;
         let objects = reader.state();
         let valid = objects.iter().filter_map(|o| o.0.as_ref().ok());
-        let (count, oldest) = super::follow::pending_summary(valid, Timestamp::now());
+        let (count, oldest) = pending_summary(valid, Timestamp::now());
         let oldest = Duration::try_from(oldest).unwrap_or_default();
         ctx.metrics.set_pending_redemptions(count, oldest);
     }

@@ -56,17 +56,18 @@ use std::future::Future;
 use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
 
-use super::decide::{
+use super::core::input::{
     Failure, FollowUp, Lookup, Posted, Resolution, SecretOwner, Settings, SlotTurn, TenantGate,
 };
-use super::pass::{End, Io, Outcome, PassRunner};
-use super::reason::Reason;
+use super::exec::io::Io;
+use super::exec::pass::{End, Outcome, PassRunner};
 use super::status;
 use crate::graph::{
     DirectoryUser, RedeemUrl, ResetRedemptionRequest, SHORT_WAIT, Turn, TurnKey, WriteLimiter,
     WriteSlot, check_windows,
 };
 use crate::resource::GuestRedemptionReset;
+use crate::resource::reason::Reason;
 use tokio::time::Instant;
 
 const USER: &str = "3f0a6c1e-8d2b-4c55-9b0e-2f6a1d9c7e41";
@@ -412,7 +413,7 @@ impl World {
                 post_timeout: SignedDuration::from_secs(30),
                 // A short follow-through, so that its reads and writes interleave with the
                 // issuance of the two writers within a case.
-                schedule: super::schedule::Schedule {
+                schedule: super::core::schedule::Schedule {
                     first: SignedDuration::from_secs(10),
                     watch: SignedDuration::from_mins(2),
                 },

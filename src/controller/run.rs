@@ -6,19 +6,21 @@ use std::time::Duration;
 use futures::StreamExt;
 use jiff::Timestamp;
 use kube::api::Api;
-use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Resource, ResourceExt};
 use tracing::{Instrument, warn};
 
-use super::Context;
-use super::decide::{Observed, Pass, Settings, Step, TenantGate, decide};
+use super::context::{Context, Watched};
+use super::core::decide::decide;
+use super::core::input::{Learned, Observed, Settings, TenantGate};
+use super::core::step::Step;
+use super::core::time::until_from;
 use super::effects::KubeIo;
 use super::error::Error;
-use super::pass::{Outcome, PassRunner, until_from};
-use super::reason::Reason;
+use super::exec::pass::{Outcome, PassRunner};
+use crate::resource::reason::Reason;
 use crate::resource::{
     GuestRedemptionReset, REQUESTED_BY_ANNOTATION, RETRY_ANNOTATION, RETRY_REQUESTED_BY_ANNOTATION,
 };
@@ -29,11 +31,6 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 const START_OVER: Duration = Duration::from_millis(200);
 /// A pass whose effect failed runs again after about this long.
 const ERROR_RETRY: Duration = Duration::from_secs(5);
-
-/// A resource as the watch delivers it: one that does not deserialize (a CRD older or newer
-/// than this controller, an edit that bypassed validation) is reported on, never a stalled
-/// stream.
-pub type Watched = DeserializeGuard<GuestRedemptionReset>;
 
 /// Runs the controller until the shutdown future completes.
 pub async fn run(
@@ -149,7 +146,9 @@ pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action, E
     // The controller starts reconciling only once its watch cache has synced.
     ctx.readiness.set_ready(true);
     let started = std::time::Instant::now();
-    let result = fresh_pass(obj, &ctx, &namespace).instrument(span).await;
+    let result = pass_unless_superseded(obj, &ctx, &namespace)
+        .instrument(span)
+        .await;
     ctx.metrics
         .record_reconcile(result.as_ref().err().map(Error::step), started.elapsed());
     result
@@ -176,7 +175,13 @@ fn quiet_action(obj: &GuestRedemptionReset, settings: &Settings, now: Timestamp)
         migration: crate::migration::approval::controlling_migration(obj).map(|(name, _)| name),
     };
     // The tenant gate matters only deeper in the flow; Open claims nothing.
-    match decide(&observed, settings, TenantGate::Open, now, &Pass::default()) {
+    match decide(
+        &observed,
+        settings,
+        TenantGate::Open,
+        now,
+        &Learned::default(),
+    ) {
         Step::Nothing => Some(Action::await_change()),
         Step::Wait { until } => Some(action_of(Outcome::Wait(until_from(now, until)))),
         _ => None,
@@ -189,7 +194,7 @@ fn quiet_action(obj: &GuestRedemptionReset, settings: &Settings, now: Timestamp)
 /// and queues the next pass. Any other copy is current as far as this process knows, and the
 /// pass works on it without reading it again; a write by somebody else that the cache has not
 /// shown yet fails the first guarded write, and the pass starts over.
-async fn fresh_pass(
+async fn pass_unless_superseded(
     cached: Arc<GuestRedemptionReset>,
     ctx: &Context,
     namespace: &str,

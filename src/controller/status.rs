@@ -6,28 +6,15 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use super::reason::Reason;
-use super::report::{AttemptChange, Report};
+use super::core::input::FollowUp;
+use super::core::report::{AttemptChange, Report};
+use super::core::time::ceil_to_second;
 use crate::graph::DirectoryUser;
+use crate::resource::reason::{APPROVED, READY, RECONCILING, REDEEMED, Reason, STALLED};
 use crate::resource::{
     Attempt, Decision, GuestRedemptionResetStatus, HISTORY_LIMIT, HistoryEntry, IssuedInvitation,
     ResolvedUser, UserKey, UserStateBefore,
 };
-
-pub const READY: &str = "Ready";
-/// kstatus's conditions (read by Flux, kpt and Argo CD's health script): True while the
-/// controller works or waits, True on a failure that needs a person.
-pub const RECONCILING: &str = "Reconciling";
-pub const STALLED: &str = "Stalled";
-/// With `--require-approval`: whether the generation's approval was acted on.
-pub const APPROVED: &str = "Approved";
-
-/// Kubernetes stores times to the second, dropping the fraction. A time that starts a wait is
-/// rounded up instead, so that the stored wait is never shorter than the one decided.
-pub fn ceil_to_second(t: Timestamp) -> Time {
-    let second = t.as_second() + i64::from(t.subsec_nanosecond() > 0);
-    Time(Timestamp::from_second(second).unwrap_or(t))
-}
 
 /// Identity of the resource version a status is written for.
 #[derive(Clone, Copy, Debug)]
@@ -288,7 +275,7 @@ pub fn apply_report(
         next.admitted_under.clone_from(&report.admitted_under);
     }
     if let Some(follow_up) = &report.redemption {
-        super::follow::set_redemption(&mut next, follow_up, stamp.now);
+        set_redemption(&mut next, follow_up, stamp.now);
     }
     Some(next)
 }
@@ -376,7 +363,7 @@ pub fn with_retry_accepted(
     next.user_missing_since = None;
     next.next_attempt_at = None;
     // The invitation issued again supersedes the one followed so far.
-    super::follow::clear_redemption(&mut next);
+    clear_redemption(&mut next);
     set_ready(
         &mut next,
         Stamp {
@@ -406,11 +393,39 @@ pub fn acknowledge(next: &mut GuestRedemptionResetStatus, stamp: Stamp<'_>) {
     next.user_missing_since = None;
     next.next_attempt_at = None;
     // A new generation asks for a new reset: the follow-through of the old one ends here.
-    super::follow::clear_redemption(next);
+    clear_redemption(next);
     // Who asked for this generation; the plan of the previous one no longer applies.
     next.requested_by = stamp.requested_by.map(str::to_owned);
     next.plan = None;
     next.admitted_under = None;
+}
+
+/// Records the follow-through and sets the `Redeemed` condition; its `lastTransitionTime`
+/// moves only when its status flips.
+pub fn set_redemption(
+    status: &mut GuestRedemptionResetStatus,
+    follow_up: &FollowUp,
+    now: Timestamp,
+) {
+    let redemption = &follow_up.redemption;
+    put_condition(
+        status,
+        Condition {
+            type_: REDEEMED.to_owned(),
+            status: redemption.state.condition_status().to_owned(),
+            reason: redemption.state.as_str().to_owned(),
+            message: follow_up.message.clone(),
+            observed_generation: Some(redemption.generation),
+            last_transition_time: Time(now),
+        },
+    );
+    status.redemption = Some(redemption.clone());
+}
+
+/// A new generation, or a retry, restarts the follow-through: the old one is dropped.
+pub fn clear_redemption(status: &mut GuestRedemptionResetStatus) {
+    status.redemption = None;
+    status.conditions.retain(|c| c.type_ != REDEEMED);
 }
 
 #[cfg(test)]

@@ -28,7 +28,11 @@ pub struct Renewals {
 }
 
 impl Renewals {
-    pub fn new(client: kube::Client, config: &super::LeaseConfig, fence: WriteFence) -> Self {
+    pub fn new(
+        client: kube::Client,
+        config: &super::config::LeaseConfig,
+        fence: WriteFence,
+    ) -> Self {
         Renewals {
             leases: Api::namespaced(client, &config.namespace),
             name: config.name.clone(),

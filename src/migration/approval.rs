@@ -12,7 +12,7 @@
 //!     someone who may edit ConfigMaps cannot slip a guest in.
 
 use super::plan::{self, PlannedGuest};
-use crate::controller::status::{APPROVED, READY};
+use crate::resource::reason::{APPROVED, READY};
 use crate::resource::{
     Approval, Decision, GuestDomainMigration, GuestRedemptionReset, REQUESTED_BY_ANNOTATION,
 };

@@ -23,7 +23,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use tracing::warn;
 
-use crate::controller::Context;
+use crate::controller::context::Context;
 use crate::resource::migration::MIGRATION_LABEL;
 use crate::resource::{GuestDomainMigration, GuestRedemptionReset};
 use reconcile::MigrationError;

@@ -21,7 +21,8 @@ use super::approval::{Verdict, verdict};
 use super::mapping;
 use super::plan::{self, PlannedGuest};
 use super::status::{self as mstatus, MigrationReason, ResetState};
-use crate::controller::{Context, MANAGER};
+use crate::controller::context::Context;
+use crate::resource::MANAGER;
 use crate::resource::migration::{
     DEFAULT_MAPPING_KEY, DIGEST_KEY, EXCLUDED_KEY, MIGRATION_LABEL, PLAN_KEY,
 };
@@ -361,13 +362,13 @@ impl Pass<'_> {
                 return Ok(false);
             }
             Verdict::Approved(a) => {
-                let review = crate::controller::approver::review_for(
+                let review = crate::controller::effects::approver::review_for(
                     "guestdomainmigrations",
                     Some(&self.ns),
                     &self.name,
                     a,
                 );
-                let allowed = crate::controller::approver::may_approve_review(
+                let allowed = crate::controller::effects::approver::may_approve_review(
                     self.ctx.client.clone(),
                     self.ctx.approval_policy.clone(),
                     review,

@@ -6,7 +6,7 @@
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::controller::status::{APPROVED, READY, RECONCILING, STALLED};
+use crate::resource::reason::{APPROVED, READY, RECONCILING, STALLED};
 use crate::resource::{
     Decision, GuestDomainMigrationStatus, GuestRedemptionReset, Phase, Progress,
 };

@@ -4,7 +4,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::ObjectMeta;
 
-use crate::controller::reason::Reason;
+use crate::resource::reason::Reason;
 use crate::resource::{
     Approval, Decision, GuestRedemptionReset, GuestRedemptionResetSpec, GuestRedemptionResetStatus,
 };

@@ -6,7 +6,7 @@
 //! - [`session`]: kubeconfig, context, namespace, and who the caller is.
 //! - [`new`], [`plan`], [`decide`] (approve and deny), [`retry`], [`status`]: the subcommands;
 //!   [`migration`] (`migration status`); [`completion`] the shell scripts.
-//! - [`write`]: the merge patches that apply only to the version that was read.
+//! - [`mod@write`]: the merge patches that apply only to the version that was read.
 //! - [`output`] and [`error`]: printing, and the exit codes.
 
 pub mod cli;

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::error::Error;
 use super::output::{self, Format};
 use super::session::Session;
-use crate::controller::reason::{Readiness, Reason};
+use crate::resource::reason::{Readiness, Reason};
 use crate::resource::{Approval, GuestRedemptionReset};
 
 /// The plan of the current generation.

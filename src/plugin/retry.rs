@@ -16,7 +16,7 @@ use super::output;
 use super::plan;
 use super::session::Session;
 use super::write;
-use crate::controller::reason::Reason;
+use crate::resource::reason::Reason;
 use crate::resource::{GuestRedemptionReset, RETRY_ANNOTATION, RETRY_REQUESTED_BY_ANNOTATION};
 
 pub async fn run(session: &Session, args: &RetryArgs) -> Result<(), Error> {

@@ -11,7 +11,7 @@ use super::error::Error;
 use super::output;
 use super::plan;
 use super::session::Session;
-use crate::controller::reason::Reason;
+use crate::resource::reason::Reason;
 use crate::resource::{Approval, GuestRedemptionReset, GuestRedemptionResetStatus};
 
 const NONE: &str = "-";

@@ -1,6 +1,6 @@
 //! Local checks of flag values, so that a mistake is reported at once and names its flag.
 //!
-//! They follow the admission rules of the CRD (src/resource.rs, docs/resource.md), which stay
+//! They follow the admission rules of the CRD (src/resource/reset.rs, docs/resource.md), which stay
 //! the authority: a value that passes here and fails there is refused by the API server with
 //! its own message. The tests hold both to the same verdicts (the CEL rules evaluated offline,
 //! the schema's bounds and patterns read from the CRD).

@@ -106,13 +106,3 @@ impl Approval {
             && (self.decision == Decision::Denied || self.retry.as_deref() == retry)
     }
 }
-
-/// The digest of a spec that a plan shows and a decision pins: `sha256:` and the hex SHA-256
-/// of the spec's JSON (fields in declaration order, as this crate writes it), so that the
-/// plugin and the controller compute the same value for the same spec.
-pub fn spec_digest(spec: &super::GuestRedemptionResetSpec) -> String {
-    let json = serde_json::to_vec(spec).expect("a spec serializes");
-    let sum = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &json);
-    let hex: String = sum.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
-}

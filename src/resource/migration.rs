@@ -7,7 +7,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::{Approval, InvitationMessage, PolicyVersion};
+use super::approval::{Approval, PolicyVersion};
+use super::common::{InvitationMessage, strip_nullable};
 
 /// Label on every reset a migration created, with the migration's name as its value.
 pub const MIGRATION_LABEL: &str = "guestreset.io/migration";
@@ -70,13 +71,13 @@ pub struct GuestDomainMigrationSpec {
     pub mapping: Option<Mapping>,
 
     /// Where the guests land after redeeming. Must be an https URL.
-    #[serde(default = "super::default_redirect_url")]
+    #[serde(default = "super::common::default_redirect_url")]
     #[x_kube(validation = Rule::new("self.startsWith('https://') && self.size() > 8 && !self.contains(' ')").message("must be an https:// URL"))]
     #[schemars(length(max = 2048))]
     pub redirect_url: String,
 
     /// Whether Microsoft sends the invitation e-mails.
-    #[serde(default = "super::default_true")]
+    #[serde(default = "super::common::default_true")]
     pub send_invitation_message: bool,
 
     /// Customisation of every invitation e-mail, as in GuestRedemptionReset.
@@ -199,7 +200,7 @@ pub fn crd() -> CustomResourceDefinition {
     use kube::CustomResourceExt;
     let mut value = serde_json::to_value(GuestDomainMigration::crd())
         .expect("the derived CRD always serialises");
-    super::strip_nullable(&mut value);
+    strip_nullable(&mut value);
     serde_json::from_value(value).expect("stripping nullable keeps a valid CRD")
 }
 

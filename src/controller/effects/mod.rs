@@ -1,6 +1,9 @@
 //! The effects of a pass against the real world: Graph through the client, the status through
 //! guarded writes, the redeem-URL Secret, the tenant pause, Events.
 
+pub mod approver;
+pub mod events;
+
 use std::future::Future;
 
 use jiff::Timestamp;
@@ -10,18 +13,21 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use tracing::warn;
 
-use super::decide::{
+use crate::controller::context::Context;
+use crate::controller::core::failure::failure_of;
+use crate::controller::core::input::{
     Failure, FollowUp, Lookup, Posted, Resolution, SecretOwner, SlotTurn, TenantGate,
 };
-use super::events;
-use super::pass::Io;
-use super::reason::Reason;
-use super::tenant::ProbeClaim;
-use super::{Context, MANAGER, failure_of};
+use crate::controller::core::time::{SEND_WINDOW, until_from};
+use crate::controller::exec::io::Io;
+use crate::controller::failpoint::Failpoint;
+use crate::controller::tenant::ProbeClaim;
 use crate::graph::{
     Admission, Authorization, DirectoryUser, GraphClient, RedeemUrl, ResetRedemptionRequest,
     SHORT_WAIT, Turn, TurnKey, WriteSlot,
 };
+use crate::resource::MANAGER;
+use crate::resource::reason::Reason;
 use crate::resource::{
     Approval, GuestRedemptionReset, PolicyVersion, REDEEM_URL_SECRET_KEY, RedemptionState,
 };
@@ -135,7 +141,7 @@ impl Io for KubeIo<'_> {
         approval: &Approval,
     ) -> impl Future<Output = Result<Result<(), String>, kube::Error>> + Send {
         let policy = self.ctx.approval_policy.clone();
-        super::approver::may_approve(self.ctx.client.clone(), policy, obj, approval)
+        approver::may_approve(self.ctx.client.clone(), policy, obj, approval)
     }
 
     async fn migration_grant(
@@ -336,7 +342,7 @@ impl Io for KubeIo<'_> {
             Err(err) => return Err(err),
         };
         // Either way the version written from is outdated; a cached copy at it is stale.
-        self.ctx.outdated(obj);
+        self.ctx.mark_outdated(obj);
         Ok(written)
     }
 
@@ -389,13 +395,13 @@ impl Io for KubeIo<'_> {
 
     fn sending(&mut self, marked_at: Timestamp) {
         self.in_flight = Some(self.ctx.shutdown.post_in_flight());
-        let window = super::decide::SEND_WINDOW - Timestamp::now().duration_since(marked_at);
+        let window = SEND_WINDOW - Timestamp::now().duration_since(marked_at);
         let left = std::time::Duration::try_from(window).unwrap_or_default();
         self.send_by = Some(tokio::time::Instant::now() + left);
     }
 
     async fn sleep_until(&mut self, until: Timestamp) {
-        tokio::time::sleep(super::pass::until_from(Timestamp::now(), until)).await;
+        tokio::time::sleep(until_from(Timestamp::now(), until)).await;
         // The slot's own clock has the last word.
         if let Some(slot) = self.slots.back() {
             tokio::time::sleep_until(slot.usable_from()).await;
@@ -447,33 +453,6 @@ impl Io for KubeIo<'_> {
             warn!("failpoint hang-after-intent reached");
             std::future::pending::<()>().await;
         }
-    }
-}
-
-/// Test-only fault injection, read from `GUESTRESET_FAILPOINT` at start-up: `hang-after-intent`
-/// stops a pass right after the intent was recorded, so a test can kill the process there;
-/// `stall-before-post=SECS` holds a pass that far between its sending mark and the POST (a
-/// process descheduled or paused there), so a test can cut the process off meanwhile. Only a
-/// build with the `failpoints` feature reads the variable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Failpoint {
-    HangAfterIntent,
-    StallBeforePost(std::time::Duration),
-}
-
-impl Failpoint {
-    pub fn from_env() -> Option<Self> {
-        if !cfg!(feature = "failpoints") {
-            return None;
-        }
-        let value = std::env::var("GUESTRESET_FAILPOINT").ok()?;
-        if value == "hang-after-intent" {
-            return Some(Failpoint::HangAfterIntent);
-        }
-        let secs = value.strip_prefix("stall-before-post=")?.parse().ok()?;
-        Some(Failpoint::StallBeforePost(std::time::Duration::from_secs(
-            secs,
-        )))
     }
 }
 

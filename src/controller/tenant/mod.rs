@@ -4,16 +4,18 @@
 //! checks right before each Graph write, so a pause survives restarts and holds for every
 //! replica; it is never derived from a resource's condition.
 
+pub mod record;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use tracing::{info, warn};
 
-use super::decide::TenantGate;
-use super::tenant_record::{Following, Record};
+use super::core::input::TenantGate;
 use crate::backoff::Backoff;
 use crate::metrics::TenantRecordMetrics;
+use record::{Following, Record};
 
 /// How long other resources wait while the probe is out, and how long a resource whose probe
 /// pass wrote to Graph without an answer on the block (a mail PATCH, then a failed read or an

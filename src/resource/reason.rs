@@ -1,7 +1,19 @@
 //! The reasons of the Ready condition (docs/resource.md, "Reasons of Ready") and what each one
 //! implies.
 
-use crate::resource::Phase;
+use super::reset::Phase;
+
+/// The condition types of `status.conditions` (docs/resource.md, "Conditions").
+/// The readiness of the generation: its reason is a [`Reason`].
+pub const READY: &str = "Ready";
+/// kstatus's conditions (read by Flux, kpt and Argo CD's health script): True while the
+/// controller works or waits, True on a failure that needs a person.
+pub const RECONCILING: &str = "Reconciling";
+pub const STALLED: &str = "Stalled";
+/// With `--require-approval`: whether the generation's approval was acted on.
+pub const APPROVED: &str = "Approved";
+/// Whether the guest redeemed the invitation (the follow-through).
+pub const REDEEMED: &str = "Redeemed";
 
 /// A reason of the `Ready` condition. Tests and users match on [`Reason::as_str`], the
 /// variant's name.

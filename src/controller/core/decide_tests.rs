@@ -3,8 +3,10 @@
 //! reason of docs/resource.md's table and each crash point is reached the way the controller reaches it.
 
 use super::*;
-use crate::controller::pass::{End, Io, Outcome, PassRunner};
-use crate::controller::report::{FORBIDDEN_RETRY, Report, transient_backoff};
+use crate::controller::core::input::{FollowUp, Lookup, Resolution, SecretOwner};
+use crate::controller::core::report::{FORBIDDEN_RETRY, Report, transient_backoff};
+use crate::controller::exec::io::Io;
+use crate::controller::exec::pass::{End, Outcome, PassRunner};
 use crate::controller::status;
 use crate::graph::{RedeemUrl, ResetRedemptionRequest, SHORT_WAIT};
 use crate::resource::{

@@ -2,11 +2,10 @@
 
 use std::time::Duration;
 
-use super::decide::{Failure, Observed};
-use super::reason::Reason;
-use super::step::FollowUp;
+use super::input::{Failure, FollowUp, Observed};
 use crate::backoff::Backoff;
 use crate::graph::DirectoryUser;
+use crate::resource::reason::Reason;
 
 /// How often a stopped-by-permission resource is tried again (every 10 minutes).
 pub const FORBIDDEN_RETRY: Duration = Duration::from_secs(600);

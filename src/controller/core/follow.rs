@@ -5,19 +5,17 @@
 //! `Redeemed` condition.
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use super::input::{Failure, FollowUp, Learned, Observed, Read, Settings};
 use super::report::Report;
 use super::schedule::stretch;
-use super::status::ceil_to_second;
-use super::step::{Failure, FollowUp, Observed, Pass, Read, Settings, Step};
+use super::step::Step;
+use super::time::ceil_to_second;
 use crate::graph::DirectoryUser;
-use crate::resource::{
-    GuestRedemptionReset, GuestRedemptionResetStatus, Redemption, RedemptionState,
-};
+use crate::resource::reason::Reason;
+use crate::resource::{GuestRedemptionReset, Redemption, RedemptionState};
 
-/// The condition's type.
-pub const REDEEMED: &str = "Redeemed";
 const ACCEPTED: &str = "Accepted";
 
 /// The follow-through record of the current generation, if it has one.
@@ -36,7 +34,7 @@ pub(super) fn follow_through(
     o: &Observed<'_>,
     settings: &Settings,
     now: Timestamp,
-    pass: &Pass,
+    pass: &Learned,
 ) -> Step {
     let Some(record) = current_record(o) else {
         return Step::Nothing;
@@ -197,7 +195,7 @@ pub(super) fn with_start(
     o: &Observed<'_>,
     settings: &Settings,
     now: Timestamp,
-    pass: &Pass,
+    pass: &Learned,
 ) -> Step {
     if let Step::Report(report) = &mut step
         && starts_follow_through(report, o)
@@ -221,40 +219,12 @@ pub(super) fn with_start(
 }
 
 fn starts_follow_through(report: &Report, o: &Observed<'_>) -> bool {
-    report.reason == super::reason::Reason::Issued
+    report.reason == Reason::Issued
         && !o.spec.dry_run
         && report
             .issued
             .as_ref()
             .is_some_and(|i| i.generation == o.generation)
-}
-
-/// Records the follow-through and sets the `Redeemed` condition; its `lastTransitionTime`
-/// moves only when its status flips.
-pub fn set_redemption(
-    status: &mut GuestRedemptionResetStatus,
-    follow_up: &FollowUp,
-    now: Timestamp,
-) {
-    let redemption = &follow_up.redemption;
-    super::status::put_condition(
-        status,
-        Condition {
-            type_: REDEEMED.to_owned(),
-            status: redemption.state.condition_status().to_owned(),
-            reason: redemption.state.as_str().to_owned(),
-            message: follow_up.message.clone(),
-            observed_generation: Some(redemption.generation),
-            last_transition_time: Time(now),
-        },
-    );
-    status.redemption = Some(redemption.clone());
-}
-
-/// A new generation, or a retry, restarts the follow-through: the old one is dropped.
-pub fn clear_redemption(status: &mut GuestRedemptionResetStatus) {
-    status.redemption = None;
-    status.conditions.retain(|c| c.type_ != REDEEMED);
 }
 
 /// The number of pending follow-throughs and the age of the oldest (for the gauges).

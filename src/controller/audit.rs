@@ -1,17 +1,12 @@
-//! The audit trail on the resource: one Event per transition of Ready and of Redeemed, the note
-//! starting with the requester and the approver, then a bounded `changeRef`, cut to a bounded
-//! size; and structured log lines per issuance (at its sending mark and at its outcome) with
-//! everything an auditor joins on (docs/security.md, "From a resource to Entra's audit log").
-//! The names of an issuance are those captured with its intent (`status.attempt.audit`), never
-//! the object's current ones, which a change during the POST could have rewritten.
+//! The audit record of an issuance: who asked, who approved and which change, as captured with
+//! its intent (`status.attempt.audit`), never the object's current names, which a change during
+//! the POST could have rewritten; the log line at its sending mark and at its outcome with
+//! everything an auditor joins on (docs/security.md, "From a resource to Entra's audit log");
+//! and the bounded note of an Event, the names first.
 
-use kube::runtime::events::{Event, EventType};
-use kube::{Resource, ResourceExt};
-use tracing::warn;
+use kube::ResourceExt;
 
-use super::Context;
-use super::reason::Reason;
-use super::report::Issued;
+use super::core::report::Issued;
 use crate::resource::{
     Attempt, AuditNames, Decision, GuestRedemptionReset, REQUESTED_BY_ANNOTATION, RETRY_ANNOTATION,
 };
@@ -21,6 +16,7 @@ const EVENT_NOTE_LIMIT: usize = 1000;
 /// `changeRef` in a note is cut to this many bytes (the schema's limit), after the names.
 const CHANGE_REF_LIMIT: usize = 128;
 
+/// `text` cut to at most `max` bytes at a character boundary, marked with `…` when cut.
 fn truncate(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_owned();
@@ -30,35 +26,6 @@ fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &text[..end])
-}
-
-/// Emits an Event on the resource; its note carries `changeRef` when set.
-pub async fn publish(ctx: &Context, obj: &GuestRedemptionReset, reason: Reason, message: &str) {
-    publish_event(ctx, obj, reason.as_str(), reason.is_warning(), message).await;
-}
-
-pub async fn publish_event(
-    ctx: &Context,
-    obj: &GuestRedemptionReset,
-    reason: &str,
-    warning: bool,
-    message: &str,
-) {
-    let note = note_of(obj, message);
-    let event = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.to_owned(),
-        note: Some(truncate(&note, EVENT_NOTE_LIMIT)),
-        action: "Reconcile".to_owned(),
-        secondary: None,
-    };
-    if let Err(err) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
-        warn!(error = %err, "could not publish an event");
-    }
 }
 
 /// Who asked for the resource's current generation (and retry), who approved it, and the
@@ -113,6 +80,11 @@ fn note_of(obj: &GuestRedemptionReset, message: &str) -> String {
     }
 }
 
+/// The note of an Event on `obj` saying `message`, cut to [`EVENT_NOTE_LIMIT`].
+pub fn event_note(obj: &GuestRedemptionReset, message: &str) -> String {
+    truncate(&note_of(obj, message), EVENT_NOTE_LIMIT)
+}
+
 /// The audit line of a sending mark: the POST of this attempt may leave now, for these people.
 pub fn log_sending(obj: &GuestRedemptionReset, attempt: &Attempt) {
     let names = attempt.audit.clone().unwrap_or_else(|| capture(obj));
@@ -164,7 +136,6 @@ pub fn log_issuance(
 mod tests {
     use super::*;
     use crate::controller::fixtures;
-    use crate::resource::Decision;
 
     #[test]
     fn the_note_names_the_change_the_requester_and_the_approver() {
@@ -221,7 +192,7 @@ mod tests {
         );
         // Without a captured record, a long changeRef is cut and cannot push the names out.
         obj.status = None;
-        let note = truncate(&note_of(&obj, &"m".repeat(2000)), EVENT_NOTE_LIMIT);
+        let note = event_note(&obj, &"m".repeat(2000));
         assert!(note.starts_with("requested by carol: [xxx"), "{note}");
         assert!(!note.contains("mallory"), "{note}");
     }

@@ -3,16 +3,14 @@
 
 use jiff::Timestamp;
 
-use super::decide::REPLICATION_POLL;
-use super::reason::Reason;
+use super::input::{Learned, Observed, Read, Resolution, SecretOwner, Settings};
 use super::report::{Report, report_failure};
-use super::step::{Observed, Pass, Read, Resolution, SecretOwner, Settings, Step};
+use super::step::{Stage, Step};
+use super::time::REPLICATION_POLL;
 use crate::graph::DirectoryUser;
 use crate::mutants::{Mutant, planted};
+use crate::resource::reason::Reason;
 use crate::resource::{GuestRedemptionResetSpec, UserKey};
-
-/// A stage either hands on what the next stage needs or stops with a step.
-pub(super) type Stage<T> = Result<T, Step>;
 
 /// What the preflight found: the target, and whether its mail must be set first.
 pub(super) struct Target<'p> {
@@ -33,7 +31,7 @@ pub(super) fn preflight<'p>(
     o: &Observed<'p>,
     settings: &Settings,
     now: Timestamp,
-    pass: &'p Pass,
+    pass: &'p Learned,
 ) -> Stage<Target<'p>> {
     let Some(key) = o.spec.user.key() else {
         return Err(Report::new(
@@ -104,7 +102,7 @@ fn resolve<'p>(
     o: &Observed<'_>,
     settings: &Settings,
     now: Timestamp,
-    pass: &'p Pass,
+    pass: &'p Learned,
     key: UserKey<'_>,
 ) -> Stage<&'p DirectoryUser> {
     let Some(read) = &pass.target else {
@@ -127,7 +125,7 @@ fn resolve<'p>(
     }
 }
 
-fn check_holders(o: &Observed<'_>, pass: &Pass, user: &DirectoryUser) -> Stage<()> {
+fn check_holders(o: &Observed<'_>, pass: &Learned, user: &DirectoryUser) -> Stage<()> {
     let holders = match &pass.holders {
         None => {
             return Err(Step::ReadEmailHolders {
@@ -165,7 +163,7 @@ fn check_holders(o: &Observed<'_>, pass: &Pass, user: &DirectoryUser) -> Stage<(
 }
 
 /// The redeem URL may only go to a Secret this resource creates or already owns.
-fn check_secret(o: &Observed<'_>, pass: &Pass, user: &DirectoryUser) -> Stage<()> {
+fn check_secret(o: &Observed<'_>, pass: &Learned, user: &DirectoryUser) -> Stage<()> {
     let Some(secret) = &o.spec.redeem_url_secret else {
         return Ok(());
     };

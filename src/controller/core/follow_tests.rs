@@ -2,13 +2,16 @@
 //! `Accepted` or `NotRedeemed`, what is read when, and when the status is written.
 
 use super::*;
-use crate::controller::decide::decide;
-use crate::controller::reason::Reason;
-use crate::controller::report::Issued;
-use crate::controller::schedule::Schedule;
-use crate::controller::status::{Stamp, acknowledge, apply_report};
-use crate::controller::step::TenantGate;
-use crate::resource::{Attempt, GuestRedemptionResetSpec, ResolvedUser};
+use crate::controller::core::decide::decide;
+use crate::controller::core::input::TenantGate;
+use crate::controller::core::report::Issued;
+use crate::controller::core::schedule::Schedule;
+use crate::controller::status::{Stamp, acknowledge, apply_report, set_redemption};
+use crate::resource::reason::{REDEEMED, Reason};
+use crate::resource::{
+    Attempt, GuestRedemptionResetSpec, GuestRedemptionResetStatus, ResolvedUser,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use std::time::Duration;
 
 const ID: &str = "3f0a6c1e-8d2b-4c55-9b0e-2f6a1d9c7e41";
@@ -84,7 +87,7 @@ fn issued(dry_run: bool) -> GuestRedemptionResetStatus {
         &o,
         &settings(),
         t(0),
-        &Pass::default(),
+        &Learned::default(),
     ) else {
         panic!("a report stays a report");
     };
@@ -120,7 +123,7 @@ fn observed<'a>(
     }
 }
 
-fn decide_at(status: &GuestRedemptionResetStatus, now: Timestamp, pass: &Pass) -> Step {
+fn decide_at(status: &GuestRedemptionResetStatus, now: Timestamp, pass: &Learned) -> Step {
     let spec = spec(false);
     decide(
         &observed(&spec, status, 1),
@@ -131,10 +134,10 @@ fn decide_at(status: &GuestRedemptionResetStatus, now: Timestamp, pass: &Pass) -
     )
 }
 
-fn after_read(result: Result<Option<DirectoryUser>, Failure>, now: Timestamp) -> Pass {
-    Pass {
+fn after_read(result: Result<Option<DirectoryUser>, Failure>, now: Timestamp) -> Learned {
+    Learned {
         redemption_read: Some(Read { result, at: now }),
-        ..Pass::default()
+        ..Learned::default()
     }
 }
 
@@ -190,11 +193,11 @@ fn a_dry_run_has_no_follow_through() {
 fn before_the_check_is_due_a_pass_waits_and_reads_nothing() {
     let status = issued(false);
     assert_eq!(
-        decide_at(&status, t(100), &Pass::default()),
+        decide_at(&status, t(100), &Learned::default()),
         Step::Wait { until: t(298) }
     );
     assert_eq!(
-        decide_at(&status, t(298), &Pass::default()),
+        decide_at(&status, t(298), &Learned::default()),
         Step::CheckRedemption { user_id: ID.into() }
     );
 }
@@ -216,7 +219,7 @@ fn a_redemption_after_the_issuance_is_accepted_and_final() {
     assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Accepted"));
     assert_eq!(c.last_transition_time.0, t(300));
     assert_eq!(
-        decide_at(&status, t(99_999), &Pass::default()),
+        decide_at(&status, t(99_999), &Learned::default()),
         Step::Nothing
     );
 }
@@ -312,7 +315,7 @@ fn no_redemption_within_the_watch_is_not_redeemed() {
         decide_at(
             &status,
             deadline + SignedDuration::from_hours(1),
-            &Pass::default()
+            &Learned::default()
         ),
         Step::Nothing
     );
@@ -355,7 +358,7 @@ fn a_failed_read_tries_again_a_step_later() {
 #[test]
 fn after_writing_its_record_a_pass_waits_for_the_next_check() {
     let status = issued(false);
-    let pass = Pass {
+    let pass = Learned {
         redemption_recorded: true,
         ..after_read(Ok(Some(guest("PendingAcceptance", t(-1)))), t(300))
     };
@@ -381,7 +384,7 @@ fn a_new_generation_restarts_it() {
         &settings(),
         TenantGate::Open,
         t(9_999),
-        &Pass::default(),
+        &Learned::default(),
     );
     assert_eq!(step, Step::Nothing);
 }

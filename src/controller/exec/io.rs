@@ -5,11 +5,11 @@ use std::future::Future;
 
 use jiff::Timestamp;
 
-use super::reason::Reason;
-use super::step::{
+use crate::controller::core::input::{
     Failure, FollowUp, Lookup, Posted, Resolution, SecretOwner, SlotTurn, TenantGate,
 };
 use crate::graph::{DirectoryUser, RedeemUrl, ResetRedemptionRequest};
+use crate::resource::reason::Reason;
 use crate::resource::{Approval, GuestRedemptionReset, PolicyVersion};
 
 /// The effects a pass needs. Graph failures come back as [`Failure`]s (they become reasons);

@@ -1,7 +1,7 @@
 //! The decision: given the resource, its status and what Graph said so far in this pass,
 //! what is the next step? A pure function, so that every reason and every crash point can be
-//! tested without I/O. The executor (`controller/pass.rs`) performs the step, records what it
-//! learnt in [`Pass`], and asks again until the answer is a [`Report`].
+//! tested without I/O. The executor (`controller/exec/pass.rs`) performs the step, records what it
+//! learnt in [`Learned`], and asks again until the answer is a [`Report`].
 //!
 //! The decision runs in the stages of docs/design.md: the **entry** (settled? a retry asked
 //! for? a wait? an interrupted attempt to recover? a new generation to acknowledge?), the
@@ -15,34 +15,21 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::approval::{Gate, approval, awaiting};
 use super::follow;
-use super::preflight::{Stage, Target, preflight};
-use super::reason::Reason;
+use super::input::{
+    Failure, Learned, Observed, Posted, Settings, SlotTurn, TenantGate, Write, WritePrep,
+};
+use super::preflight::{Target, preflight};
 use super::recover::recover;
 use super::report::{Issued, Report, report_failure};
+use super::step::{Stage, Step};
+use super::time::{REFRESH_AFTER, SEND_WINDOW, ceil_to_second, until_from};
 use crate::graph::DirectoryUser;
 use crate::mutants::{Mutant, planted};
+use crate::resource::reason::Reason;
 
-pub use super::preflight::policy_denial;
-pub use super::step::{
-    Failure, FollowUp, Lookup, Observed, Pass, Posted, Read, Resolution, SecretOwner, Settings,
-    SlotTurn, Step, TenantGate, Write, WritePrep,
-};
-
-/// How often the directory is re-read while waiting for replication.
-pub const REPLICATION_POLL: Duration = Duration::from_secs(10);
 /// Graph keeps refusing the reset although the mail was set: after this many tries the
 /// refusal is taken as final rather than as the directory's replication delay.
 pub const MAIL_PROPAGATION_TRIES: u32 = 6;
-/// A POST is never sent on a read of the user (userType, e-mail holders) older than this: a
-/// guest converted to a member in between would be converted irreversibly.
-pub const PREFLIGHT_FRESHNESS: SignedDuration = SignedDuration::from_secs(10);
-/// Reads older than this are repeated before the tenant check and the sending mark, so that
-/// those two steps may take up to the rest of [`PREFLIGHT_FRESHNESS`] before the POST.
-pub const REFRESH_AFTER: SignedDuration = SignedDuration::from_secs(5);
-/// A POST goes out within this long of its sending mark or not at all: a pass that stalled
-/// longer (a paused process) leaves the attempt to recovery, which another writer may already
-/// have concluded.
-pub const SEND_WINDOW: SignedDuration = SignedDuration::from_secs(5);
 
 /// The decision. See the module documentation.
 pub fn decide(
@@ -50,7 +37,7 @@ pub fn decide(
     settings: &Settings,
     tenant: TenantGate,
     now: Timestamp,
-    pass: &Pass,
+    pass: &Learned,
 ) -> Step {
     let staged = entry(o, settings, now, pass)
         .and_then(|()| approval(o, settings, pass))
@@ -72,7 +59,7 @@ pub fn decide(
 }
 
 /// Settled, asked to retry, waiting, recovering an interrupted attempt, or a new generation.
-fn entry(o: &Observed<'_>, settings: &Settings, now: Timestamp, pass: &Pass) -> Stage<()> {
+fn entry(o: &Observed<'_>, settings: &Settings, now: Timestamp, pass: &Learned) -> Stage<()> {
     let status = o.status;
     let retry_pending = o
         .retry_annotation
@@ -118,7 +105,7 @@ fn entry(o: &Observed<'_>, settings: &Settings, now: Timestamp, pass: &Pass) -> 
 /// The attempt of an earlier pass that was being sent and has no outcome yet.
 fn interrupted<'s>(
     status: &'s crate::resource::GuestRedemptionResetStatus,
-    pass: &Pass,
+    pass: &Learned,
 ) -> Option<&'s crate::resource::Attempt> {
     status
         .attempt
@@ -132,7 +119,7 @@ fn issue(
     o: &Observed<'_>,
     tenant: TenantGate,
     now: Timestamp,
-    pass: &Pass,
+    pass: &Learned,
     target: &Target<'_>,
 ) -> Stage<std::convert::Infallible> {
     let user = target.user;
@@ -208,7 +195,7 @@ fn issue(
 /// `User.ReadWrite.All` can tell beforehand (listing a user's directory roles needs
 /// `Directory.Read.All`): the mail this pass set is put back first, then the refusal is
 /// reported as final (`Forbidden` without a next attempt; docs/design.md, "Refused targets").
-fn refused_target(o: &Observed<'_>, pass: &Pass, user: &DirectoryUser, detail: &str) -> Step {
+fn refused_target(o: &Observed<'_>, pass: &Learned, user: &DirectoryUser, detail: &str) -> Step {
     let known = o.status.user.as_ref().filter(|known| known.id == user.id);
     let mail_set = matches!(pass.mail_set, Some(Ok(())));
     // The mail before the controller's change, by this pass or an earlier one of a reset that
@@ -256,7 +243,7 @@ fn refused_target(o: &Observed<'_>, pass: &Pass, user: &DirectoryUser, detail: &
 /// before the intent: due now, the pass goes on; due later, the pass ends and says when the
 /// reset is expected to be issued, instead of holding a worker while it waits (docs/design.md,
 /// "Waiting for a write slot").
-fn reserve(target: &Target<'_>, pass: &Pass, now: Timestamp, user: &DirectoryUser) -> Stage<()> {
+fn reserve(target: &Target<'_>, pass: &Learned, now: Timestamp, user: &DirectoryUser) -> Stage<()> {
     match pass.slots {
         None => Err(Step::TakeSlots {
             writes: 1 + u32::from(target.needs_mail),
@@ -269,7 +256,12 @@ fn reserve(target: &Target<'_>, pass: &Pass, now: Timestamp, user: &DirectoryUse
 /// What must be in hand before the fresh reads, the gate and the sending mark, so that after
 /// them nothing but the HTTP call stands before the POST: its write slot usable, its access
 /// token (docs/design.md, "The sending window").
-fn ready_to_send(o: &Observed<'_>, now: Timestamp, pass: &Pass, user: &DirectoryUser) -> Stage<()> {
+fn ready_to_send(
+    o: &Observed<'_>,
+    now: Timestamp,
+    pass: &Learned,
+    user: &DirectoryUser,
+) -> Stage<()> {
     if let Some(SlotTurn::Spaced { last }) = pass.slots
         && !pass.slot_awaited
         && now < last
@@ -303,12 +295,12 @@ fn short_of_slots(user: &DirectoryUser) -> Report {
 /// The reset waits for its turn at the write limiter: `Pending`, with the expected time.
 fn queued(now: Timestamp, at: Timestamp, user: &DirectoryUser) -> Report {
     // Back at the stored second (nextAttemptAt), not before it: the turn is due by then.
-    let at = super::status::ceil_to_second(at).0;
+    let at = ceil_to_second(at).0;
     Report::new(
         Reason::Pending,
         format!("waiting for a write slot of the Graph write limit; expected to be issued at {at}"),
     )
-    .requeue(super::pass::until_from(now, at))
+    .requeue(until_from(now, at))
     .on_time()
     .with_user(user)
 }
@@ -339,7 +331,7 @@ fn prepare(prep: WritePrep, write: Write, now: Timestamp, user: &DirectoryUser) 
 fn refresh_if_stale(
     o: &Observed<'_>,
     now: Timestamp,
-    pass: &Pass,
+    pass: &Learned,
     user: &DirectoryUser,
 ) -> Stage<()> {
     if planted(Mutant::NoFreshRead) {

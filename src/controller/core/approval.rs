@@ -5,10 +5,10 @@
 //! that an approval written while the policy was missing, or by someone whose right was
 //! withdrawn since, is never acted on.
 
-use super::preflight::Stage;
-use super::reason::Reason;
+use super::input::{Learned, Observed, Settings};
 use super::report::Report;
-use super::step::{Observed, Pass, Settings, Step};
+use super::step::{Stage, Step};
+use crate::resource::reason::{READY, Reason};
 use crate::resource::{Approval, Decision};
 
 /// What the approval stage hands on to the preflight.
@@ -26,7 +26,11 @@ pub(super) enum Gate<'a> {
 }
 
 /// The approval stage: the gate for this generation, or the step that stops the pass.
-pub(super) fn approval<'o>(o: &Observed<'o>, settings: &Settings, pass: &Pass) -> Stage<Gate<'o>> {
+pub(super) fn approval<'o>(
+    o: &Observed<'o>,
+    settings: &Settings,
+    pass: &Learned,
+) -> Stage<Gate<'o>> {
     if !settings.require_approval {
         return Ok(Gate::NotRequired);
     }
@@ -100,7 +104,7 @@ fn by_migration<'o>(o: &Observed<'o>, settings: &Settings) -> Option<&'o str> {
 }
 
 /// The report of a generation waiting for its approval, with the plan on record.
-pub(super) fn awaiting(o: &Observed<'_>, pass: &Pass, plan: String) -> Report {
+pub(super) fn awaiting(o: &Observed<'_>, pass: &Learned, plan: String) -> Report {
     let requester = o.requested_by.unwrap_or("(not recorded)");
     let request = match o.retry_annotation {
         None => format!("generation {} requested by {requester}", o.generation),
@@ -202,7 +206,7 @@ fn awaiting_already(o: &Observed<'_>) -> bool {
     o.status.observed_generation == Some(o.generation)
         && o.status.retry_token.as_deref() == o.retry_annotation
         && o.status.conditions.iter().any(|c| {
-            c.type_ == super::status::READY
+            c.type_ == READY
                 && c.reason == Reason::AwaitingApproval.as_str()
                 && c.observed_generation == Some(o.generation)
         })

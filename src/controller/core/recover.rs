@@ -12,12 +12,14 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::decide::{Observed, Pass, REPLICATION_POLL, Settings, Step};
-use super::reason::Reason;
+use super::input::{Learned, Observed, Settings};
 use super::report::{Issued, Report, report_failure};
+use super::step::Step;
+use super::time::REPLICATION_POLL;
 use crate::graph::DirectoryUser;
 use crate::resource::Attempt;
 use crate::resource::precision::later_than_stored;
+use crate::resource::reason::Reason;
 
 /// `externalUserState` values that follow a redemption reset.
 const RESET_STATES: [&str; 2] = ["PendingAcceptance", "Accepted"];
@@ -26,7 +28,7 @@ pub(super) fn recover(
     o: &Observed<'_>,
     settings: &Settings,
     now: Timestamp,
-    pass: &Pass,
+    pass: &Learned,
     attempt: &Attempt,
 ) -> Step {
     let Some(user_id) = o.status.user.as_ref().map(|u| u.id.clone()) else {

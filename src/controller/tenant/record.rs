@@ -304,7 +304,7 @@ impl Record {
                 labels: Some(
                     [(
                         "app.kubernetes.io/managed-by".to_owned(),
-                        super::MANAGER.to_owned(),
+                        crate::resource::MANAGER.to_owned(),
                     )]
                     .into(),
                 ),

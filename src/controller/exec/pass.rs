@@ -11,15 +11,18 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 use tracing::{info, warn};
 
-use super::decide::{FollowUp, Observed, Pass, Read, Resolution, Settings, Step, decide};
-use super::error::Error;
-use super::follow;
-pub use super::io::Io;
-use super::reason::Reason;
-use super::report::Report;
-use super::status::{self, Stamp};
+use super::io::Io;
+use crate::controller::audit;
+use crate::controller::core::decide::decide;
+use crate::controller::core::input::{FollowUp, Learned, Observed, Read, Resolution, Settings};
+use crate::controller::core::report::Report;
+use crate::controller::core::step::Step;
+use crate::controller::core::time::until_from;
+use crate::controller::error::Error;
+use crate::controller::status::{self, Stamp};
 use crate::graph::{DirectoryUser, InvitationMessage, RedeemUrl, ResetRedemptionRequest};
 use crate::mutants::{Mutant, planted};
+use crate::resource::reason::Reason;
 use crate::resource::{
     GuestRedemptionReset, GuestRedemptionResetStatus, REQUESTED_BY_ANNOTATION, RETRY_ANNOTATION,
     RETRY_REQUESTED_BY_ANNOTATION,
@@ -65,7 +68,7 @@ pub struct PassRunner {
     current: GuestRedemptionReset,
     generation: i64,
     failures: u32,
-    pass: Pass,
+    pass: Learned,
     redeem_url: Option<RedeemUrl>,
     /// `--require-approval`, for the `Approved` condition of the writes.
     approval_required: bool,
@@ -79,7 +82,7 @@ impl PassRunner {
             generation: obj.metadata.generation.unwrap_or(0),
             current: obj,
             failures,
-            pass: Pass::default(),
+            pass: Learned::default(),
             redeem_url: None,
             approval_required: false,
         }
@@ -352,7 +355,7 @@ impl PassRunner {
     ) -> Flow {
         let id = io.new_attempt_id();
         let mut attempt = status::new_attempt(id, &self.current.spec.email, user, self.stamp(now));
-        let mut audit = super::events::capture(&self.current);
+        let mut audit = audit::capture(&self.current);
         // A reset approved through its migration's plan names the plan's approver.
         if let Some(Ok(approver)) = &self.pass.migration_grant {
             audit.approved_by = Some(approver.clone());
@@ -375,7 +378,7 @@ impl PassRunner {
         let next = status::with_sending(&self.status(), user, self.stamp(now));
         self.guarded(io, next, Error::MarkSending).await?;
         if let Some(attempt) = &self.status().attempt {
-            super::events::log_sending(&self.current, attempt);
+            audit::log_sending(&self.current, attempt);
         }
         self.pass.marked_sending = true;
         self.pass.marked_at = Some(now);
@@ -402,7 +405,7 @@ impl PassRunner {
         now: Timestamp,
     ) -> Flow {
         let mut next = self.status();
-        follow::set_redemption(&mut next, follow_up, now);
+        status::set_redemption(&mut next, follow_up, now);
         self.guarded(io, next, Error::RecordRedemption).await?;
         self.pass.redemption_recorded = true;
         if follow_up.changed {
@@ -428,7 +431,7 @@ impl PassRunner {
         // write then finds nothing) loses no record of what was issued.
         if let Some(issued) = &report.issued {
             let user_id = before.user.as_ref().map(|u| u.id.as_str());
-            super::events::log_issuance(&self.current, issued, user_id, before.attempt.as_ref());
+            audit::log_issuance(&self.current, issued, user_id, before.attempt.as_ref());
         }
         if !self.write_report(io, &report, now).await? {
             warn!(
@@ -510,11 +513,6 @@ impl PassRunner {
         }
         Err(End::Done(Outcome::StartOver))
     }
-}
-
-/// The wait from `now` until `until`, never negative.
-pub fn until_from(now: Timestamp, until: Timestamp) -> Duration {
-    Duration::try_from(until.duration_since(now)).unwrap_or_default()
 }
 
 fn invitation_request(obj: &GuestRedemptionReset, user_id: &str) -> ResetRedemptionRequest {
