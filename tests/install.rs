@@ -115,6 +115,39 @@ fn shell_blocks(page: &str) -> Vec<Block> {
     blocks
 }
 
+/// The parser keeps the page honest: a block is run unless marked, a marker needs a reason
+/// and a `sh` block right after it, and a shell block in another dialect is refused.
+#[test]
+fn the_markers_are_read_strictly() {
+    let blocks = shell_blocks(
+        "text\n```sh\necho one\n```\n<!-- install-walk: skip: not here -->\n```sh\necho two\n```\n\
+         ```yaml\na: 1\n```\n  ```sh\n  echo three\n  ```\n",
+    );
+    let seen: Vec<(&str, Option<&str>)> = blocks
+        .iter()
+        .map(|b| (b.text.as_str(), b.skip.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("echo one", None),
+            ("echo two", Some("not here")),
+            ("echo three", None)
+        ]
+    );
+    for bad in [
+        "<!-- install-walk: skip: -->\n```sh\nx\n```\n",
+        "<!-- install-walk: skip: why -->\n```yaml\nx\n```\n",
+        "<!-- install-walk: skip: why -->\nprose\n```sh\nx\n```\n",
+        "```bash\nx\n```\n",
+    ] {
+        assert!(
+            std::panic::catch_unwind(|| shell_blocks(bad)).is_err(),
+            "accepted: {bad:?}"
+        );
+    }
+}
+
 fn write_executable(path: &Path, text: &str) {
     fs::write(path, text).unwrap();
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
@@ -393,10 +426,18 @@ async fn a_new_user_follows_install_md_top_to_bottom() {
         .filter(|a| !a.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            let cache = std::env::var("XDG_CACHE_HOME")
+            // Where publish.sh finds it by default (scripts/image.sh's cache).
+            let cache = std::env::var("GUESTRESET_CACHE")
                 .map(PathBuf::from)
-                .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache"));
-            cache.join("guestreset/image/guestreset.oci.tar")
+                .unwrap_or_else(|_| {
+                    std::env::var("XDG_CACHE_HOME")
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|_| {
+                            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache")
+                        })
+                        .join("guestreset")
+                });
+            cache.join("image/guestreset.oci.tar")
         });
     let index = Command::new("tar")
         .arg("-xOf")
