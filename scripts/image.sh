@@ -11,6 +11,7 @@
 #   image.sh load [ARCHIVE]   load the archive (default: the one `build` writes) into the
 #                             cache's podman storage; print the image reference
 #   image.sh podman ARGS...   podman on the cache's storage and configuration
+#   image.sh buildah ARGS...  buildah likewise (scripts/publish.sh pushes with it)
 #   image.sh clean            remove the cache's podman storage and the archive
 #
 # Needs root, buildah, podman and runc (Debian's packages), ldd and the host's
@@ -50,7 +51,7 @@ die() {
 }
 
 usage() {
-  sed -n '2,24s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+  sed -n '2,25s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
   exit 2
 }
 
@@ -275,6 +276,13 @@ cmd_podman() {
   exec podman "$@"
 }
 
+cmd_buildah() {
+  need_root
+  need buildah
+  configure
+  exec buildah "$@"
+}
+
 cmd_clean() {
   need_root
   configure
@@ -297,6 +305,7 @@ main() {
     build) cmd_build "$@" ;;
     load) cmd_load "$@" ;;
     podman) cmd_podman "$@" ;;
+    buildah) cmd_buildah "$@" ;;
     clean) cmd_clean "$@" ;;
     -h | --help | help) usage ;;
     *) usage ;;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test of the repository, from a fresh machine: builds the control plane
-# binaries (kube-apiserver, etcd, kubectl) and Helm from source (cached after the first
-# run) and the controller image (scripts/image.sh: a release build, then buildah), then
+# binaries (kube-apiserver, etcd, kubectl), Helm and a local OCI registry from source (cached
+# after the first run) and the controller image (scripts/image.sh: a release build, then buildah), then
 # runs `cargo test --workspace --all-targets`. The end-to-end tests start their own control
 # planes and Graph simulators; tests/image.rs runs the image with podman. Nothing else needs
 # to be set up.
@@ -74,6 +74,11 @@ scripts/promtool.sh build
 promtool_seconds=$((SECONDS - started))
 
 started=$SECONDS
+echo "==> registry (scripts/registry.sh build; cold: a minute or two): publishing, tests/install.rs"
+scripts/registry.sh build
+registry_seconds=$((SECONDS - started))
+
+started=$SECONDS
 echo "==> image (scripts/image.sh build; cold: the first run makes a release build)"
 # Built here rather than by the test, so that its time (cold: a release build) shows on its
 # own and does not count against the tests' deadline; tests/image.rs loads this archive.
@@ -122,6 +127,7 @@ printf '    control plane binaries  %4ds\n' "$build_seconds"
 printf '    helm                    %4ds\n' "$helm_seconds"
 printf '    gitops-check            %4ds\n' "$gitops_seconds"
 printf '    promtool                %4ds\n' "$promtool_seconds"
+printf '    registry                %4ds\n' "$registry_seconds"
 printf '    image                   %4ds\n' "$image_seconds"
 printf '    cargo test              %4ds   %d test binaries: %d passed, %d failed, %d ignored\n' \
   "$test_seconds" "$binaries" "$passed" "$failed" "$ignored"

@@ -1,0 +1,678 @@
+//! docs/install.md, walked top to bottom: every `sh` block of the page runs, in order, in one
+//! bash, from a copy of the repository's root, unless the line before it says
+//! `<!-- install-walk: skip: REASON -->`; a marker with no reason, or one that precedes no `sh`
+//! block, fails the test. The world the page expects is stood in for as follows:
+//!
+//! - the registry: CNCF Distribution on loopback (`scripts/registry.sh serve`), on plain
+//!   HTTP, so `PUBLISH_PLAIN_HTTP=1` is set and the `helm` on PATH adds `--plain-http` to
+//!   commands that name an `oci://` reference; the page's `REGISTRY=` line is replaced by the
+//!   local registry (the one substitution, which must apply);
+//! - the cluster: the tests' real kube-apiserver and etcd (no nodes: no pod ever runs), with
+//!   its kubectl on PATH;
+//! - Azure: an `az` on PATH with a canned answer for each command the page runs, and a
+//!   failure for any other, so that a new `az` command in the page fails the walk until it
+//!   gets an answer here.
+//!
+//! After the walk the test checks what a broken publication would get wrong: the digest the
+//! installed Deployment runs is the registry's and the archive's, the chart the registry serves
+//! holds exactly `charts/guestreset`, the pushed image runs the controller, the values the
+//! page's variables carried reached the release, and publishing again changes nothing.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use guestreset_testsupport::{
+    ChildProcess, ControlPlane, build_tool, describe, run_bounded, wait_until,
+};
+use serde_json::Value;
+
+const PAGE: &str = "docs/install.md";
+const SKIP_MARKER: &str = "<!-- install-walk: skip:";
+/// The page's line that names the registry, and what the walk puts in its place.
+const REGISTRY_LINE: &str = "REGISTRY=$ACR.azurecr.io/guestreset";
+/// The stand-in `az`'s identities, which must reach the release through the page's variables.
+const APP_ID: &str = "5b7c1e2a-0d3f-4a6b-9c8d-7e6f5a4b3c2d";
+const TENANT_ID: &str = "9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b";
+const ISSUER: &str = "https://oidc.walk.invalid/issuer/";
+/// Bound on the whole walk: the image is built beforehand (scripts/test.sh), so this is
+/// publishing and a handful of helm and kubectl calls; a cold image build takes longer.
+const WALK_DEADLINE: Duration = Duration::from_secs(1800);
+const TOOL_DEADLINE: Duration = Duration::from_secs(180);
+
+/// This package's root, the repository's (not the harness's, fixed when it was compiled).
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One `sh` block of the page: where it starts, and its text (dedented), or why it is skipped.
+#[derive(Debug)]
+struct Block {
+    line: usize,
+    text: String,
+    skip: Option<String>,
+}
+
+/// The page's `sh` blocks in order. Panics on a marker that is malformed or precedes no `sh`
+/// block, and on a shell block in another dialect (`bash`, `shell`, `console` with `$`
+/// prompts are for showing, not running: they must be `sh` or not shell at all).
+fn shell_blocks(page: &str) -> Vec<Block> {
+    let lines: Vec<&str> = page.lines().collect();
+    let mut blocks = vec![];
+    let mut i = 0;
+    let mut pending_skip: Option<(usize, String)> = None;
+    while i < lines.len() {
+        let line = lines[i];
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix(SKIP_MARKER) {
+            let reason = rest
+                .strip_suffix("-->")
+                .unwrap_or_else(|| panic!("{PAGE}:{}: the marker must end with -->", i + 1))
+                .trim();
+            assert!(
+                !reason.is_empty(),
+                "{PAGE}:{}: a skip needs a reason",
+                i + 1
+            );
+            pending_skip = Some((i + 1, reason.to_owned()));
+            i += 1;
+            continue;
+        }
+        if let Some(info) = trimmed.strip_prefix("```") {
+            let indent = line.len() - trimmed.len();
+            let start = i + 1;
+            let mut body = vec![];
+            i += 1;
+            while i < lines.len() && !lines[i].trim_start().starts_with("```") {
+                body.push(lines[i].get(indent..).unwrap_or("").to_owned());
+                i += 1;
+            }
+            let info = info.trim();
+            assert!(
+                !["bash", "shell", "zsh"].contains(&info),
+                "{PAGE}:{start}: a shell block to run is ```sh (got ```{info})"
+            );
+            let skip = pending_skip.take();
+            if info == "sh" {
+                blocks.push(Block {
+                    line: start,
+                    text: body.join("\n"),
+                    skip: skip.map(|(_, reason)| reason),
+                });
+            } else if let Some((at, _)) = skip {
+                panic!("{PAGE}:{at}: the skip marker precedes a ```{info} block, not a ```sh one");
+            }
+        } else if !trimmed.is_empty()
+            && let Some((at, _)) = pending_skip.take()
+        {
+            panic!("{PAGE}:{at}: the skip marker must be the line right before a ```sh block");
+        }
+        i += 1;
+    }
+    blocks
+}
+
+/// The parser keeps the page honest: a block is run unless marked, a marker needs a reason
+/// and a `sh` block right after it, and a shell block in another dialect is refused.
+#[test]
+fn the_markers_are_read_strictly() {
+    let blocks = shell_blocks(
+        "text\n```sh\necho one\n```\n<!-- install-walk: skip: not here -->\n```sh\necho two\n```\n\
+         ```yaml\na: 1\n```\n  ```sh\n  echo three\n  ```\n",
+    );
+    let seen: Vec<(&str, Option<&str>)> = blocks
+        .iter()
+        .map(|b| (b.text.as_str(), b.skip.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("echo one", None),
+            ("echo two", Some("not here")),
+            ("echo three", None)
+        ]
+    );
+    for bad in [
+        "<!-- install-walk: skip: -->\n```sh\nx\n```\n",
+        "<!-- install-walk: skip: why -->\n```yaml\nx\n```\n",
+        "<!-- install-walk: skip: why -->\nprose\n```sh\nx\n```\n",
+        "```bash\nx\n```\n",
+    ] {
+        assert!(
+            std::panic::catch_unwind(|| shell_blocks(bad)).is_err(),
+            "accepted: {bad:?}"
+        );
+    }
+}
+
+fn write_executable(path: &Path, text: &str) {
+    fs::write(path, text).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// The stand-in `az`: a canned answer for each command of the page, a failure for any other.
+/// Every call is logged, one line each.
+fn az_stub(log: &Path) -> String {
+    format!(
+        r#"#!/usr/bin/env bash
+set -euo pipefail
+printf '%s\n' "$*" >>{log}
+case "$*" in
+  "ad app create "*"--query appId -o tsv") echo {APP_ID} ;;
+  "ad sp show "*"--query appOwnerOrganizationId -o tsv") echo {TENANT_ID} ;;
+  "aks show "*"--query oidcIssuerProfile.issuerUrl -o tsv") echo {ISSUER} ;;
+  "ad sp create "* | "ad app permission add "* | "ad app permission admin-consent "* | \
+    "aks update "* | "ad app federated-credential create "*) ;;
+  *)
+    echo "az (the install walk's stand-in): no canned answer for: az $*" >&2
+    exit 1
+    ;;
+esac
+"#,
+        log = log.display()
+    )
+}
+
+/// The walk's `helm`: the cached one, with `--plain-http` for commands that name an `oci://`
+/// reference (the local registry has no TLS).
+fn helm_wrapper(helm: &Path) -> String {
+    format!(
+        r#"#!/usr/bin/env bash
+for arg in "$@"; do
+  if [[ $arg == oci://* ]]; then
+    exec {helm} "$@" --plain-http
+  fi
+done
+exec {helm} "$@"
+"#,
+        helm = helm.display()
+    )
+}
+
+/// The local registry on a free loopback port, serving once `/v2/` answers.
+async fn start_registry(dir: &Path, http: &reqwest::Client) -> (ChildProcess, String) {
+    let binary = tokio::task::block_in_place(|| build_tool("registry"))
+        .unwrap_or_else(|e| panic!("the registry is unavailable: {e}"));
+    assert!(binary.is_file());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut serve = Command::new("bash");
+    serve
+        .arg(repo_root().join("scripts/registry.sh"))
+        .arg("serve")
+        .arg(dir)
+        .arg(&addr);
+    let mut child = ChildProcess::spawn(serve).unwrap();
+    let url = format!("http://{addr}/v2/");
+    wait_until(
+        "the registry to answer /v2/",
+        Duration::from_secs(30),
+        || {
+            let (http, url) = (http.clone(), url.clone());
+            let exited = child.try_wait();
+            async move {
+                if let Some(status) = exited {
+                    return Err(format!("the registry exited: {status}"));
+                }
+                match http.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => Ok(Some(())),
+                    Ok(r) => Err(format!("HTTP {}", r.status())),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        },
+    )
+    .await;
+    (child, addr)
+}
+
+/// The digest the registry serves for `repository:reference`.
+async fn registry_digest(
+    http: &reqwest::Client,
+    addr: &str,
+    repository: &str,
+    tag: &str,
+) -> String {
+    let response = http
+        .head(format!("http://{addr}/v2/{repository}/manifests/{tag}"))
+        .header(
+            "Accept",
+            "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{repository}:{tag} in the registry");
+    response.headers()["docker-content-digest"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// `key=value` lines of publish.sh's output.
+fn printed(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| !k.contains(' '))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// The files of a chart archive, by path.
+fn chart_files(tgz: &Path, into: &Path) -> BTreeMap<String, Vec<u8>> {
+    fs::create_dir_all(into).unwrap();
+    let out = Command::new("tar")
+        .arg("-xzf")
+        .arg(tgz)
+        .arg("-C")
+        .arg(into)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tar: {}", describe(&out));
+    let mut files = BTreeMap::new();
+    let mut stack = vec![into.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(into).unwrap().display().to_string();
+                files.insert(rel, fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_user_follows_install_md_top_to_bottom() {
+    let root = repo_root();
+    let page = fs::read_to_string(root.join(PAGE)).unwrap();
+    let blocks = shell_blocks(&page);
+    let run: Vec<&Block> = blocks.iter().filter(|b| b.skip.is_none()).collect();
+    assert!(
+        run.len() >= 5,
+        "the walk runs most of the page's blocks: {blocks:#?}"
+    );
+    let publish_block = run
+        .iter()
+        .position(|b| b.text.contains("scripts/publish.sh"))
+        .expect("a block that runs scripts/publish.sh");
+    let install_block = run
+        .iter()
+        .position(|b| b.text.contains("helm install"))
+        .expect("a block that runs helm install");
+    assert!(
+        publish_block < install_block,
+        "publishing comes before installing"
+    );
+
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let cp = ControlPlane::shared().await;
+    let (mut registry, addr) = start_registry(&dir.join("registry"), &http).await;
+    let registry_path = format!("{addr}/guestreset");
+
+    // The user's working copy: the repository's entries, linked, so that files the page
+    // writes (publish.txt) stay out of the real one.
+    let work = dir.join("work");
+    fs::create_dir_all(&work).unwrap();
+    for entry in fs::read_dir(&root).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "target" {
+            std::os::unix::fs::symlink(entry.path(), work.join(entry.file_name())).unwrap();
+        }
+    }
+    // PATH: az and helm stand-ins, then the control plane's kubectl.
+    let bin = dir.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let az_log = dir.join("az.log");
+    write_executable(&bin.join("az"), &az_stub(&az_log));
+    let helm = tokio::task::block_in_place(|| build_tool("helm"))
+        .unwrap_or_else(|e| panic!("helm is unavailable: {e}"));
+    write_executable(&bin.join("helm"), &helm_wrapper(&helm));
+    std::os::unix::fs::symlink(cp.bin_dir().join("kubectl"), bin.join("kubectl")).unwrap();
+
+    let mut script = String::from("set -euo pipefail\n");
+    let mut substituted = 0;
+    for block in &run {
+        let mut text = block.text.clone();
+        if text.lines().any(|l| l.trim() == REGISTRY_LINE) {
+            text = text.replace(REGISTRY_LINE, &format!("REGISTRY={registry_path}"));
+            substituted += 1;
+        }
+        script.push_str(&format!(
+            "printf 'install-walk: %s\\n' '{PAGE}:{}' >&2\n{text}\n",
+            block.line
+        ));
+    }
+    assert_eq!(
+        substituted, 1,
+        "exactly one runnable block sets {REGISTRY_LINE}"
+    );
+    let script_path = dir.join("walk.sh");
+    fs::write(&script_path, &script).unwrap();
+
+    let helm_home = dir.join("helm");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let walk_env = |command: &mut tokio::process::Command| {
+        command
+            .current_dir(&work)
+            .env("PATH", &path)
+            .env("KUBECONFIG", cp.kubeconfig_path())
+            .env("HELM_CONFIG_HOME", helm_home.join("config"))
+            .env("HELM_CACHE_HOME", helm_home.join("cache"))
+            .env("HELM_DATA_HOME", helm_home.join("data"))
+            .env("PUBLISH_PLAIN_HTTP", "1")
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .env("no_proxy", "127.0.0.1,localhost")
+            .kill_on_drop(true);
+    };
+    let mut walk = tokio::process::Command::new("bash");
+    walk.arg(&script_path);
+    walk_env(&mut walk);
+    let started = Instant::now();
+    let out = run_bounded(walk, None, "the install walk", WALK_DEADLINE).await;
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last_block = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("install-walk: "))
+        .next_back()
+        .unwrap_or("before the first block");
+    assert!(
+        out.status.success(),
+        "the walk failed in the block at {last_block}: {}\nregistry log:\n{}",
+        describe(&out),
+        registry.read_log()
+    );
+    println!(
+        "install walk: {} of {} sh blocks run ({} skipped with a reason) in {} ms",
+        run.len(),
+        blocks.len(),
+        blocks.len() - run.len(),
+        took.as_millis()
+    );
+
+    // What the page's publish step printed, and what the registry holds.
+    let publish_txt = fs::read_to_string(dir.join("work/publish.txt")).unwrap();
+    let values = printed(&publish_txt);
+    assert_eq!(values["image.repository"], registry_path, "{publish_txt}");
+    let image_digest = values["image.digest"].clone();
+    let chart_version = values["chart.version"].clone();
+    assert_eq!(
+        values["chart"],
+        format!("oci://{registry_path}/charts/guestreset")
+    );
+    let archive = std::env::var("GUESTRESET_IMAGE_ARCHIVE")
+        .ok()
+        .filter(|a| !a.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            // Where publish.sh finds it by default (scripts/image.sh's cache).
+            let cache = std::env::var("GUESTRESET_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| {
+                    std::env::var("XDG_CACHE_HOME")
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|_| {
+                            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache")
+                        })
+                        .join("guestreset")
+                });
+            cache.join("image/guestreset.oci.tar")
+        });
+    let index = Command::new("tar")
+        .arg("-xOf")
+        .arg(&archive)
+        .arg("index.json")
+        .output()
+        .unwrap();
+    let index: Value = serde_json::from_slice(&index.stdout).unwrap();
+    let archive_digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let tag = index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let served = registry_digest(&http, &addr, "guestreset", &tag).await;
+    assert_eq!(image_digest, served, "the printed digest is the registry's");
+    assert_eq!(
+        image_digest, archive_digest,
+        "the registry holds the archive's image"
+    );
+    let chart_served =
+        registry_digest(&http, &addr, "guestreset/charts/guestreset", &chart_version).await;
+    assert_eq!(values["chart.digest"], chart_served, "{publish_txt}");
+
+    // The release: the chart from the registry, the pushed image by digest, the identities
+    // of the stand-in az carried by the page's variables, and the approval upgrade.
+    let kubectl_json = |args: &[&str]| {
+        let mut command = tokio::process::Command::from(cp.kubectl());
+        command.args(args).args(["-o", "json"]).kill_on_drop(true);
+        let what = format!("kubectl {args:?}");
+        async move {
+            let out = run_bounded(command, None, &what, TOOL_DEADLINE).await;
+            assert!(out.status.success(), "{what}: {}", describe(&out));
+            serde_json::from_slice::<Value>(&out.stdout).unwrap()
+        }
+    };
+    let deployment =
+        kubectl_json(&["-n", "guestreset-system", "get", "deploy", "guestreset"]).await;
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["image"],
+        format!("{registry_path}:{tag}@{image_digest}"),
+        "the Deployment runs the pushed image by its digest"
+    );
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--require-approval"), "{args:?}");
+    assert!(args.contains(&"--namespace=identity"), "{args:?}");
+    let service_account = kubectl_json(&[
+        "-n",
+        "guestreset-system",
+        "get",
+        "serviceaccount",
+        "guestreset",
+    ])
+    .await;
+    let annotations = &service_account["metadata"]["annotations"];
+    assert_eq!(annotations["azure.workload.identity/client-id"], APP_ID);
+    assert_eq!(annotations["azure.workload.identity/tenant-id"], TENANT_ID);
+
+    let mut helm_cmd = tokio::process::Command::new(bin.join("helm"));
+    helm_cmd.args([
+        "-n",
+        "guestreset-system",
+        "get",
+        "metadata",
+        "guestreset",
+        "-o",
+        "json",
+    ]);
+    walk_env(&mut helm_cmd);
+    let out = run_bounded(helm_cmd, None, "helm get metadata", TOOL_DEADLINE).await;
+    assert!(out.status.success(), "{}", describe(&out));
+    let metadata: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(metadata["version"], chart_version.as_str());
+    assert_eq!(metadata["status"], "deployed");
+    assert_eq!(
+        metadata["revision"], 3,
+        "install, the upgrade, the approval upgrade"
+    );
+
+    // The az calls the page makes, in its order, with the variables filled in.
+    let az_calls = fs::read_to_string(&az_log).unwrap();
+    let attach = az_calls
+        .lines()
+        .position(|l| l == "aks update -g RG -n CLUSTER --attach-acr myacr")
+        .unwrap_or_else(|| {
+            panic!("az aks update --attach-acr with the registry's name:\n{az_calls}")
+        });
+    let federated = az_calls
+        .lines()
+        .position(|l| l.starts_with(&format!("ad app federated-credential create --id {APP_ID}")))
+        .unwrap_or_else(|| panic!("the federated credential for the app:\n{az_calls}"));
+    assert!(attach < federated, "{az_calls}");
+    assert!(
+        az_calls.contains(ISSUER),
+        "the issuer reached the federated credential:\n{az_calls}"
+    );
+
+    // The chart the registry serves is the source tree's chart, file for file.
+    fs::create_dir_all(dir.join("pulled")).unwrap();
+    let mut pull = tokio::process::Command::new(bin.join("helm"));
+    pull.args([
+        "pull",
+        &values["chart"],
+        "--version",
+        &chart_version,
+        "--destination",
+    ])
+    .arg(dir.join("pulled"));
+    walk_env(&mut pull);
+    let out = run_bounded(pull, None, "helm pull", TOOL_DEADLINE).await;
+    assert!(out.status.success(), "{}", describe(&out));
+    let mut package = tokio::process::Command::new(&helm);
+    package
+        .arg("package")
+        .arg(root.join("charts/guestreset"))
+        .arg("--destination")
+        .arg(dir.join("packaged"));
+    walk_env(&mut package);
+    let out = run_bounded(package, None, "helm package", TOOL_DEADLINE).await;
+    assert!(out.status.success(), "{}", describe(&out));
+    let tgz = format!("guestreset-{chart_version}.tgz");
+    let pulled = chart_files(&dir.join("pulled").join(&tgz), &dir.join("pulled/x"));
+    let packaged = chart_files(&dir.join("packaged").join(&tgz), &dir.join("packaged/x"));
+    assert!(pulled.contains_key("guestreset/values.schema.json"));
+    assert_eq!(
+        pulled.keys().collect::<Vec<_>>(),
+        packaged.keys().collect::<Vec<_>>()
+    );
+    for (file, content) in &packaged {
+        assert!(
+            pulled[file] == *content,
+            "{file} differs in the pushed chart"
+        );
+    }
+
+    // The pushed image, pulled back by digest, is the controller: it prints the CRD.
+    let image_sh = |args: &[&str]| {
+        let mut command = tokio::process::Command::new("bash");
+        command
+            .arg(root.join("scripts/image.sh"))
+            .args(args)
+            .kill_on_drop(true);
+        command
+    };
+    let reference = format!("{registry_path}@{image_digest}");
+    let out = run_bounded(
+        image_sh(&[
+            "podman",
+            "pull",
+            "--quiet",
+            "--tls-verify=false",
+            &reference,
+        ]),
+        None,
+        "podman pull",
+        TOOL_DEADLINE,
+    )
+    .await;
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = run_bounded(
+        image_sh(&[
+            "podman",
+            "run",
+            "--rm",
+            "--pull=never",
+            "--network=none",
+            &reference,
+            "crd",
+        ]),
+        None,
+        "podman run crd",
+        TOOL_DEADLINE,
+    )
+    .await;
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        fs::read_to_string(root.join("crds/guestredemptionresets.guestreset.io.yaml")).unwrap(),
+        "the pushed image's guestreset prints the CRD"
+    );
+
+    // Publishing again changes nothing.
+    let publish = |target: &str| {
+        let mut command = tokio::process::Command::new("bash");
+        command.arg(root.join("scripts/publish.sh")).arg(target);
+        walk_env(&mut command);
+        command
+    };
+    let out = run_bounded(
+        publish(&registry_path),
+        None,
+        "publish.sh again",
+        WALK_DEADLINE,
+    )
+    .await;
+    assert!(out.status.success(), "{}", describe(&out));
+    let again = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(again, publish_txt, "a second publication prints the same");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("left as it is"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(
+        registry_digest(&http, &addr, "guestreset/charts/guestreset", &chart_version).await,
+        chart_served,
+        "the chart was not pushed again"
+    );
+
+    // A registry that is not there: a clear error before anything is loaded or pushed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = run_bounded(
+        publish(&format!("127.0.0.1:{closed}/guestreset")),
+        None,
+        "publish.sh to nothing",
+        TOOL_DEADLINE,
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(stderr.contains("is unreachable"), "{stderr}");
+    assert!(!stderr.contains("loading"), "nothing loaded: {stderr}");
+    assert!(out.stdout.is_empty(), "{}", describe(&out));
+
+    registry.terminate();
+}
