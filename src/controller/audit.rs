@@ -85,51 +85,134 @@ pub fn event_note(obj: &GuestRedemptionReset, message: &str) -> String {
     truncate(&note_of(obj, message), EVENT_NOTE_LIMIT)
 }
 
-/// The audit line of a sending mark: the POST of this attempt may leave now, for these people.
-pub fn log_sending(obj: &GuestRedemptionReset, attempt: &Attempt) {
-    let names = attempt.audit.clone().unwrap_or_else(|| capture(obj));
-    tracing::info!(
-        audit = "invitation-sending",
-        namespace = obj.namespace().as_deref().unwrap_or_default(),
-        name = %obj.name_any(),
-        generation = attempt.generation,
-        attempt = %attempt.id,
-        email = attempt.email.as_deref().unwrap_or_default(),
-        change_ref = names.change_ref.as_deref().unwrap_or_default(),
-        requested_by = names.requested_by.as_deref().unwrap_or_default(),
-        approved_by = names.approved_by.as_deref().unwrap_or_default(),
-        "invitation sending"
-    );
+/// One audit line: what a pass tells the auditor, a value the executor hands to
+/// [`Io::audit`](super::exec::io::Io::audit) (production logs it with [`log`], the model test
+/// checks it against the status it precedes).
+#[derive(Clone, Debug, PartialEq)]
+pub enum AuditRecord {
+    /// The sending mark: the POST of this attempt may leave now, for these people.
+    Sending {
+        resource: Resource,
+        attempt: String,
+        generation: i64,
+        email: Option<String>,
+        names: AuditNames,
+    },
+    /// An issuance, answered or recovered, with the ids that find the same call in Entra's
+    /// audit log.
+    Issued {
+        resource: Resource,
+        generation: i64,
+        user_id: Option<String>,
+        email: String,
+        invitation_id: String,
+        recovered: bool,
+        request_id: Option<String>,
+        client_request_id: Option<String>,
+        names: AuditNames,
+    },
 }
 
-/// The one log line per issuance: the resource, the people and the change of the attempt it
-/// came from, and the ids that find the same call in Entra's audit log. Written before the
-/// outcome is, so that a resource deleted meanwhile loses no audit line.
-pub fn log_issuance(
+/// The resource an audit line is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resource {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Resource {
+    fn of(obj: &GuestRedemptionReset) -> Self {
+        Resource {
+            namespace: obj.namespace().unwrap_or_default(),
+            name: obj.name_any(),
+        }
+    }
+}
+
+/// The audit record of a sending mark, with the names the attempt captured.
+pub fn sending(obj: &GuestRedemptionReset, attempt: &Attempt) -> AuditRecord {
+    AuditRecord::Sending {
+        resource: Resource::of(obj),
+        attempt: attempt.id.clone(),
+        generation: attempt.generation,
+        email: attempt.email.clone(),
+        names: attempt.audit.clone().unwrap_or_else(|| capture(obj)),
+    }
+}
+
+/// The one audit record per issuance: the resource, the people and the change of the attempt
+/// it came from. Written before the outcome is, so that a resource deleted meanwhile loses no
+/// record.
+pub fn issuance(
     obj: &GuestRedemptionReset,
     issued: &Issued,
     user_id: Option<&str>,
     attempt: Option<&Attempt>,
-) {
-    let names = attempt
-        .and_then(|a| a.audit.clone())
-        .unwrap_or_else(|| capture(obj));
-    tracing::info!(
-        audit = "invitation-issued",
-        namespace = obj.namespace().as_deref().unwrap_or_default(),
-        name = %obj.name_any(),
-        generation = issued.generation,
-        user_id = user_id.unwrap_or_default(),
-        email = %issued.email,
-        invitation_id = %issued.invitation_id,
-        recovered = issued.recovered,
-        request_id = issued.request_id.as_deref().unwrap_or_default(),
-        client_request_id = issued.client_request_id.as_deref().unwrap_or_default(),
-        change_ref = names.change_ref.as_deref().unwrap_or_default(),
-        requested_by = names.requested_by.as_deref().unwrap_or_default(),
-        approved_by = names.approved_by.as_deref().unwrap_or_default(),
-        "invitation issued"
-    );
+) -> AuditRecord {
+    AuditRecord::Issued {
+        resource: Resource::of(obj),
+        generation: issued.generation,
+        user_id: user_id.map(str::to_owned),
+        email: issued.email.clone(),
+        invitation_id: issued.invitation_id.clone(),
+        recovered: issued.recovered,
+        request_id: issued.request_id.clone(),
+        client_request_id: issued.client_request_id.clone(),
+        names: attempt
+            .and_then(|a| a.audit.clone())
+            .unwrap_or_else(|| capture(obj)),
+    }
+}
+
+/// Writes `record` as one structured log line (docs/security.md, "From a resource to Entra's
+/// audit log").
+pub fn log(record: &AuditRecord) {
+    match record {
+        AuditRecord::Sending {
+            resource,
+            attempt,
+            generation,
+            email,
+            names,
+        } => tracing::info!(
+            audit = "invitation-sending",
+            namespace = %resource.namespace,
+            name = %resource.name,
+            generation = *generation,
+            attempt = %attempt,
+            email = email.as_deref().unwrap_or_default(),
+            change_ref = names.change_ref.as_deref().unwrap_or_default(),
+            requested_by = names.requested_by.as_deref().unwrap_or_default(),
+            approved_by = names.approved_by.as_deref().unwrap_or_default(),
+            "invitation sending"
+        ),
+        AuditRecord::Issued {
+            resource,
+            generation,
+            user_id,
+            email,
+            invitation_id,
+            recovered,
+            request_id,
+            client_request_id,
+            names,
+        } => tracing::info!(
+            audit = "invitation-issued",
+            namespace = %resource.namespace,
+            name = %resource.name,
+            generation = *generation,
+            user_id = user_id.as_deref().unwrap_or_default(),
+            email = %email,
+            invitation_id = %invitation_id,
+            recovered = *recovered,
+            request_id = request_id.as_deref().unwrap_or_default(),
+            client_request_id = client_request_id.as_deref().unwrap_or_default(),
+            change_ref = names.change_ref.as_deref().unwrap_or_default(),
+            requested_by = names.requested_by.as_deref().unwrap_or_default(),
+            approved_by = names.approved_by.as_deref().unwrap_or_default(),
+            "invitation issued"
+        ),
+    }
 }
 
 #[cfg(test)]

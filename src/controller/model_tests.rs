@@ -56,6 +56,7 @@ use std::future::Future;
 use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
 
+use super::audit::AuditRecord;
 use super::core::input::{
     Failure, FollowUp, Lookup, Posted, Resolution, SecretOwner, Settings, SlotTurn, TenantGate,
 };
@@ -343,6 +344,8 @@ struct World {
     resets: Vec<Reset>,
     /// The state of the follow-through's random spread.
     jitter: u64,
+    /// The audit lines of every writer, in order.
+    audits: Vec<AuditRecord>,
     /// What the case exercised.
     seen: Seen,
 }
@@ -451,6 +454,7 @@ impl World {
             unseen: Vec::new(),
             resets: Vec::new(),
             jitter: case.jitter_seed | 1,
+            audits: Vec::new(),
             seen: Seen::default(),
         }
     }
@@ -677,6 +681,7 @@ impl World {
             ));
         }
         self.check_refusal(&old, &new)?;
+        self.check_audit(&old, &new)?;
         let Some(cleared) = old.attempt.as_ref().filter(|a| {
             a.post_started_at.is_some() && new.attempt.as_ref().map(|n| &n.id) != Some(&a.id)
         }) else {
@@ -719,6 +724,38 @@ impl World {
             return Err(format!(
                 "attempt {} reported OutcomeUnknown although its POST took effect",
                 cleared.id
+            ));
+        }
+        Ok(())
+    }
+
+    /// An invitation recorded in the status follows its audit line: the same generation,
+    /// invitation, e-mail and outcome, with the names its attempt captured.
+    fn check_audit(
+        &self,
+        old: &crate::resource::GuestRedemptionResetStatus,
+        new: &crate::resource::GuestRedemptionResetStatus,
+    ) -> Result<(), String> {
+        let Some(invitation) = new
+            .invitation
+            .as_ref()
+            .filter(|i| old.invitation.as_ref() != Some(*i))
+        else {
+            return Ok(());
+        };
+        let logged = self.audits.iter().any(|record| {
+            matches!(record, AuditRecord::Issued {
+                generation, invitation_id, email, recovered, names, ..
+            } if *generation == invitation.generation
+                && *invitation_id == invitation.id
+                && *email == invitation.email
+                && *recovered == invitation.recovered
+                && invitation.audit.as_ref().is_none_or(|a| a == names))
+        });
+        if !logged {
+            return Err(format!(
+                "generation {}: invitation {:?} recorded without its audit line",
+                invitation.generation, invitation.id
             ));
         }
         Ok(())
@@ -1053,6 +1090,10 @@ impl ModelIo<'_> {
 }
 
 impl Io for ModelIo<'_> {
+    fn audit(&mut self, record: AuditRecord) {
+        self.w.audits.push(record);
+    }
+
     fn now(&self) -> Timestamp {
         at(self.w.now)
     }

@@ -5,6 +5,7 @@ use std::future::Future;
 
 use jiff::Timestamp;
 
+use crate::controller::audit::{self, AuditRecord};
 use crate::controller::core::input::{
     Failure, FollowUp, Lookup, Posted, Resolution, SecretOwner, SlotTurn, TenantGate,
 };
@@ -135,6 +136,10 @@ pub trait Io {
         obj: &GuestRedemptionReset,
         user_id: &str,
     ) -> impl Future<Output = Result<Option<DirectoryUser>, Failure>> + Send;
+    /// An audit line (the sending mark, an issuance); production logs it.
+    fn audit(&mut self, record: AuditRecord) {
+        audit::log(&record);
+    }
     /// The follow-through's state changed (written): an Event, and the counters.
     fn redemption_changed(
         &mut self,

@@ -378,7 +378,7 @@ impl PassRunner {
         let next = status::with_sending(&self.status(), user, self.stamp(now));
         self.guarded(io, next, Error::MarkSending).await?;
         if let Some(attempt) = &self.status().attempt {
-            audit::log_sending(&self.current, attempt);
+            io.audit(audit::sending(&self.current, attempt));
         }
         self.pass.marked_sending = true;
         self.pass.marked_at = Some(now);
@@ -431,7 +431,12 @@ impl PassRunner {
         // write then finds nothing) loses no record of what was issued.
         if let Some(issued) = &report.issued {
             let user_id = before.user.as_ref().map(|u| u.id.as_str());
-            audit::log_issuance(&self.current, issued, user_id, before.attempt.as_ref());
+            io.audit(audit::issuance(
+                &self.current,
+                issued,
+                user_id,
+                before.attempt.as_ref(),
+            ));
         }
         if !self.write_report(io, &report, now).await? {
             warn!(
