@@ -10,9 +10,8 @@ use kube::runtime::reflector::Store;
 
 use super::core::input::Settings;
 use super::failpoint::Failpoint;
-use super::failures::FailureCounts;
+use super::memory::Memory;
 use super::tenant::TenantGuard;
-use super::versions;
 use crate::admin::Readiness;
 use crate::graph::{GraphClient, ReadBudget};
 use crate::metrics::Metrics;
@@ -40,9 +39,7 @@ pub struct Context {
     /// again before any approval is acted on.
     pub approval_policy: Option<String>,
     /// Consecutive failed passes per resource, for the backoff.
-    failures: Mutex<FailureCounts>,
-    /// Versions of resources that this process's own writes have replaced.
-    versions: Mutex<versions::Versions>,
+    memory: Mutex<Memory>,
     /// The watch cache, to prune failure counts of deleted resources.
     store: OnceLock<Store<Watched>>,
 }
@@ -73,8 +70,7 @@ impl Context {
             failpoint: Failpoint::from_env(),
             read_budget: ReadBudget::new(60),
             approval_policy: None,
-            failures: Mutex::default(),
-            versions: Mutex::default(),
+            memory: Mutex::default(),
             store: OnceLock::new(),
         }
     }
@@ -112,59 +108,43 @@ impl Context {
         )
     }
 
-    fn failures(&self) -> std::sync::MutexGuard<'_, FailureCounts> {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The uids of the watch cache.
+    fn live(&self) -> std::collections::HashSet<String> {
+        self.store
+            .get()
+            .map(|store| store.state().iter().filter_map(|o| o.uid()).collect())
+            .unwrap_or_default()
     }
 
     /// Consecutive failed passes of the resource's current generation.
     pub(super) fn failures_of(&self, obj: &GuestRedemptionReset) -> u32 {
-        self.failures()
-            .of(&uid_of(obj), obj.metadata.generation.unwrap_or(0))
+        self.memory()
+            .failures_of(&uid_of(obj), obj.metadata.generation.unwrap_or(0))
     }
 
     /// Counts a failed pass, or forgets the count after a pass that did not fail.
     pub(super) fn record_failure(&self, obj: &GuestRedemptionReset, failed: bool) {
-        let live = || {
-            self.store
-                .get()
-                .map(|store| store.state().iter().filter_map(|o| o.uid()).collect())
-                .unwrap_or_default()
-        };
-        self.failures().record(
-            &uid_of(obj),
-            obj.metadata.generation.unwrap_or(0),
-            failed,
-            live,
-        );
-    }
-
-    fn versions(&self) -> std::sync::MutexGuard<'_, versions::Versions> {
-        self.versions.lock().unwrap_or_else(|e| e.into_inner())
+        let generation = obj.metadata.generation.unwrap_or(0);
+        self.memory()
+            .record_failure(&uid_of(obj), generation, failed, || self.live());
     }
 
     /// `obj`'s version is no longer current: a write of this process replaced it, or found
     /// it replaced.
     pub(super) fn mark_outdated(&self, obj: &GuestRedemptionReset) {
-        let Some(version) = obj.resource_version() else {
-            return;
-        };
-        let mut versions = self.versions();
-        versions.outdated(&uid_of(obj), &version);
-        // Resources deleted before the cache caught up leave a record behind: pruned now and
-        // then against the cache.
-        if versions.len() >= 1024 && versions.len().is_power_of_two() {
-            let live: std::collections::HashSet<String> = self
-                .store
-                .get()
-                .map(|store| store.state().iter().filter_map(|o| o.uid()).collect())
-                .unwrap_or_default();
-            versions.retain(|uid| live.contains(uid));
+        if let Some(version) = obj.resource_version() {
+            self.memory()
+                .mark_outdated(&uid_of(obj), &version, || self.live());
         }
     }
 
     /// Whether the cached `obj` is behind a write of this process.
     pub(super) fn is_behind(&self, obj: &GuestRedemptionReset) -> bool {
-        self.versions()
+        self.memory()
             .is_behind(&uid_of(obj), obj.metadata.resource_version.as_deref())
     }
 }

@@ -24,8 +24,8 @@
 //!    ends.
 //! 5. [`tenant`] — the tenant-wide pause after Graph's abuse answer, and its persisted
 //!    [`record`](tenant::record) with the watch that follows it.
-//! 6. [`context`] — what every pass shares; [`failures`] and [`versions`] are this process's
-//!    memory of failed passes and of its own writes; [`failpoint`] the test builds' holds.
+//! 6. [`context`] — what every pass shares; [`memory`] is this process's memory of failed
+//!    passes and of its own writes; [`failpoint`] the test builds' holds.
 //! 7. [`effects`] — the only code holding `kube::Api` or the Graph client:
 //!    [`KubeIo`](effects::KubeIo) implements `Io` (status writes, the redeem URL's Secret,
 //!    Graph calls), with [`events`](effects::events) and the [`approver`](effects::approver)
@@ -43,12 +43,11 @@ pub mod effects;
 pub mod error;
 pub mod exec;
 pub mod failpoint;
-pub mod failures;
 pub mod gauges;
+pub mod memory;
 pub mod run;
 pub mod status;
 pub mod tenant;
-pub mod versions;
 
 #[cfg(test)]
 mod fixtures;
