@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use graph_sim::{Call, SeedUser, SimConfig};
-use guestreset_testsupport::pod::{Container, PodWorld, podman_run_args};
+use guestreset_testsupport::pod::{Container, PodWorld, podman_run_args, sweep_stale_containers};
 use guestreset_testsupport::{ChildProcess, ControlPlane, wait_until};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
@@ -107,7 +107,7 @@ fn image() -> &'static Image {
                 String::from_utf8_lossy(&out.stdout).trim().to_owned()
             }
         };
-        sweep_stale_containers();
+        sweep_stale_containers(&repo_root().join("scripts/image.sh"), CONTAINER_PREFIX);
         let out = image_sh(&["load", &archive])
             .output()
             .map_err(|e| format!("image.sh load: {e}"))?;
@@ -125,35 +125,6 @@ fn image() -> &'static Image {
 
 /// Prefix of the containers this file starts, followed by the test process's id.
 const CONTAINER_PREFIX: &str = "guestreset-image-test-";
-
-/// Removes the containers of test processes that died without removing them (a SIGKILL
-/// ends `podman run`, not the container).
-fn sweep_stale_containers() {
-    let Ok(out) = image_sh(&[
-        "podman",
-        "ps",
-        "--all",
-        "--filter",
-        &format!("name={CONTAINER_PREFIX}"),
-        "--format",
-        "{{.Names}}",
-    ])
-    .output() else {
-        return;
-    };
-    for name in String::from_utf8_lossy(&out.stdout).lines() {
-        let alive = name
-            .strip_prefix(CONTAINER_PREFIX)
-            .and_then(|pid| pid.parse::<u32>().ok())
-            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        if !alive {
-            let _ = image_sh(&["podman", "rm", "--force", "--time=0", name])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
 
 fn image_blocking() -> &'static Image {
     tokio::task::block_in_place(image)

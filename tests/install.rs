@@ -7,16 +7,29 @@
 //!   HTTP, so `PUBLISH_PLAIN_HTTP=1` is set and the `helm` on PATH adds `--plain-http` to
 //!   commands that name an `oci://` reference; the page's `REGISTRY=` line is replaced by the
 //!   local registry (the one substitution, which must apply);
-//! - the cluster: the tests' real kube-apiserver and etcd (no nodes: no pod ever runs), with
-//!   its kubectl on PATH;
+//! - the cluster: the tests' real kube-apiserver and etcd, with no node: right after the page's
+//!   `helm install` the walk runs a hook that asks this test to play the node for one pod of
+//!   the installed Deployment ([`run_deployment_pod`]: the workload identity webhook's
+//!   mutation, the image pulled by digest from the local registry and run with podman as
+//!   tests/image.rs runs it), and resumes once the pod's readiness probe passed; its kubectl on
+//!   PATH, except that `logs deploy/guestreset` prints that pod's log and `exec
+//!   deploy/guestreset -- CMD` runs CMD in its container;
+//! - the tenant: the Graph simulator, whose app and tenant ids are the ones the stand-in `az`
+//!   hands out, holding the page's test guest (`someone@partner.example`), in place of Entra ID
+//!   and Microsoft Graph; it exchanges the pod's projected service-account token (workload
+//!   identity, section 2 as written) for its access tokens;
 //! - Azure: an `az` on PATH with a canned answer for each command the page runs, and a
 //!   failure for any other, so that a new `az` command in the page fails the walk until it
-//!   gets an answer here.
+//!   gets an answer here. `az aks show` answers the cluster's own service-account issuer.
 //!
 //! After the walk the test checks what a broken publication would get wrong: the digest the
 //! installed Deployment runs is the registry's and the archive's, the chart the registry serves
 //! holds exactly `charts/guestreset`, the pushed image runs the controller, the values the
-//! page's variables carried reached the release, and publishing again changes nothing.
+//! page's variables carried reached the release, and publishing again changes nothing; and
+//! what section 3 proves: the check in the pod passed every line, the smoke test's dry run
+//! ended `DryRunComplete` and wrote nothing, the first real reset ended `Issued` with exactly
+//! one `POST /invitations` (for the test guest, to the new address), and every token the
+//! tenant issued was for the federated credential's issuer, subject and audience.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -27,7 +40,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use graph_sim::{Call, SeedUser, SimConfig, Simulator};
-use guestreset_testsupport::pod::{Container, PodWorld, podman_run_args};
+use guestreset_testsupport::pod::{Container, PodWorld, podman_run_args, sweep_stale_containers};
 use guestreset_testsupport::{
     ChildProcess, ControlPlane, build_tool, describe, run_bounded, wait_until,
 };
@@ -481,6 +494,7 @@ async fn run_deployment_pod(
     };
     let (flags, args) = podman_run_args(&deployment, &world);
     let image_sh = repo_root().join("scripts/image.sh");
+    tokio::task::block_in_place(|| sweep_stale_containers(&image_sh, CONTAINER_PREFIX));
     let mut pull = tokio::process::Command::new("bash");
     pull.arg(&image_sh)
         .args(["podman", "pull", "--quiet", "--tls-verify=false", &image])
@@ -642,6 +656,18 @@ async fn a_new_user_follows_install_md_top_to_bottom() {
         run.len() >= 5,
         "the walk runs most of the page's blocks: {blocks:#?}"
     );
+    // Section 3, "Checking the installation", runs whole: it needs the pod.
+    for needle in [
+        "logs deploy/guestreset",
+        "-- guestreset check",
+        "wait grr/smoke-test",
+        "wait grr/first-reset",
+    ] {
+        assert!(
+            run.iter().any(|b| b.text.contains(needle)),
+            "a block of the walk runs `{needle}`: {blocks:#?}"
+        );
+    }
     let publish_block = run
         .iter()
         .position(|b| b.text.contains("scripts/publish.sh"))

@@ -323,3 +323,41 @@ impl Container {
         self.run.read_log()
     }
 }
+
+/// Removes the containers named `<prefix><pid>` whose test process is gone (a SIGKILL ends
+/// `podman run`, not the container). `image_sh` is `scripts/image.sh`.
+pub fn sweep_stale_containers(image_sh: &Path, prefix: &str) {
+    let podman = |args: &[&str]| {
+        let mut command = Command::new("timeout");
+        command
+            .args(["--kill-after=10", "60", "bash"])
+            .arg(image_sh)
+            .arg("podman")
+            .args(args)
+            .stdin(Stdio::null());
+        command
+    };
+    let Ok(out) = podman(&[
+        "ps",
+        "--all",
+        "--filter",
+        &format!("name={prefix}"),
+        "--format",
+        "{{.Names}}",
+    ])
+    .output() else {
+        return;
+    };
+    for name in String::from_utf8_lossy(&out.stdout).lines() {
+        let alive = name
+            .strip_prefix(prefix)
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            let _ = podman(&["rm", "--force", "--time=0", name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
