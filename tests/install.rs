@@ -844,13 +844,21 @@ async fn a_new_user_follows_install_md_top_to_bottom() {
         .filter_map(|l| l.strip_prefix("install-walk: "))
         .next_back()
         .unwrap_or("before the first block");
-    assert!(
-        out.status.success(),
-        "the walk failed in the block at {last_block}: {}\nregistry log:\n{}\npod log:\n{}",
-        describe(&out),
-        registry.read_log(),
-        pod.as_ref().map(Container::log).unwrap_or_default()
-    );
+    if !out.status.success() {
+        // Where the resets stand (the printer columns carry Ready's reason).
+        let mut get = tokio::process::Command::from(cp.kubectl());
+        get.args(["get", "grr", "-A", "-o", "wide"])
+            .kill_on_drop(true);
+        let resets = run_bounded(get, None, "kubectl get grr", TOOL_DEADLINE).await;
+        panic!(
+            "the walk failed in the block at {last_block}: {}\nregistry log:\n{}\n\
+             resets:\n{}\npod log:\n{}",
+            describe(&out),
+            registry.read_log(),
+            String::from_utf8_lossy(&resets.stdout),
+            pod.as_ref().map(Container::log).unwrap_or_default()
+        );
+    }
     let pod = pod.expect("the kubelet hook ran after helm install");
     println!(
         "install walk: {} of {} sh blocks run ({} skipped with a reason) in {} ms; \
