@@ -13,15 +13,15 @@
 //! `GUESTRESET_IMAGE_ARCHIVE`; without it, the first test builds it (a release build).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::fs;
-use std::os::unix::fs::{PermissionsExt, chown};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use graph_sim::{Call, SeedUser, SimConfig};
+use guestreset_testsupport::pod::{Container, PodWorld, podman_run_args, sweep_stale_containers};
 use guestreset_testsupport::{ChildProcess, ControlPlane, wait_until};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
@@ -36,8 +36,6 @@ const STOP_BOUND: Duration = Duration::from_secs(5);
 const TOOL_DEADLINE: &str = "180";
 /// The release name the chart is rendered with, hence the Lease's and ServiceAccount's name.
 const RELEASE: &str = "guestreset";
-/// Where the kubelet mounts a pod's ServiceAccount token, CA and namespace.
-const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 // ------------------------------------------------------------------ tools
 
@@ -109,7 +107,7 @@ fn image() -> &'static Image {
                 String::from_utf8_lossy(&out.stdout).trim().to_owned()
             }
         };
-        sweep_stale_containers();
+        sweep_stale_containers(&repo_root().join("scripts/image.sh"), CONTAINER_PREFIX);
         let out = image_sh(&["load", &archive])
             .output()
             .map_err(|e| format!("image.sh load: {e}"))?;
@@ -127,35 +125,6 @@ fn image() -> &'static Image {
 
 /// Prefix of the containers this file starts, followed by the test process's id.
 const CONTAINER_PREFIX: &str = "guestreset-image-test-";
-
-/// Removes the containers of test processes that died without removing them (a SIGKILL
-/// ends `podman run`, not the container).
-fn sweep_stale_containers() {
-    let Ok(out) = image_sh(&[
-        "podman",
-        "ps",
-        "--all",
-        "--filter",
-        &format!("name={CONTAINER_PREFIX}"),
-        "--format",
-        "{{.Names}}",
-    ])
-    .output() else {
-        return;
-    };
-    for name in String::from_utf8_lossy(&out.stdout).lines() {
-        let alive = name
-            .strip_prefix(CONTAINER_PREFIX)
-            .and_then(|pid| pid.parse::<u32>().ok())
-            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        if !alive {
-            let _ = image_sh(&["podman", "rm", "--force", "--time=0", name])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
 
 fn image_blocking() -> &'static Image {
     tokio::task::block_in_place(image)
@@ -452,259 +421,6 @@ fn kubectl(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> String {
     })
 }
 
-/// What the kubelet would have: the pod's name and namespace, its Secrets and ConfigMaps,
-/// the ServiceAccount token, and a scratch directory to lay volumes out in.
-struct PodWorld<'a> {
-    pod_name: String,
-    namespace: String,
-    secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
-    config_maps: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
-    token: String,
-    cluster_ca: Vec<u8>,
-    api_port: u16,
-    dir: &'a Path,
-}
-
-/// The `podman run` arguments that reproduce the Deployment's pod: everything before the
-/// image reference, and the container's arguments after it. Panics on a field it does
-/// not know how to reproduce.
-fn podman_run_args(deployment: &Value, world: &PodWorld<'_>) -> (Vec<String>, Vec<String>) {
-    let pod = &deployment["spec"]["template"]["spec"];
-    let containers = pod["containers"].as_array().unwrap();
-    assert_eq!(containers.len(), 1, "one container in the chart's pod");
-    let container = &containers[0];
-    let mut flags: Vec<String> = vec![];
-
-    // Security context: the container's fields over the pod's.
-    let pod_sc = pod["securityContext"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    let container_sc = container["securityContext"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    for key in pod_sc.keys() {
-        assert!(
-            [
-                "runAsNonRoot",
-                "runAsUser",
-                "runAsGroup",
-                "fsGroup",
-                "seccompProfile"
-            ]
-            .contains(&key.as_str()),
-            "pod securityContext.{key} is not reproduced by this test"
-        );
-    }
-    for key in container_sc.keys() {
-        assert!(
-            [
-                "runAsNonRoot",
-                "runAsUser",
-                "runAsGroup",
-                "readOnlyRootFilesystem",
-                "allowPrivilegeEscalation",
-                "privileged",
-                "capabilities",
-                "seccompProfile"
-            ]
-            .contains(&key.as_str()),
-            "container securityContext.{key} is not reproduced by this test"
-        );
-    }
-    let field = |key: &str| container_sc.get(key).or_else(|| pod_sc.get(key));
-    let uid = field("runAsUser")
-        .and_then(Value::as_u64)
-        .expect("runAsUser");
-    let gid = field("runAsGroup")
-        .and_then(Value::as_u64)
-        .expect("runAsGroup");
-    if field("runAsNonRoot") == Some(&json!(true)) {
-        assert_ne!(uid, 0, "runAsNonRoot with runAsUser 0");
-    }
-    flags.push(format!("--user={uid}:{gid}"));
-    if let Some(fs_group) = pod_sc.get("fsGroup").and_then(Value::as_u64) {
-        // The kubelet adds fsGroup to the container's groups and gives it the volumes.
-        flags.push(format!("--group-add={fs_group}"));
-    }
-    if field("readOnlyRootFilesystem") == Some(&json!(true)) {
-        // Kubernetes mounts no tmpfs of its own on a read-only root; podman would.
-        flags.extend(["--read-only".into(), "--read-only-tmpfs=false".into()]);
-    }
-    if field("allowPrivilegeEscalation") == Some(&json!(false)) {
-        flags.push("--security-opt=no-new-privileges".into());
-    }
-    assert_ne!(field("privileged"), Some(&json!(true)), "privileged");
-    if let Some(capabilities) = field("capabilities") {
-        for cap in capabilities["drop"].as_array().into_iter().flatten() {
-            flags.push(format!("--cap-drop={}", cap.as_str().unwrap()));
-        }
-        for cap in capabilities["add"].as_array().into_iter().flatten() {
-            flags.push(format!("--cap-add={}", cap.as_str().unwrap()));
-        }
-    }
-    for sc in [&pod_sc, &container_sc] {
-        if let Some(profile) = sc.get("seccompProfile") {
-            // podman's default seccomp profile is the runtime default.
-            assert_eq!(profile["type"], "RuntimeDefault", "seccompProfile");
-        }
-    }
-
-    // Limits (requests only schedule).
-    if let Some(limits) = container["resources"]["limits"].as_object() {
-        for (resource, quantity) in limits {
-            let quantity = quantity.as_str().unwrap();
-            match resource.as_str() {
-                "memory" => {
-                    let mib = quantity.strip_suffix("Mi").expect("memory in Mi");
-                    flags.push(format!("--memory={mib}m"));
-                    flags.push(format!("--memory-swap={mib}m"));
-                }
-                "cpu" => {
-                    let millis: f64 = quantity
-                        .strip_suffix('m')
-                        .expect("cpu in m")
-                        .parse()
-                        .unwrap();
-                    flags.push(format!("--cpus={}", millis / 1000.0));
-                }
-                other => panic!("resources.limits.{other} is not reproduced by this test"),
-            }
-        }
-    }
-
-    // Environment: the kubelet's (the API server's Service, as for every pod), then the
-    // container's own.
-    let mut env = vec![
-        ("KUBERNETES_SERVICE_HOST".to_owned(), "127.0.0.1".to_owned()),
-        (
-            "KUBERNETES_SERVICE_PORT".to_owned(),
-            world.api_port.to_string(),
-        ),
-    ];
-    for var in container["env"].as_array().into_iter().flatten() {
-        let name = var["name"].as_str().unwrap().to_owned();
-        let value = if let Some(value) = var.get("value") {
-            value.as_str().unwrap().to_owned()
-        } else if let Some(field) = var["valueFrom"].get("fieldRef") {
-            match field["fieldPath"].as_str().unwrap() {
-                "metadata.name" => world.pod_name.clone(),
-                "metadata.namespace" => world.namespace.clone(),
-                other => panic!("env {name}: fieldRef {other} is not reproduced by this test"),
-            }
-        } else if let Some(key_ref) = var["valueFrom"].get("secretKeyRef") {
-            let secret = &world.secrets[key_ref["name"].as_str().unwrap()];
-            String::from_utf8(secret[key_ref["key"].as_str().unwrap()].clone()).unwrap()
-        } else {
-            panic!("env {var} is not reproduced by this test")
-        };
-        assert!(!value.contains('\n'), "env {name} spans lines");
-        env.push((name, value));
-    }
-    let env_file = world.dir.join("env");
-    let mut text = String::new();
-    for (name, value) in &env {
-        writeln!(text, "{name}={value}").unwrap();
-    }
-    fs::write(&env_file, text).unwrap();
-    flags.push(format!("--env-file={}", env_file.display()));
-
-    // Volumes, laid out as the kubelet would: the ServiceAccount's projected token, and the
-    // chart's secret and configMap volumes with their modes and fsGroup ownership.
-    let fs_group = pod_sc
-        .get("fsGroup")
-        .and_then(Value::as_u64)
-        .map(|g| g as u32);
-    let sa_dir = world.dir.join("serviceaccount");
-    write_volume_file(&sa_dir, "token", world.token.as_bytes(), 0o644, fs_group);
-    write_volume_file(&sa_dir, "ca.crt", &world.cluster_ca, 0o644, fs_group);
-    write_volume_file(
-        &sa_dir,
-        "namespace",
-        world.namespace.as_bytes(),
-        0o644,
-        fs_group,
-    );
-    flags.push(format!(
-        "--volume={}:{SERVICE_ACCOUNT_DIR}:ro",
-        sa_dir.display()
-    ));
-    let volumes: BTreeMap<&str, &Value> = pod["volumes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|v| (v["name"].as_str().unwrap(), v))
-        .collect();
-    for mount in container["volumeMounts"].as_array().into_iter().flatten() {
-        let name = mount["name"].as_str().unwrap();
-        let volume = volumes[name];
-        let host_dir = world.dir.join("volumes").join(name);
-        let (data, source) = if let Some(secret) = volume.get("secret") {
-            (
-                &world.secrets[secret["secretName"].as_str().unwrap()],
-                secret,
-            )
-        } else if let Some(config_map) = volume.get("configMap") {
-            (
-                &world.config_maps[config_map["name"].as_str().unwrap()],
-                config_map,
-            )
-        } else {
-            panic!("volume {volume} is not reproduced by this test")
-        };
-        let mode = source["defaultMode"].as_u64().unwrap_or(0o644) as u32;
-        let items: Vec<(String, String)> = match source["items"].as_array() {
-            Some(items) => items
-                .iter()
-                .map(|i| {
-                    (
-                        i["key"].as_str().unwrap().to_owned(),
-                        i["path"].as_str().unwrap().to_owned(),
-                    )
-                })
-                .collect(),
-            None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
-        };
-        for (key, path) in items {
-            write_volume_file(&host_dir, &path, &data[&key], mode, fs_group);
-        }
-        let read_only = mount["readOnly"] == json!(true);
-        flags.push(format!(
-            "--volume={}:{}:{}",
-            host_dir.display(),
-            mount["mountPath"].as_str().unwrap(),
-            if read_only { "ro" } else { "rw" }
-        ));
-    }
-
-    let mut args: Vec<String> = container["command"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|a| a.as_str().unwrap().to_owned())
-        .collect();
-    assert!(args.is_empty(), "the chart keeps the image's entrypoint");
-    args.extend(
-        container["args"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap().to_owned()),
-    );
-    (flags, args)
-}
-
-/// A file of a volume: root's, group `fs_group` (as the kubelet does with fsGroup).
-fn write_volume_file(dir: &Path, name: &str, content: &[u8], mode: u32, fs_group: Option<u32>) {
-    fs::create_dir_all(dir).unwrap();
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
-    let path = dir.join(name);
-    fs::write(&path, content).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
-    chown(&path, Some(0), fs_group).unwrap();
-}
-
 /// A loopback port nobody listens on now.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -714,33 +430,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A container started with `podman run` in the foreground (its output in the child's
-/// log); removed, whatever happens, when dropped.
-struct Container {
-    name: String,
-    run: ChildProcess,
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = image_sh(&["podman", "rm", "--force", "--time=0", &self.name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        self.run.kill();
-    }
-}
-
-impl Container {
-    fn inspect(&self) -> Value {
-        let text = podman(&["container", "inspect", &self.name]);
-        let mut all: Value = serde_json::from_str(&text).unwrap();
-        all[0].take()
-    }
-
-    fn log(&self) -> String {
-        self.run.read_log()
-    }
+fn inspect(container: &Container) -> Value {
+    let text = podman(&["container", "inspect", &container.name]);
+    let mut all: Value = serde_json::from_str(&text).unwrap();
+    all[0].take()
 }
 
 fn timestamp(value: &Value) -> jiff::Timestamp {
@@ -932,6 +625,7 @@ caBundle:
             BTreeMap::from([("ca.crt".to_owned(), sim.ca_pem().as_bytes().to_vec())]),
         )]),
         token: token.trim().to_owned(),
+        projected_tokens: BTreeMap::new(),
         cluster_ca: fs::read(cp.dir().join("pki/ca.crt")).unwrap(),
         api_port: cp.server_url().rsplit(':').next().unwrap().parse().unwrap(),
         dir,
@@ -964,6 +658,7 @@ caBundle:
     let mut container = Container {
         name: name.clone(),
         run: ChildProcess::spawn(run).unwrap(),
+        image_sh: repo_root().join("scripts/image.sh"),
     };
 
     // Start-up: polled finely (25 ms) so that the time to ready is measured, not the poll.
@@ -989,7 +684,7 @@ caBundle:
         }
     };
     let spawn_to_ready = spawned.elapsed();
-    let state = tokio::task::block_in_place(|| container.inspect());
+    let state = tokio::task::block_in_place(|| inspect(&container));
     let started_at = timestamp(&state["State"]["StartedAt"]);
     let start_to_ready = ready_at.duration_since(started_at);
 
@@ -1134,7 +829,7 @@ caBundle:
         }
     };
     let podman_returned = signalled.elapsed();
-    let state = tokio::task::block_in_place(|| container.inspect());
+    let state = tokio::task::block_in_place(|| inspect(&container));
     let finished_at = timestamp(&state["State"]["FinishedAt"]);
     let stop = finished_at.duration_since(signalled_at);
     let log = container.log();

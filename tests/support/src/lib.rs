@@ -43,6 +43,7 @@ pub mod gitops;
 mod identity;
 #[cfg(feature = "operator")]
 pub mod operator;
+pub mod pod;
 pub mod proxy;
 
 pub use identity::Identity;
