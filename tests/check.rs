@@ -186,3 +186,83 @@ async fn a_missing_api_server_right_fails_its_resource() {
         "{report}"
     );
 }
+
+/// The controller holds no `get` on namespaces: the check asks the namespace's admission with
+/// a dry-run Event (a right the controller has) and tells a missing namespace from a present
+/// one; without that right either, it fails rather than passing unverified.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_namespace_is_verified_without_the_right_to_read_namespaces() {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    use kube::api::{Api, DeleteParams, PostParams};
+    let w = World::with_users("check-ns-dry", vec![]).await;
+    let user = format!("{}-eventer", w.ns);
+    let role: ClusterRole = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": user},
+        "rules": [{"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]}],
+    }))
+    .unwrap();
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": user},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": user},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }))
+    .unwrap();
+    let pp = PostParams::default();
+    let roles = Api::<ClusterRole>::all(w.client.clone());
+    let bindings = Api::<ClusterRoleBinding>::all(w.client.clone());
+    roles.create(&pp, &role).await.unwrap();
+    bindings.create(&pp, &binding).await.unwrap();
+
+    let eventer = w.cp.user(&user, &[]);
+    let namespace_line = |namespace: String, kubeconfig| {
+        let mut cmd = check_command(&w, &namespace);
+        cmd.env("KUBECONFIG", kubeconfig);
+        async move {
+            let (_, report) = check(cmd).await;
+            (line(&report, "namespace").to_owned(), report)
+        }
+    };
+    let (present, report) = namespace_line(w.ns.clone(), &eventer.kubeconfig).await;
+    assert_eq!(
+        present,
+        format!(
+            "ok namespace: {} exists (a dry-run Event was admitted there)",
+            w.ns
+        ),
+        "{report}"
+    );
+    let missing = format!("{}-missing", w.ns);
+    let (absent, report) = namespace_line(missing.clone(), &eventer.kubeconfig).await;
+    assert!(
+        absent.starts_with(&format!(
+            "FAIL namespace: namespace {missing} does not exist"
+        )),
+        "{report}"
+    );
+    // A dry run stores nothing.
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(w.client.clone(), &w.ns);
+    let stored = events.list(&Default::default()).await.unwrap();
+    assert!(
+        stored
+            .items
+            .iter()
+            .all(|e| e.reason.as_deref() != Some("Check")),
+        "a check Event was stored"
+    );
+    // Without the right to create Events there either: not verifiable is a failure.
+    let nobody = w.cp.user(&format!("{}-nobody", w.ns), &[]);
+    let (unverified, report) = namespace_line(w.ns.clone(), &nobody.kubeconfig).await;
+    assert!(
+        unverified.starts_with(&format!("FAIL namespace: {} not verifiable", w.ns)),
+        "{report}"
+    );
+    assert!(
+        unverified.contains("fix: install the chart's RBAC"),
+        "{report}"
+    );
+    bindings
+        .delete(&user, &DeleteParams::default())
+        .await
+        .unwrap();
+    roles.delete(&user, &DeleteParams::default()).await.unwrap();
+}

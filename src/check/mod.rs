@@ -13,7 +13,9 @@ pub mod rights;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Api;
 use kube::api::PostParams;
 
@@ -211,16 +213,71 @@ async fn namespace_finding(client: &kube::Client, watched: Option<&str>) -> Find
                 "create it (kubectl create namespace {ns}) or set --namespace/watchNamespace to the namespace of the resources"
             ),
         ),
-        // Reading namespaces is not a right the controller needs: say so, do not fail on it.
-        Err(kube::Error::Api(e)) if e.code == 403 => Finding::ok(
-            "namespace",
-            format!("{ns} not verifiable without get on namespaces"),
-        ),
+        // Reading namespaces is not a right the controller needs: ask the namespace's
+        // admission instead, with a right it has.
+        Err(kube::Error::Api(e)) if e.code == 403 => namespace_by_dry_run(client, ns).await,
         Err(e) => Finding::fail(
             "namespace",
             e.to_string(),
             "check the connection to the API server",
         ),
+    }
+}
+
+/// Whether `ns` exists, asked without `get` on namespaces: a dry-run create of an Event there
+/// (the controller creates Events in the watched namespace), which the API server's namespace
+/// admission refuses with 404 when the namespace does not exist. Nothing is stored.
+async fn namespace_by_dry_run(client: &kube::Client, ns: &str) -> Finding {
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    match api.create(&dry_run, &check_event(ns)).await {
+        Ok(_) => Finding::ok(
+            "namespace",
+            format!("{ns} exists (a dry-run Event was admitted there)"),
+        ),
+        Err(kube::Error::Api(e)) if e.code == 404 => Finding::fail(
+            "namespace",
+            format!("namespace {ns} does not exist"),
+            format!(
+                "create it (kubectl create namespace {ns}) or set --namespace/watchNamespace to the namespace of the resources"
+            ),
+        ),
+        Err(e) => Finding::fail(
+            "namespace",
+            format!(
+                "{ns} not verifiable: neither get on namespaces nor a dry-run Event there ({e})"
+            ),
+            "install the chart's RBAC (the controller creates Events in the watched namespace)",
+        ),
+    }
+}
+
+/// The Event of the dry run: valid as the controller's own are, about no real object.
+fn check_event(ns: &str) -> Event {
+    Event {
+        metadata: ObjectMeta {
+            generate_name: Some("guestreset-check-".to_owned()),
+            namespace: Some(ns.to_owned()),
+            ..ObjectMeta::default()
+        },
+        event_time: Some(MicroTime(jiff::Timestamp::now())),
+        reporting_controller: Some(crate::resource::MANAGER.to_owned()),
+        reporting_instance: Some("guestreset-check".to_owned()),
+        action: Some("Check".to_owned()),
+        reason: Some("Check".to_owned()),
+        type_: Some("Normal".to_owned()),
+        note: Some("guestreset check: does the namespace exist? (dry run, not stored)".to_owned()),
+        regarding: Some(ObjectReference {
+            api_version: Some(format!("{}/v1alpha1", crate::resource::GROUP)),
+            kind: Some("GuestRedemptionReset".to_owned()),
+            name: Some("guestreset-check".to_owned()),
+            namespace: Some(ns.to_owned()),
+            ..ObjectReference::default()
+        }),
+        ..Event::default()
     }
 }
 
