@@ -330,9 +330,17 @@ struct World {
     user_gone: bool,
     /// When the guest was deleted.
     deletions: Vec<i64>,
-    /// The user's mail before the controller's first mail PATCH since the last reset that took
-    /// effect (a mail that went with no reset), and when that PATCH was made.
+    /// The user's mail before the controller changed it with no reset going out since (the
+    /// mail a refused target gets back), and when the PATCH that changed it was made. A PATCH
+    /// that finds the user carrying another mail than the controller's last PATCH set (an
+    /// admin changed it) replaces it: the admin's mail is what that PATCH overwrites.
     mail_before: Option<(Option<String>, i64)>,
+    /// The e-mail of the controller's last mail PATCH with no reset gone out since.
+    mail_patched_to: Option<String>,
+    /// An admin set the spec's e-mail itself since the last reset that took effect: the user
+    /// then carries what the controller's own PATCH would have set, and no read tells the two
+    /// apart (the refusal puts back the mail before the controller's planned change).
+    admin_set_spec_mail: bool,
     /// When an admin last changed the user's mail.
     admin_mail_at: Option<i64>,
     /// Generations whose POST Graph refused as a target it will not reset, with the number
@@ -449,6 +457,8 @@ impl World {
             user_gone: false,
             deletions: Vec::new(),
             mail_before: None,
+            mail_patched_to: None,
+            admin_set_spec_mail: false,
             admin_mail_at: None,
             refusals: HashMap::new(),
             unseen: Vec::new(),
@@ -653,6 +663,7 @@ impl World {
             Action::ConvertToMember => self.user.user_type = Some("Member".into()),
             Action::AdminMail { to_spec } => {
                 self.admin_mail_at = Some(self.now);
+                self.admin_set_spec_mail |= to_spec;
                 self.user.mail = Some(if to_spec {
                     self.obj.spec.email.clone()
                 } else {
@@ -788,7 +799,12 @@ impl World {
         // Graph's PATCH has no precondition: an admin's change in the seconds between the last
         // read of the user and the PATCH (at most 10 s, the reads' freshness) is the race left.
         let touched = self.admin_mail_at.is_some_and(|t| t + 10 >= *patched_at);
-        if self.user.mail != *before && !message.contains("by hand") && !touched {
+        let indistinguishable = self.admin_set_spec_mail;
+        if self.user.mail != *before
+            && !message.contains("by hand")
+            && !touched
+            && !indistinguishable
+        {
             return Err(format!(
                 "a refused target left with mail {:?} instead of {before:?}: {message}",
                 self.user.mail
@@ -1234,7 +1250,12 @@ impl Io for ModelIo<'_> {
         match self.answer {
             Answer::Ok | Answer::Ambiguous { .. } | Answer::TargetRefused => {
                 let before = self.w.user.mail.clone();
-                self.w.mail_before.get_or_insert((before, self.w.now));
+                let ours_still_there =
+                    self.w.mail_patched_to.is_some() && before == self.w.mail_patched_to;
+                if self.w.mail_before.is_none() || !ours_still_there {
+                    self.w.mail_before = Some((before, self.w.now));
+                }
+                self.w.mail_patched_to = Some(email.to_owned());
                 self.w.user.mail = Some(email.to_owned());
                 Ok(())
             }
@@ -1269,6 +1290,8 @@ impl Io for ModelIo<'_> {
             }
             // The mail now goes with a reset.
             self.w.mail_before = None;
+            self.w.mail_patched_to = None;
+            self.w.admin_set_spec_mail = false;
             let shows_from = self.w.now + self.w.case.evidence_lag;
             self.w.unseen.push((shows_from, change_time(self.w.now)));
             self.w.resets.push(Reset {

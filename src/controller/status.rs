@@ -196,18 +196,35 @@ fn record_user(status: &mut GuestRedemptionResetStatus, user: &DirectoryUser) {
         Some(known) => known.previous_mail.clone().or_else(|| user.mail.clone()),
         None => user.mail.clone(),
     };
-    let mail_changed_from = known.and_then(|known| known.mail_changed_from.clone());
     status.user = Some(ResolvedUser {
         id: user.id.clone(),
         user_principal_name: user.user_principal_name.clone(),
         previous_mail,
-        mail_changed_from,
+        mail_changed_from: known.and_then(|known| known.mail_changed_from.clone()),
+        mail_changed_to: known.and_then(|known| known.mail_changed_to.clone()),
     });
     status.target = Some(
         user.user_principal_name
             .clone()
             .unwrap_or_else(|| user.id.clone()),
     );
+}
+
+/// Records a planned mail PATCH to `email` of a user whose mail is `current`. The mail before
+/// the controller's change stays recorded only while the user still carries the e-mail that
+/// change set; otherwise nothing of the controller's is on the user (its PATCH never went
+/// out, or someone changed the mail since), and `current` is what this change replaces. A
+/// record without the e-mail (written by an earlier version) is kept, as it was then.
+fn record_mail_change(known: &mut ResolvedUser, current: Option<&str>, email: &str) {
+    let ours_still_there = match (&known.mail_changed_from, &known.mail_changed_to) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(_), Some(to)) => current == Some(to.as_str()),
+    };
+    if !ours_still_there {
+        known.mail_changed_from = Some(current.unwrap_or_default().to_owned());
+    }
+    known.mail_changed_to = Some(email.to_owned());
 }
 
 /// Applies a report of the decision to the status; `None` when the status has moved on from
@@ -251,6 +268,7 @@ pub fn apply_report(
         // The mail the controller set went with a reset: it is the user's mail now.
         if let Some(user) = next.user.as_mut() {
             user.mail_changed_from = None;
+            user.mail_changed_to = None;
         }
     }
     let unsent_leftover = next
@@ -314,15 +332,13 @@ pub fn with_intent(
     record_user(&mut next, user);
     // The mail PATCH this intent plans is recorded before it is sent, so that a refusal of
     // the target by any later pass puts the user's mail back (docs/design.md, "Refused
-    // targets"); the oldest unreset value stays.
-    let patches_mail = attempt
+    // targets").
+    let patched_to = attempt
         .email
         .as_deref()
-        .is_some_and(|email| !user.carries_email(email));
-    if let Some(known) = next.user.as_mut().filter(|_| patches_mail) {
-        known
-            .mail_changed_from
-            .get_or_insert_with(|| user.mail.clone().unwrap_or_default());
+        .filter(|email| !user.carries_email(email));
+    if let (Some(known), Some(email)) = (next.user.as_mut(), patched_to) {
+        record_mail_change(known, user.mail.as_deref(), email);
     }
     next.user_missing_since = None;
     // The pass is working now: a wait it overrode (a retry asked for) is over.

@@ -232,6 +232,11 @@ pub struct ResolvedUser {
     /// gets back, whichever pass made the change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mail_changed_from: Option<String>,
+    /// The e-mail the controller set with that change: while the user still carries it, the
+    /// change is the controller's and `mailChangedFrom` stays; a mail someone else set since
+    /// is what the next change replaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail_changed_to: Option<String>,
 }
 
 /// An invitation issued by Graph.

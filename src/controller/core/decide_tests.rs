@@ -1707,6 +1707,32 @@ fn refused_after_an_earlier_patch() -> World {
     w
 }
 
+/// An admin changes the mail after an earlier pass of the controller (its PATCH sent, or
+/// only planned): the refused target gets back the admin's mail, which the controller's
+/// latest PATCH overwrote, not the one before the controller's first change. The model test
+/// found the unsent case at 60,000 cases: the intent had recorded the mail before a PATCH that
+/// never went out, and the restore undid the admin's change.
+#[test]
+fn a_refused_target_gets_back_the_mail_an_admin_set_since_an_earlier_pass() {
+    for crash in [Crash::AfterIntent, Crash::AfterPatch] {
+        let mut w = refused_target_world();
+        assert!(w.pass(Some(crash)).is_none());
+        let alice = w.users.iter_mut().find(|u| u.id == ID).unwrap();
+        alice.mail = Some("admin.choice@contoso.com".into());
+        let report = w.pass(None).unwrap();
+        assert_eq!(report.reason, Reason::Forbidden, "{crash:?}");
+        let alice = w.users.iter().find(|u| u.id == ID).unwrap();
+        assert_eq!(
+            alice.mail.as_deref(),
+            Some("admin.choice@contoso.com"),
+            "{crash:?}: {}",
+            w.ready().message
+        );
+    }
+    // Without an admin in between, the earlier pass's change is the controller's: the mail
+    // before it comes back (a_refused_target_gets_back_the_mail_an_earlier_pass_set).
+}
+
 /// The mutation check of the focused tests ([`crate::mutants::Mutant::FOCUSED`]): with the
 /// rule taken away, the guest keeps the new mail.
 #[test]
