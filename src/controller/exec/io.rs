@@ -1,5 +1,5 @@
 //! The effects a pass needs, as a trait: production implements it against the API server and
-//! Graph (`effects.rs`), the tests against in-memory models, so both run the same executor.
+//! Graph (`effects/`), the tests against in-memory models, so both run the same executor.
 
 use std::future::Future;
 

@@ -1,7 +1,7 @@
 //! The step executor: one pass over one resource. It asks [`decide`] for the next step,
 //! performs it through [`Io`] (a Graph call, a guarded status write), records what it learnt,
 //! and asks again, until the decision is a report. Every effect goes through `Io`, so the same
-//! executor runs against the API server and Graph (`effects.rs`) and against an in-memory
+//! executor runs against the API server and Graph (`effects/`) and against an in-memory
 //! model in the randomized tests.
 
 use std::future::Future;
