@@ -54,7 +54,6 @@ mod fixtures;
 #[cfg(test)]
 mod model_tests;
 
-pub use crate::resource::MANAGER;
 pub use context::Context;
 pub use error::Error;
 pub use run::{reconcile, run};
